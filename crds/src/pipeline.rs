@@ -1,0 +1,351 @@
+//! The `IngestionPipeline` custom resource: what users write, in Kubernetes or for
+//! `tidewater run -f`. Field docs here become the CRD's descriptions.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// An exactly-once ingestion pipeline from Kafka topics into an Apache Iceberg table.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "tidewater.dev",
+    version = "v1alpha1",
+    kind = "IngestionPipeline",
+    namespaced,
+    shortname = "ip",
+    status = "IngestionPipelineStatus",
+    derive = "PartialEq",
+    doc = "An exactly-once ingestion pipeline from Kafka topics into Apache Iceberg tables.",
+    printcolumn(name = "Table", type_ = "string", json_path = ".spec.sink.table"),
+    printcolumn(
+        name = "Parallelism",
+        type_ = "integer",
+        json_path = ".spec.parallelism"
+    ),
+    printcolumn(
+        name = "Last checkpoint",
+        type_ = "integer",
+        json_path = ".status.lastCheckpoint.id"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestionPipelineSpec {
+    /// Where records come from.
+    pub source: SourceSpec,
+    /// How record values are encoded.
+    #[serde(default)]
+    pub format: FormatSpec,
+    /// Where records land.
+    pub sink: SinkSpec,
+    /// Checkpointing: how often a consistent cut is committed to the table.
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    /// Number of workers. Each Kafka partition is read by exactly one worker.
+    #[serde(default = "default_parallelism")]
+    #[schemars(range(min = 1))]
+    pub parallelism: i32,
+    /// Where records that cannot be converted go. Without it, a bad record stops the pipeline
+    /// (nothing past it is committed) with an error naming the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DeadLetterSpec>,
+}
+
+fn default_parallelism() -> i32 {
+    1
+}
+
+/// The source of records.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSpec {
+    /// A Kafka (or Kafka-compatible) cluster.
+    pub kafka: KafkaSourceSpec,
+}
+
+/// Kafka source settings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSourceSpec {
+    /// Comma-separated `host:port` list of brokers.
+    #[schemars(length(min = 1))]
+    pub bootstrap_servers: String,
+    /// Topics to read. New partitions of these topics are picked up without a restart.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topics: Vec<String>,
+    /// Where to start in partitions that have no checkpointed offset: `earliest`, `latest`,
+    /// or an RFC 3339 timestamp (the first record at or after it). Partitions discovered while
+    /// running always start at `earliest`, so nothing produced to them is missed.
+    #[serde(default = "default_starting_offsets")]
+    pub starting_offsets: String,
+    /// How often to look for new partitions of the subscribed topics (e.g. `30s`).
+    #[serde(default = "default_discovery_interval")]
+    pub partition_discovery_interval: String,
+    /// Extra librdkafka consumer properties (e.g. `security.protocol`, `fetch.max.bytes`).
+    /// `enable.auto.commit`, `group.id` and `auto.offset.reset` are managed by Tidewater.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_starting_offsets() -> String {
+    "earliest".into()
+}
+
+fn default_discovery_interval() -> String {
+    "30s".into()
+}
+
+/// How record values are decoded.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FormatSpec {
+    /// The encoding of record values.
+    #[serde(rename = "type", default)]
+    pub format_type: FormatType,
+    /// Records whose value is larger than this many bytes are dead-lettered as oversize.
+    #[serde(default = "default_max_record_bytes")]
+    #[schemars(range(min = 1))]
+    pub max_record_bytes: u64,
+}
+
+impl Default for FormatSpec {
+    fn default() -> Self {
+        Self {
+            format_type: FormatType::default(),
+            max_record_bytes: default_max_record_bytes(),
+        }
+    }
+}
+
+fn default_max_record_bytes() -> u64 {
+    1024 * 1024
+}
+
+/// Supported value encodings.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FormatType {
+    /// One JSON object per record; fields are matched to columns by name.
+    #[default]
+    Json,
+}
+
+/// The Iceberg side.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SinkSpec {
+    /// The Iceberg catalog that owns the table.
+    pub catalog: CatalogSpec,
+    /// Target table as `namespace.name` (nested namespaces: `a.b.name`).
+    #[schemars(length(min = 3))]
+    pub table: String,
+    /// How records are written.
+    #[serde(default)]
+    pub mode: WriteMode,
+    /// Table definition used only when the table does not exist yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_table: Option<CreateTableSpec>,
+    /// Iceberg write properties, e.g. `write.parquet.compression-codec` (zstd, snappy, gzip,
+    /// lz4, brotli, uncompressed), `write.parquet.compression-level`,
+    /// `write.target-file-size-bytes`, `write.parquet.row-group-size-bytes`,
+    /// `write.parquet.page-size-bytes`. They override the table's own properties.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub write_properties: BTreeMap<String, String>,
+}
+
+/// Iceberg catalog connection.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogSpec {
+    /// Catalog kind.
+    #[serde(rename = "type")]
+    pub catalog_type: CatalogType,
+    /// For `sql`: a `sqlite://PATH` or `postgres://…` URI (the SQLite file is created when
+    /// missing).
+    pub uri: String,
+    /// Warehouse root where new tables are placed: a local path, `file://…` or `s3://…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warehouse: Option<String>,
+    /// Catalog name as stored in the SQL catalog's tables.
+    #[serde(default = "default_catalog_name")]
+    pub name: String,
+    /// Extra catalog and file IO properties (e.g. `s3.endpoint`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_catalog_name() -> String {
+    "tidewater".into()
+}
+
+/// Catalog kinds.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogType {
+    /// The Iceberg SQL catalog on SQLite or PostgreSQL.
+    Sql,
+}
+
+/// Write modes.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Every record becomes a new row.
+    #[default]
+    Append,
+}
+
+/// Definition of a table to create on first use.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateTableSpec {
+    /// Columns, in order.
+    #[schemars(length(min = 1))]
+    pub schema: Vec<ColumnSpec>,
+    /// Partition transforms: `col` or `identity(col)`, `year(col)`, `month(col)`,
+    /// `day(col)`, `hour(col)`, `bucket(N, col)`, `truncate(W, col)`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
+    /// Table properties set at creation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
+}
+
+/// One column of a table to create.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ColumnSpec {
+    /// Column name; JSON fields of the same name fill it.
+    #[schemars(length(min = 1))]
+    pub name: String,
+    /// Iceberg type: boolean, int, long, float, double, decimal(P,S), date, timestamp,
+    /// timestamptz, string, uuid, binary.
+    #[serde(rename = "type")]
+    pub column_type: String,
+    /// A record without this field (or with null) is dead-lettered.
+    #[serde(default)]
+    pub required: bool,
+    /// Column documentation stored in the table schema.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub doc: Option<String>,
+}
+
+/// Checkpoint settings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointSpec {
+    /// Time between checkpoints (e.g. `10s`, `1m`). Each non-empty checkpoint is one Iceberg
+    /// snapshot.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// A checkpoint not acknowledged by every worker within this time is aborted and retried.
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    /// Where durable checkpoint records are kept. Defaults to
+    /// `<warehouse>/_tidewater/<namespace>/<pipeline name>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_location: Option<String>,
+    /// How many completed checkpoint records to keep.
+    #[serde(default = "default_retained")]
+    #[schemars(range(min = 1))]
+    pub retained: u32,
+}
+
+impl Default for CheckpointSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            timeout: default_timeout(),
+            state_location: None,
+            retained: default_retained(),
+        }
+    }
+}
+
+fn default_interval() -> String {
+    "10s".into()
+}
+
+fn default_timeout() -> String {
+    "2m".into()
+}
+
+fn default_retained() -> u32 {
+    3
+}
+
+/// Dead-letter destination.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetterSpec {
+    /// Kafka topic that receives records that cannot be converted, unchanged, with headers
+    /// `tidewater.error`, `tidewater.source.topic`, `tidewater.source.partition`,
+    /// `tidewater.source.offset`.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+    /// Brokers for the dead-letter topic; defaults to the source's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+}
+
+/// Observed state of a pipeline.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestionPipelineStatus {
+    /// The generation last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The newest completed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointStatus>,
+}
+
+/// A completed checkpoint.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointStatus {
+    /// Checkpoint id (increases by one per checkpoint).
+    pub id: u64,
+    /// Completion time, RFC 3339.
+    pub time: String,
+    /// Committed Iceberg snapshot id per table.
+    #[serde(default)]
+    pub snapshots: BTreeMap<String, i64>,
+}
+
+impl IngestionPipeline {
+    /// Parses a pipeline from YAML (one document).
+    pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
+        serde_yaml::from_str(text)
+    }
+
+    /// Stable identity of the pipeline for commit fencing: the Kubernetes uid when present,
+    /// else `local/<namespace>/<name>` for local runs.
+    pub fn pipeline_uid(&self) -> String {
+        if let Some(uid) = &self.metadata.uid {
+            return uid.clone();
+        }
+        format!(
+            "local/{}/{}",
+            self.namespace_or_default(),
+            self.name_or_default()
+        )
+    }
+
+    /// `metadata.name`, or `pipeline` when absent.
+    pub fn name_or_default(&self) -> String {
+        self.metadata
+            .name
+            .clone()
+            .unwrap_or_else(|| "pipeline".into())
+    }
+
+    /// `metadata.namespace`, or `default` when absent.
+    pub fn namespace_or_default(&self) -> String {
+        self.metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into())
+    }
+}

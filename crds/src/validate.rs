@@ -1,0 +1,338 @@
+//! Spec validation that the OpenAPI schema cannot express. Pure: no I/O, no client.
+//! Every problem names the field path (as a user would write it) and the reason.
+
+use std::{collections::HashSet, fmt};
+
+use crate::{
+    pipeline::IngestionPipelineSpec,
+    types::{
+        ColumnType, PartitionField, StartingOffsets, Transform, parse_duration, parse_table_ident,
+    },
+};
+
+/// One problem in a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path such as `spec.sink.createTable.partitionBy[0]`.
+    pub path: String,
+    /// What is wrong and what is expected.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+const CODECS: &[&str] = &[
+    "zstd",
+    "snappy",
+    "gzip",
+    "lz4",
+    "lz4_raw",
+    "brotli",
+    "uncompressed",
+    "none",
+];
+
+const SIZE_PROPERTIES: &[&str] = &[
+    "write.target-file-size-bytes",
+    "write.parquet.row-group-size-bytes",
+    "write.parquet.page-size-bytes",
+    "write.parquet.dict-size-bytes",
+];
+
+/// Checks a pipeline spec; an empty list means valid.
+pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut err = |path: &str, reason: String| {
+        errors.push(FieldError {
+            path: path.to_string(),
+            reason,
+        })
+    };
+
+    let kafka = &spec.source.kafka;
+    if kafka.bootstrap_servers.trim().is_empty() {
+        err(
+            "spec.source.kafka.bootstrapServers",
+            "must not be empty".into(),
+        );
+    }
+    if kafka.topics.is_empty() {
+        err("spec.source.kafka.topics", "list at least one topic".into());
+    }
+    let mut seen = HashSet::new();
+    for (i, topic) in kafka.topics.iter().enumerate() {
+        if topic.trim().is_empty() {
+            err(
+                &format!("spec.source.kafka.topics[{i}]"),
+                "must not be empty".into(),
+            );
+        } else if !seen.insert(topic) {
+            err(
+                &format!("spec.source.kafka.topics[{i}]"),
+                format!("`{topic}` is listed twice"),
+            );
+        }
+    }
+    if let Err(e) = StartingOffsets::parse(&kafka.starting_offsets) {
+        err("spec.source.kafka.startingOffsets", e);
+    }
+    if let Err(e) = parse_duration(&kafka.partition_discovery_interval) {
+        err("spec.source.kafka.partitionDiscoveryInterval", e);
+    }
+    for key in kafka.properties.keys() {
+        if matches!(
+            key.as_str(),
+            "enable.auto.commit" | "group.id" | "auto.offset.reset" | "bootstrap.servers"
+        ) {
+            err(
+                &format!("spec.source.kafka.properties.{key}"),
+                "is managed by Tidewater and cannot be set".into(),
+            );
+        }
+    }
+
+    if spec.format.max_record_bytes == 0 {
+        err("spec.format.maxRecordBytes", "must be at least 1".into());
+    }
+
+    let sink = &spec.sink;
+    if sink.catalog.uri.trim().is_empty() {
+        err("spec.sink.catalog.uri", "must not be empty".into());
+    } else if !(sink.catalog.uri.starts_with("sqlite:")
+        || sink.catalog.uri.starts_with("postgres://")
+        || sink.catalog.uri.starts_with("postgresql://"))
+    {
+        err(
+            "spec.sink.catalog.uri",
+            format!(
+                "`{}`: a sql catalog needs a sqlite:PATH or postgres:// URI",
+                sink.catalog.uri
+            ),
+        );
+    }
+    if let Err(e) = parse_table_ident(&sink.table) {
+        err("spec.sink.table", e);
+    }
+    if let Some(create) = &sink.create_table {
+        validate_create_table(create, &mut err);
+    }
+    validate_write_properties(spec, &mut err);
+
+    if let Err(e) = parse_duration(&spec.checkpoint.interval) {
+        err("spec.checkpoint.interval", e);
+    }
+    if let Err(e) = parse_duration(&spec.checkpoint.timeout) {
+        err("spec.checkpoint.timeout", e);
+    }
+    if spec.checkpoint.retained == 0 {
+        err("spec.checkpoint.retained", "must be at least 1".into());
+    }
+    if spec.parallelism < 1 {
+        err(
+            "spec.parallelism",
+            format!("{} must be at least 1", spec.parallelism),
+        );
+    }
+    if let Some(dl) = &spec.dead_letter {
+        if dl.topic.trim().is_empty() {
+            err("spec.deadLetter.topic", "must not be empty".into());
+        } else if kafka.topics.contains(&dl.topic) {
+            err(
+                "spec.deadLetter.topic",
+                format!(
+                    "`{}` is also a source topic: bad records would loop",
+                    dl.topic
+                ),
+            );
+        }
+    }
+    errors
+}
+
+fn validate_create_table(
+    create: &crate::pipeline::CreateTableSpec,
+    err: &mut impl FnMut(&str, String),
+) {
+    let mut columns = std::collections::HashMap::new();
+    if create.schema.is_empty() {
+        err(
+            "spec.sink.createTable.schema",
+            "list at least one column".into(),
+        );
+    }
+    for (i, col) in create.schema.iter().enumerate() {
+        let path = format!("spec.sink.createTable.schema[{i}]");
+        if col.name.trim().is_empty() {
+            err(&format!("{path}.name"), "must not be empty".into());
+        }
+        match ColumnType::parse(&col.column_type) {
+            Ok(t) => {
+                if columns.insert(col.name.clone(), t).is_some() {
+                    err(
+                        &format!("{path}.name"),
+                        format!("column `{}` is defined twice", col.name),
+                    );
+                }
+            }
+            Err(e) => err(&format!("{path}.type"), e),
+        }
+    }
+    let mut seen = HashSet::new();
+    for (i, text) in create.partition_by.iter().enumerate() {
+        let path = format!("spec.sink.createTable.partitionBy[{i}]");
+        let field = match PartitionField::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                err(&path, e);
+                continue;
+            }
+        };
+        let Some(col_type) = columns.get(&field.column) else {
+            err(
+                &path,
+                format!("column `{}` is not in createTable.schema", field.column),
+            );
+            continue;
+        };
+        if let Some(reason) = transform_mismatch(field.transform, *col_type) {
+            err(
+                &path,
+                format!(
+                    "{} cannot be applied to `{}`: {reason}",
+                    field.transform, field.column
+                ),
+            );
+        }
+        if !seen.insert((field.column.clone(), field.transform.to_string())) {
+            err(&path, format!("`{text}` is listed twice"));
+        }
+    }
+}
+
+fn transform_mismatch(transform: Transform, t: ColumnType) -> Option<&'static str> {
+    use ColumnType as C;
+    match transform {
+        Transform::Identity => None,
+        Transform::Year | Transform::Month | Transform::Day => match t {
+            C::Date | C::Timestamp | C::Timestamptz => None,
+            _ => Some("needs a date or timestamp column"),
+        },
+        Transform::Hour => match t {
+            C::Timestamp | C::Timestamptz => None,
+            _ => Some("needs a timestamp column"),
+        },
+        Transform::Bucket(_) => match t {
+            C::Boolean | C::Float | C::Double => Some("cannot bucket boolean or floating point"),
+            _ => None,
+        },
+        Transform::Truncate(_) => match t {
+            C::Int | C::Long | C::Decimal { .. } | C::String | C::Binary => None,
+            _ => Some("needs an int, long, decimal, string or binary column"),
+        },
+    }
+}
+
+fn validate_write_properties(spec: &IngestionPipelineSpec, err: &mut impl FnMut(&str, String)) {
+    for (key, value) in &spec.sink.write_properties {
+        let path = format!("spec.sink.writeProperties.{key}");
+        if key == "write.parquet.compression-codec" {
+            if !CODECS.contains(&value.to_ascii_lowercase().as_str()) {
+                err(
+                    &path,
+                    format!("`{value}` is not one of {}", CODECS.join(", ")),
+                );
+            }
+        } else if key == "write.parquet.compression-level" {
+            if value.parse::<i32>().is_err() {
+                err(&path, format!("`{value}` is not an integer"));
+            }
+        } else if SIZE_PROPERTIES.contains(&key.as_str()) {
+            match value.parse::<u64>() {
+                Ok(n) if n > 0 => {}
+                _ => err(
+                    &path,
+                    format!("`{value}` is not a positive number of bytes"),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::IngestionPipeline;
+
+    fn example() -> IngestionPipeline {
+        IngestionPipeline::from_yaml(include_str!("../../examples/clickstream.yaml")).unwrap()
+    }
+
+    fn paths(spec: &IngestionPipelineSpec) -> Vec<String> {
+        validate(spec).into_iter().map(|e| e.path).collect()
+    }
+
+    #[test]
+    fn the_example_is_valid() {
+        assert_eq!(validate(&example().spec), vec![]);
+    }
+
+    #[test]
+    fn every_problem_names_its_field() {
+        let mut spec = example().spec;
+        spec.parallelism = 0;
+        spec.checkpoint.interval = "soon".into();
+        spec.source.kafka.starting_offsets = "yesterday".into();
+        spec.sink.table = "clicks".into();
+        let create = spec.sink.create_table.as_mut().unwrap();
+        create.schema[1].column_type = "timestamp_ntz".into();
+        create.partition_by = vec![
+            "day(nope)".into(),
+            "bucket(id)".into(),
+            "hour(amount)".into(),
+        ];
+        spec.sink
+            .write_properties
+            .insert("write.parquet.compression-codec".into(), "zip".into());
+        spec.dead_letter.as_mut().unwrap().topic = "clicks".into();
+        assert_eq!(
+            paths(&spec),
+            vec![
+                "spec.source.kafka.startingOffsets",
+                "spec.sink.table",
+                "spec.sink.createTable.schema[1].type",
+                "spec.sink.createTable.partitionBy[0]",
+                "spec.sink.createTable.partitionBy[1]",
+                "spec.sink.createTable.partitionBy[2]",
+                "spec.sink.writeProperties.write.parquet.compression-codec",
+                "spec.checkpoint.interval",
+                "spec.parallelism",
+                "spec.deadLetter.topic",
+            ]
+        );
+        let errors = validate(&spec);
+        assert!(
+            errors[3]
+                .reason
+                .contains("`nope` is not in createTable.schema")
+        );
+        assert!(errors[5].reason.contains("needs a timestamp column"));
+        assert!(errors[9].reason.contains("bad records would loop"));
+    }
+
+    #[test]
+    fn managed_kafka_properties_are_refused() {
+        let mut spec = example().spec;
+        spec.source
+            .kafka
+            .properties
+            .insert("enable.auto.commit".into(), "true".into());
+        assert_eq!(
+            paths(&spec),
+            vec!["spec.source.kafka.properties.enable.auto.commit"]
+        );
+    }
+}

@@ -1,0 +1,82 @@
+"""Independent readers for Tidewater's tests: count what an Iceberg table holds.
+
+Reads the table through PyIceberg (SqlCatalog on the same catalog database) and through
+DuckDB's iceberg extension (on the metadata file PyIceberg resolves), and prints one JSON
+object: {"pyiceberg": {...}, "duckdb": {...}, "snapshots": [...]}. Exit 3 if the table
+does not exist.
+"""
+import argparse
+import glob
+import json
+import os
+import sys
+
+
+def pyiceberg_catalog(name, uri, warehouse):
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    if uri.startswith("sqlite://"):
+        path = uri[len("sqlite://"):].split("?")[0]
+        uri = "sqlite:///" + path.lstrip("/") if not path.startswith("/") else "sqlite:///" + path
+    elif uri.startswith("postgres://") or uri.startswith("postgresql://"):
+        uri = "postgresql+psycopg2://" + uri.split("://", 1)[1]
+    return SqlCatalog(name, uri=uri, warehouse=warehouse)
+
+
+def duckdb_connection():
+    import duckdb
+    import duckdb_extension_avro
+    import duckdb_extension_iceberg
+
+    con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false", "autoload_known_extensions": "false"})
+    for pkg in (duckdb_extension_avro, duckdb_extension_iceberg):
+        base = os.path.dirname(pkg.__file__)
+        (path,) = glob.glob(os.path.join(base, "extensions", "*", "*.duckdb_extension"))
+        con.execute(f"LOAD '{path}'")
+    return con
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--catalog-name", default="tidewater")
+    ap.add_argument("--catalog-uri", required=True)
+    ap.add_argument("--warehouse", required=True)
+    ap.add_argument("--table", required=True)
+    ap.add_argument("--id-column", default="id")
+    ap.add_argument("--readers", default="pyiceberg,duckdb")
+    ap.add_argument("--sample", type=int, default=0, help="also return N rows (DuckDB)")
+    args = ap.parse_args()
+
+    catalog = pyiceberg_catalog(args.catalog_name, args.catalog_uri, args.warehouse)
+    from pyiceberg.exceptions import NoSuchTableError
+
+    try:
+        table = catalog.load_table(args.table)
+    except NoSuchTableError:
+        print(json.dumps({"error": "no such table"}))
+        sys.exit(3)
+
+    out = {"metadata_location": table.metadata_location, "snapshots": []}
+    for snap in table.snapshots():
+        summary = snap.summary
+        props = dict(summary.additional_properties) if summary else {}
+        out["snapshots"].append({"snapshot_id": snap.snapshot_id, "parent": snap.parent_snapshot_id, "operation": str(summary.operation) if summary else None, "properties": props})
+    readers = args.readers.split(",")
+    if "pyiceberg" in readers:
+        arrow = table.scan(selected_fields=(args.id_column,)).to_arrow()
+        ids = arrow.column(args.id_column).to_pylist()
+        out["pyiceberg"] = {"rows": len(ids), "distinct": len(set(ids)), "nulls": sum(1 for i in ids if i is None)}
+    if "duckdb" in readers:
+        con = duckdb_connection()
+        loc = table.metadata_location
+        rows, distinct = con.execute(f"SELECT count(*), count(DISTINCT {args.id_column}) FROM iceberg_scan('{loc}')").fetchone()
+        out["duckdb"] = {"rows": rows, "distinct": distinct}
+        if args.sample:
+            cur = con.execute(f"SELECT * FROM iceberg_scan('{loc}') ORDER BY {args.id_column} LIMIT {args.sample}")
+            cols = [d[0] for d in cur.description]
+            out["sample"] = [dict(zip(cols, [str(v) for v in row])) for row in cur.fetchall()]
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,262 @@
+//! Turns an `IngestionPipeline` file into a resolved, validated runtime configuration.
+//! Reads the file; everything after parsing is pure.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use tidewater_crds::{
+    FieldError, IngestionPipeline,
+    types::{StartingOffsets, parse_duration, parse_table_ident},
+    validate,
+};
+
+/// Why a pipeline file cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The YAML is not an IngestionPipeline.
+    #[error("{path} is not a valid IngestionPipeline: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The cause, with line and column.
+        source: serde_yaml::Error,
+    },
+    /// The spec parsed but has invalid fields.
+    #[error("{path} has {} invalid field(s):\n{}", .errors.len(), render(.errors))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Each problem with its field path.
+        errors: Vec<FieldError>,
+    },
+}
+
+fn render(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A pipeline ready to run: every string of the spec parsed, every path made absolute.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// The resource as written.
+    pub resource: IngestionPipeline,
+    /// `metadata.name`.
+    pub name: String,
+    /// Fencing identity written into every snapshot summary.
+    pub uid: String,
+    /// Source brokers.
+    pub bootstrap_servers: String,
+    /// Subscribed topics.
+    pub topics: Vec<String>,
+    /// Start position for partitions without a checkpoint.
+    pub starting_offsets: StartingOffsets,
+    /// How often to look for new partitions.
+    pub discovery_interval: Duration,
+    /// Extra consumer properties.
+    pub consumer_properties: BTreeMap<String, String>,
+    /// Consumer group that receives committed offsets (progress reporting only).
+    pub consumer_group: String,
+    /// Checkpoint interval.
+    pub checkpoint_interval: Duration,
+    /// Checkpoint timeout.
+    pub checkpoint_timeout: Duration,
+    /// Completed checkpoint records kept.
+    pub retained_checkpoints: usize,
+    /// Directory holding checkpoint records.
+    pub state_location: PathBuf,
+    /// SQL catalog URI (SQLite paths made absolute).
+    pub catalog_uri: String,
+    /// Catalog name.
+    pub catalog_name: String,
+    /// Warehouse root URI (`file:///…` or `s3://…`).
+    pub warehouse: String,
+    /// Extra catalog properties.
+    pub catalog_properties: BTreeMap<String, String>,
+    /// Namespace parts of the target table.
+    pub table_namespace: Vec<String>,
+    /// Name of the target table.
+    pub table_name: String,
+    /// Number of workers.
+    pub parallelism: usize,
+    /// Dead-letter topic and brokers.
+    pub dead_letter: Option<DeadLetter>,
+    /// Oversize limit for record values.
+    pub max_record_bytes: usize,
+}
+
+/// Where bad records go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Topic.
+    pub topic: String,
+    /// Brokers.
+    pub bootstrap_servers: String,
+}
+
+impl PipelineConfig {
+    /// Reads, parses and validates a pipeline file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let resource =
+            IngestionPipeline::from_yaml(&text).map_err(|source| ConfigError::Parse {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        Self::resolve(resource, &cwd).map_err(|errors| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            errors,
+        })
+    }
+
+    /// Validates a parsed resource and resolves relative paths against `base`.
+    pub fn resolve(resource: IngestionPipeline, base: &Path) -> Result<Self, Vec<FieldError>> {
+        let errors = validate(&resource.spec);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let spec = &resource.spec;
+        let kafka = &spec.source.kafka;
+        let name = resource.name_or_default();
+        let (table_namespace, table_name) = parse_table_ident(&spec.sink.table).expect("validated");
+        let warehouse_raw = spec
+            .sink
+            .catalog
+            .warehouse
+            .clone()
+            .unwrap_or_else(|| ".tidewater/warehouse".into());
+        let warehouse = to_uri(&warehouse_raw, base);
+        let state_location = match &spec.checkpoint.state_location {
+            Some(loc) => absolute(loc.trim_start_matches("file://"), base),
+            None => PathBuf::from(warehouse.trim_start_matches("file://"))
+                .join("_tidewater")
+                .join(resource.namespace_or_default())
+                .join(&name),
+        };
+        Ok(Self {
+            uid: resource.pipeline_uid(),
+            bootstrap_servers: kafka.bootstrap_servers.clone(),
+            topics: kafka.topics.clone(),
+            starting_offsets: StartingOffsets::parse(&kafka.starting_offsets).expect("validated"),
+            discovery_interval: parse_duration(&kafka.partition_discovery_interval)
+                .expect("validated"),
+            consumer_properties: kafka.properties.clone(),
+            consumer_group: format!("tidewater.{name}"),
+            checkpoint_interval: parse_duration(&spec.checkpoint.interval).expect("validated"),
+            checkpoint_timeout: parse_duration(&spec.checkpoint.timeout).expect("validated"),
+            retained_checkpoints: spec.checkpoint.retained as usize,
+            state_location,
+            catalog_uri: sql_uri(&spec.sink.catalog.uri, base),
+            catalog_name: spec.sink.catalog.name.clone(),
+            warehouse,
+            catalog_properties: spec.sink.catalog.properties.clone(),
+            table_namespace,
+            table_name,
+            parallelism: spec.parallelism as usize,
+            dead_letter: spec.dead_letter.as_ref().map(|d| DeadLetter {
+                topic: d.topic.clone(),
+                bootstrap_servers: d
+                    .bootstrap_servers
+                    .clone()
+                    .unwrap_or_else(|| kafka.bootstrap_servers.clone()),
+            }),
+            max_record_bytes: usize::try_from(spec.format.max_record_bytes).unwrap_or(usize::MAX),
+            name,
+            resource,
+        })
+    }
+
+    /// `namespace.table` as written.
+    pub fn table_display(&self) -> String {
+        format!("{}.{}", self.table_namespace.join("."), self.table_name)
+    }
+}
+
+fn absolute(path: &str, base: &Path) -> PathBuf {
+    let p = Path::new(path);
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// Local paths become `file:///abs`; URIs with a scheme are kept.
+fn to_uri(location: &str, base: &Path) -> String {
+    if location.contains("://") {
+        return location.trim_end_matches('/').to_string();
+    }
+    let abs = absolute(location, base);
+    format!("file://{}", abs.display())
+        .trim_end_matches('/')
+        .to_string()
+}
+
+/// Makes a SQLite file path absolute (PostgreSQL URIs are kept).
+fn sql_uri(uri: &str, base: &Path) -> String {
+    let Some(rest) = uri
+        .strip_prefix("sqlite://")
+        .or_else(|| uri.strip_prefix("sqlite:"))
+    else {
+        return uri.to_string();
+    };
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let abs = absolute(path, base);
+    if query.is_empty() {
+        format!("sqlite://{}", abs.display())
+    } else {
+        format!("sqlite://{}?{query}", abs.display())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> IngestionPipeline {
+        IngestionPipeline::from_yaml(include_str!("../../examples/clickstream.yaml")).unwrap()
+    }
+
+    #[test]
+    fn resolves_the_example() {
+        let c = PipelineConfig::resolve(example(), Path::new("/srv/app")).unwrap();
+        assert_eq!(c.uid, "local/default/clickstream");
+        assert_eq!(c.catalog_uri, "sqlite:///srv/app/.tidewater/catalog.db");
+        assert_eq!(c.warehouse, "file:///srv/app/.tidewater/warehouse");
+        assert_eq!(
+            c.state_location,
+            PathBuf::from("/srv/app/.tidewater/warehouse/_tidewater/default/clickstream")
+        );
+        assert_eq!(c.table_display(), "analytics.clicks");
+        assert_eq!(c.parallelism, 2);
+        assert_eq!(c.checkpoint_interval, Duration::from_secs(10));
+        assert_eq!(c.consumer_group, "tidewater.clickstream");
+        assert_eq!(c.dead_letter.unwrap().bootstrap_servers, "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn invalid_specs_list_their_fields() {
+        let mut r = example();
+        r.spec.parallelism = 0;
+        let errors = PipelineConfig::resolve(r, Path::new("/")).unwrap_err();
+        assert_eq!(errors[0].path, "spec.parallelism");
+    }
+}

@@ -1,0 +1,741 @@
+//! JSON record bytes → Arrow rows for a table schema. Pure: no I/O.
+//!
+//! A record is parsed completely into scalars before anything is appended, so a record that
+//! fails leaves the batch untouched and can be dead-lettered with a reason naming the field.
+
+use std::{borrow::Cow, collections::HashMap, fmt, sync::Arc};
+
+use arrow_array::{
+    ArrayRef, RecordBatch,
+    builder::{
+        BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, FixedSizeBinaryBuilder,
+        Float32Builder, Float64Builder, Int32Builder, Int64Builder, LargeBinaryBuilder,
+        StringBuilder, TimestampMicrosecondBuilder,
+    },
+};
+use arrow_schema::{DataType, SchemaRef, TimeUnit};
+use base64::Engine as _;
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+/// Why a record could not be converted. `kind` is a stable label for metrics and headers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertError {
+    /// `invalid-json`, `not-an-object`, `missing-required`, `wrong-type`, `out-of-range`,
+    /// `oversize` or `no-value`.
+    pub kind: &'static str,
+    /// Human-readable reason naming the field.
+    pub message: String,
+}
+
+impl fmt::Display for ConvertError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+impl std::error::Error for ConvertError {}
+
+/// A column kind the converter can fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Boolean,
+    Int,
+    Long,
+    Float,
+    Double,
+    Decimal {
+        precision: u8,
+        scale: i8,
+    },
+    Date,
+    Timestamp {
+        utc: bool,
+    },
+    String,
+    Uuid,
+    Binary {
+        large: bool,
+    },
+    /// A type this converter cannot fill (nested, time, nanosecond timestamps): always null.
+    Unsupported,
+}
+
+impl Kind {
+    fn of(data_type: &DataType) -> Self {
+        match data_type {
+            DataType::Boolean => Self::Boolean,
+            DataType::Int32 => Self::Int,
+            DataType::Int64 => Self::Long,
+            DataType::Float32 => Self::Float,
+            DataType::Float64 => Self::Double,
+            DataType::Decimal128(p, s) => Self::Decimal {
+                precision: *p,
+                scale: *s,
+            },
+            DataType::Date32 => Self::Date,
+            DataType::Timestamp(TimeUnit::Microsecond, tz) => Self::Timestamp { utc: tz.is_some() },
+            DataType::Utf8 => Self::String,
+            DataType::FixedSizeBinary(16) => Self::Uuid,
+            DataType::Binary => Self::Binary { large: false },
+            DataType::LargeBinary => Self::Binary { large: true },
+            _ => Self::Unsupported,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Boolean => "boolean",
+            Self::Int => "int",
+            Self::Long => "long",
+            Self::Float => "float",
+            Self::Double => "double",
+            Self::Decimal { .. } => "decimal",
+            Self::Date => "date",
+            Self::Timestamp { utc: true } => "timestamptz",
+            Self::Timestamp { utc: false } => "timestamp",
+            Self::String => "string",
+            Self::Uuid => "uuid",
+            Self::Binary { .. } => "binary",
+            Self::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// One parsed value, borrowed from the record where possible.
+#[derive(Debug, Clone, PartialEq)]
+enum Scalar<'a> {
+    Null,
+    Bool(bool),
+    I32(i32),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    I128(i128),
+    Str(Cow<'a, str>),
+    Bytes(Vec<u8>),
+}
+
+enum Builder {
+    Boolean(BooleanBuilder),
+    Int(Int32Builder),
+    Long(Int64Builder),
+    Float(Float32Builder),
+    Double(Float64Builder),
+    Decimal(Decimal128Builder, DataType),
+    Date(Date32Builder),
+    Timestamp(TimestampMicrosecondBuilder, DataType),
+    String(StringBuilder),
+    Uuid(FixedSizeBinaryBuilder),
+    Binary(BinaryBuilder),
+    LargeBinary(LargeBinaryBuilder),
+    Null(DataType, usize),
+}
+
+impl Builder {
+    fn new(kind: Kind, data_type: &DataType) -> Self {
+        match kind {
+            Kind::Boolean => Self::Boolean(BooleanBuilder::new()),
+            Kind::Int => Self::Int(Int32Builder::new()),
+            Kind::Long => Self::Long(Int64Builder::new()),
+            Kind::Float => Self::Float(Float32Builder::new()),
+            Kind::Double => Self::Double(Float64Builder::new()),
+            Kind::Decimal { .. } => Self::Decimal(Decimal128Builder::new(), data_type.clone()),
+            Kind::Date => Self::Date(Date32Builder::new()),
+            Kind::Timestamp { .. } => {
+                Self::Timestamp(TimestampMicrosecondBuilder::new(), data_type.clone())
+            }
+            Kind::String => Self::String(StringBuilder::new()),
+            Kind::Uuid => Self::Uuid(FixedSizeBinaryBuilder::new(16)),
+            Kind::Binary { large: false } => Self::Binary(BinaryBuilder::new()),
+            Kind::Binary { large: true } => Self::LargeBinary(LargeBinaryBuilder::new()),
+            Kind::Unsupported => Self::Null(data_type.clone(), 0),
+        }
+    }
+
+    fn append(&mut self, v: Scalar<'_>) {
+        match (self, v) {
+            (Self::Boolean(b), Scalar::Bool(x)) => b.append_value(x),
+            (Self::Int(b), Scalar::I32(x)) => b.append_value(x),
+            (Self::Long(b), Scalar::I64(x)) => b.append_value(x),
+            (Self::Float(b), Scalar::F32(x)) => b.append_value(x),
+            (Self::Double(b), Scalar::F64(x)) => b.append_value(x),
+            (Self::Decimal(b, _), Scalar::I128(x)) => b.append_value(x),
+            (Self::Date(b), Scalar::I32(x)) => b.append_value(x),
+            (Self::Timestamp(b, _), Scalar::I64(x)) => b.append_value(x),
+            (Self::String(b), Scalar::Str(s)) => b.append_value(s),
+            (Self::Uuid(b), Scalar::Bytes(x)) => b.append_value(x).expect("uuid is 16 bytes"),
+            (Self::Binary(b), Scalar::Bytes(x)) => b.append_value(x),
+            (Self::LargeBinary(b), Scalar::Bytes(x)) => b.append_value(x),
+            (this, Scalar::Null) => this.append_null(),
+            (_, other) => unreachable!("scalar {other:?} was produced for another kind"),
+        }
+    }
+
+    fn append_null(&mut self) {
+        match self {
+            Self::Boolean(b) => b.append_null(),
+            Self::Int(b) => b.append_null(),
+            Self::Long(b) => b.append_null(),
+            Self::Float(b) => b.append_null(),
+            Self::Double(b) => b.append_null(),
+            Self::Decimal(b, _) => b.append_null(),
+            Self::Date(b) => b.append_null(),
+            Self::Timestamp(b, _) => b.append_null(),
+            Self::String(b) => b.append_null(),
+            Self::Uuid(b) => b.append_null(),
+            Self::Binary(b) => b.append_null(),
+            Self::LargeBinary(b) => b.append_null(),
+            Self::Null(_, n) => *n += 1,
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            Self::Boolean(b) => Arc::new(b.finish()),
+            Self::Int(b) => Arc::new(b.finish()),
+            Self::Long(b) => Arc::new(b.finish()),
+            Self::Float(b) => Arc::new(b.finish()),
+            Self::Double(b) => Arc::new(b.finish()),
+            Self::Decimal(b, t) => {
+                let DataType::Decimal128(p, s) = t else {
+                    unreachable!()
+                };
+                Arc::new(
+                    b.finish()
+                        .with_precision_and_scale(*p, *s)
+                        .expect("valid decimal"),
+                )
+            }
+            Self::Date(b) => Arc::new(b.finish()),
+            Self::Timestamp(b, t) => {
+                let DataType::Timestamp(_, tz) = t else {
+                    unreachable!()
+                };
+                Arc::new(b.finish().with_timezone_opt(tz.clone()))
+            }
+            Self::String(b) => Arc::new(b.finish()),
+            Self::Uuid(b) => Arc::new(b.finish()),
+            Self::Binary(b) => Arc::new(b.finish()),
+            Self::LargeBinary(b) => Arc::new(b.finish()),
+            Self::Null(t, n) => {
+                let array = arrow_array::new_null_array(t, *n);
+                *n = 0;
+                array
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    kind: Kind,
+    required: bool,
+}
+
+/// Accumulates converted records into Arrow record batches of one schema.
+pub struct RowBatcher {
+    schema: SchemaRef,
+    columns: Vec<Column>,
+    index: HashMap<String, usize>,
+    builders: Vec<Builder>,
+    rows: usize,
+}
+
+impl RowBatcher {
+    /// A batcher for an Arrow schema derived from the table's Iceberg schema. Fails when a
+    /// required column has a type the converter cannot fill.
+    pub fn new(schema: SchemaRef) -> Result<Self, String> {
+        let mut columns = Vec::new();
+        for field in schema.fields() {
+            let kind = Kind::of(field.data_type());
+            if kind == Kind::Unsupported && !field.is_nullable() {
+                return Err(format!(
+                    "required column `{}` has type {} which JSON ingestion does not support yet",
+                    field.name(),
+                    field.data_type()
+                ));
+            }
+            columns.push(Column {
+                name: field.name().clone(),
+                kind,
+                required: !field.is_nullable(),
+            });
+        }
+        let index = columns
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.name.clone(), i))
+            .collect();
+        let builders = schema
+            .fields()
+            .iter()
+            .zip(&columns)
+            .map(|(f, c)| Builder::new(c.kind, f.data_type()))
+            .collect();
+        Ok(Self {
+            schema,
+            columns,
+            index,
+            builders,
+            rows: 0,
+        })
+    }
+
+    /// Rows appended since the last `finish`.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Converts one JSON record and appends it; on error nothing is appended.
+    pub fn push(&mut self, payload: &[u8]) -> Result<(), ConvertError> {
+        let values = self.parse(payload)?;
+        for (builder, value) in self.builders.iter_mut().zip(values) {
+            builder.append(value);
+        }
+        self.rows += 1;
+        Ok(())
+    }
+
+    fn parse<'a>(&self, payload: &'a [u8]) -> Result<Vec<Scalar<'a>>, ConvertError> {
+        let mut failure = None;
+        let seed = RecordSeed {
+            batcher: self,
+            failure: &mut failure,
+        };
+        let mut de = serde_json::Deserializer::from_slice(payload);
+        let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
+        let values = match parsed {
+            Ok(values) => values,
+            Err(e) => {
+                return Err(failure.unwrap_or_else(|| ConvertError {
+                    kind: if e.is_data() {
+                        "not-an-object"
+                    } else {
+                        "invalid-json"
+                    },
+                    message: e.to_string(),
+                }));
+            }
+        };
+        for (column, value) in self.columns.iter().zip(&values) {
+            if column.required && *value == Scalar::Null {
+                return Err(ConvertError {
+                    kind: "missing-required",
+                    message: format!("required field `{}` is missing or null", column.name),
+                });
+            }
+        }
+        Ok(values)
+    }
+
+    /// Takes the rows appended so far as a record batch (None when empty).
+    pub fn finish(&mut self) -> Option<RecordBatch> {
+        if self.rows == 0 {
+            return None;
+        }
+        let arrays: Vec<ArrayRef> = self.builders.iter_mut().map(Builder::finish).collect();
+        self.rows = 0;
+        Some(RecordBatch::try_new(self.schema.clone(), arrays).expect("builders match schema"))
+    }
+}
+
+struct RecordSeed<'b> {
+    batcher: &'b RowBatcher,
+    failure: &'b mut Option<ConvertError>,
+}
+
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+    type Value = Vec<Scalar<'de>>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RecordSeed<'_> {
+    type Value = Vec<Scalar<'de>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut values = vec![Scalar::Null; self.batcher.columns.len()];
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match self.batcher.index.get(key.as_ref()) {
+                Some(&i) => {
+                    let column = &self.batcher.columns[i];
+                    let seed = ValueSeed { kind: column.kind };
+                    match map.next_value_seed(seed)? {
+                        Ok(v) => values[i] = v,
+                        Err((kind, message)) => {
+                            *self.failure = Some(ConvertError {
+                                kind,
+                                message: format!("field `{}`: {message}", column.name),
+                            });
+                            return Err(de::Error::custom("conversion failed"));
+                        }
+                    }
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(values)
+    }
+}
+
+type ValueResult<'a> = Result<Scalar<'a>, (&'static str, String)>;
+
+struct ValueSeed {
+    kind: Kind,
+}
+
+impl<'de> DeserializeSeed<'de> for ValueSeed {
+    type Value = ValueResult<'de>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn wrong(kind: Kind, got: impl fmt::Display) -> (&'static str, String) {
+    ("wrong-type", format!("expected {}, got {got}", kind.name()))
+}
+
+fn range(kind: Kind, got: impl fmt::Display) -> (&'static str, String) {
+    (
+        "out-of-range",
+        format!("{got} does not fit in {}", kind.name()),
+    )
+}
+
+impl<'de> Visitor<'de> for ValueSeed {
+    type Value = ValueResult<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "a JSON value for a {} column", self.kind.name())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(Ok(Scalar::Null))
+    }
+
+    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(match self.kind {
+            Kind::Boolean => Ok(Scalar::Bool(v)),
+            Kind::Unsupported => Ok(Scalar::Null),
+            k => Err(wrong(k, format!("boolean {v}"))),
+        })
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(integer(self.kind, i128::from(v)))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(integer(self.kind, i128::from(v)))
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(match self.kind {
+            #[allow(clippy::cast_possible_truncation)]
+            Kind::Float => Ok(Scalar::F32(v as f32)),
+            Kind::Double => Ok(Scalar::F64(v)),
+            Kind::Decimal { precision, scale } => {
+                decimal_from_text(&v.to_string(), precision, scale)
+            }
+            Kind::Unsupported => Ok(Scalar::Null),
+            k => Err(wrong(k, format!("number {v}"))),
+        })
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(match self.kind {
+            Kind::String => Ok(Scalar::Str(Cow::Borrowed(v))),
+            k => text(k, v),
+        })
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(match self.kind {
+            Kind::String => Ok(Scalar::Str(Cow::Owned(v.to_string()))),
+            k => text(k, v),
+        })
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(match self.kind {
+            Kind::Unsupported => Ok(Scalar::Null),
+            k => Err(wrong(k, "an array")),
+        })
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(match self.kind {
+            Kind::Unsupported => Ok(Scalar::Null),
+            k => Err(wrong(k, "an object")),
+        })
+    }
+}
+
+fn integer<'a>(kind: Kind, v: i128) -> ValueResult<'a> {
+    #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+    match kind {
+        Kind::Int => i32::try_from(v)
+            .map(Scalar::I32)
+            .map_err(|_| range(kind, v)),
+        Kind::Long => i64::try_from(v)
+            .map(Scalar::I64)
+            .map_err(|_| range(kind, v)),
+        Kind::Float => Ok(Scalar::F32(v as f32)),
+        Kind::Double => Ok(Scalar::F64(v as f64)),
+        Kind::Decimal { precision, scale } => {
+            let scaled = 10i128
+                .checked_pow(u32::try_from(scale).unwrap_or(0))
+                .and_then(|m| v.checked_mul(m))
+                .ok_or_else(|| range(kind, v))?;
+            check_precision(scaled, precision).map_err(|()| range(kind, v))?;
+            Ok(Scalar::I128(scaled))
+        }
+        // Epoch milliseconds.
+        Kind::Timestamp { .. } => i64::try_from(v)
+            .ok()
+            .and_then(|ms| ms.checked_mul(1000))
+            .map(Scalar::I64)
+            .ok_or_else(|| range(kind, v)),
+        // Days since epoch.
+        Kind::Date => i32::try_from(v)
+            .map(Scalar::I32)
+            .map_err(|_| range(kind, v)),
+        Kind::Unsupported => Ok(Scalar::Null),
+        k => Err(wrong(k, format!("number {v}"))),
+    }
+}
+
+fn text<'a>(kind: Kind, v: &str) -> ValueResult<'a> {
+    match kind {
+        Kind::Timestamp { .. } => parse_timestamp_micros(v)
+            .map(Scalar::I64)
+            .ok_or_else(|| ("wrong-type", format!("`{v}` is not an ISO 8601 timestamp"))),
+        Kind::Date => NaiveDate::parse_from_str(v, "%Y-%m-%d")
+            .ok()
+            .map(|d| {
+                let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+                #[allow(clippy::cast_possible_truncation)]
+                Scalar::I32((d - epoch).num_days() as i32)
+            })
+            .ok_or_else(|| ("wrong-type", format!("`{v}` is not a date (YYYY-MM-DD)"))),
+        Kind::Decimal { precision, scale } => decimal_from_text(v, precision, scale),
+        Kind::Uuid => uuid::Uuid::parse_str(v)
+            .map(|u| Scalar::Bytes(u.as_bytes().to_vec()))
+            .map_err(|_| ("wrong-type", format!("`{v}` is not a UUID"))),
+        Kind::Binary { .. } => base64::engine::general_purpose::STANDARD
+            .decode(v)
+            .map(Scalar::Bytes)
+            .map_err(|_| {
+                (
+                    "wrong-type",
+                    "binary values must be base64 strings".to_string(),
+                )
+            }),
+        Kind::Unsupported => Ok(Scalar::Null),
+        k => Err(wrong(k, format!("string \"{}\"", truncate(v, 40)))),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
+}
+
+/// ISO 8601 with offset (`2026-01-02T03:04:05.123Z`, `+02:00`) or without (taken as UTC).
+fn parse_timestamp_micros(v: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(v) {
+        return Some(t.timestamp_micros());
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(v, fmt) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    None
+}
+
+fn check_precision(unscaled: i128, precision: u8) -> Result<(), ()> {
+    let limit = 10i128.checked_pow(u32::from(precision)).ok_or(())?;
+    if unscaled.abs() < limit {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+fn decimal_from_text<'a>(v: &str, precision: u8, scale: i8) -> ValueResult<'a> {
+    let kind = Kind::Decimal { precision, scale };
+    let bad = || ("wrong-type", format!("`{v}` is not a decimal number"));
+    let s = v.trim();
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.bytes().all(|b| b.is_ascii_digit())
+        || !frac_part.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad());
+    }
+    let scale_u = usize::try_from(scale).map_err(|_| bad())?;
+    if frac_part.trim_end_matches('0').len() > scale_u {
+        return Err(range(
+            kind,
+            format!("`{v}` (more than {scale} fractional digits)"),
+        ));
+    }
+    let mut unscaled: i128 = 0;
+    let frac_padded = frac_part
+        .bytes()
+        .chain(std::iter::repeat(b'0'))
+        .take(scale_u);
+    for b in int_part.bytes().chain(frac_padded) {
+        unscaled = unscaled
+            .checked_mul(10)
+            .and_then(|x| x.checked_add(i128::from(b - b'0')))
+            .ok_or_else(|| range(kind, v))?;
+    }
+    if neg {
+        unscaled = -unscaled;
+    }
+    check_precision(unscaled, precision).map_err(|()| range(kind, v))?;
+    Ok(Scalar::I128(unscaled))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow_array::{
+        Array, Decimal128Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
+    };
+    use arrow_schema::{Field, Schema};
+
+    use super::*;
+
+    fn schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new(
+                "ts",
+                DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+                true,
+            ),
+            Field::new("user_id", DataType::Utf8, true),
+            Field::new("amount", DataType::Float64, true),
+            Field::new("price", DataType::Decimal128(10, 2), true),
+            Field::new("n", DataType::Int32, true),
+        ]))
+    }
+
+    fn err(payload: &str) -> ConvertError {
+        RowBatcher::new(schema())
+            .unwrap()
+            .push(payload.as_bytes())
+            .unwrap_err()
+    }
+
+    #[test]
+    fn converts_with_the_coercions_users_expect() {
+        let mut b = RowBatcher::new(schema()).unwrap();
+        b.push(br#"{"id":1,"ts":"2026-01-02T03:04:05.5Z","user_id":"u\"1","amount":3,"price":"12.3","extra":{"a":[1]}}"#)
+            .unwrap();
+        b.push(br#"{"id":2,"ts":1767323045500,"amount":2.5,"price":7}"#)
+            .unwrap();
+        b.push(br#"{"id":3,"ts":"2026-01-02T05:04:05.5+02:00","user_id":null}"#)
+            .unwrap();
+        let batch = b.finish().unwrap();
+        assert_eq!(batch.num_rows(), 3);
+        let ids = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        assert_eq!(ids.values(), &[1, 2, 3]);
+        let ts = batch
+            .column(1)
+            .as_any()
+            .downcast_ref::<TimestampMicrosecondArray>()
+            .unwrap();
+        // ISO string, epoch millis and an offset all land on the same instant.
+        assert_eq!(ts.value(0), 1_767_323_045_500_000);
+        assert_eq!(ts.value(1), 1_767_323_045_500_000);
+        assert_eq!(ts.value(2), 1_767_323_045_500_000);
+        let users = batch
+            .column(2)
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert_eq!(users.value(0), "u\"1");
+        assert!(users.is_null(1) && users.is_null(2));
+        let amount = batch
+            .column(3)
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .unwrap();
+        assert_eq!((amount.value(0), amount.value(1)), (3.0, 2.5));
+        let price = batch
+            .column(4)
+            .as_any()
+            .downcast_ref::<Decimal128Array>()
+            .unwrap();
+        assert_eq!((price.value(0), price.value(1)), (1230, 700));
+        assert!(b.finish().is_none(), "finish resets the batch");
+    }
+
+    #[test]
+    fn bad_records_name_the_field_and_leave_the_batch_untouched() {
+        let mut b = RowBatcher::new(schema()).unwrap();
+        b.push(br#"{"id":1}"#).unwrap();
+        // The failure is in the last field: nothing of this record may be appended.
+        assert!(b.push(br#"{"id":2,"user_id":"x","n":"oops"}"#).is_err());
+        assert_eq!(b.rows(), 1);
+        let batch = b.finish().unwrap();
+        assert_eq!(batch.num_rows(), 1);
+        assert_eq!(batch.column(2).len(), 1);
+
+        let e = err(r#"{"id":"7"}"#);
+        assert_eq!(e.kind, "wrong-type");
+        assert_eq!(e.message, "field `id`: expected long, got string \"7\"");
+        let e = err(r#"{"user_id":"a"}"#);
+        assert_eq!(e.kind, "missing-required");
+        assert!(e.message.contains("`id`"));
+        assert_eq!(err(r#"{"id":null}"#).kind, "missing-required");
+        assert_eq!(err(r#"{"id":1.5}"#).kind, "wrong-type");
+        assert_eq!(err(r#"{"id":1,"n":3000000000}"#).kind, "out-of-range");
+        assert_eq!(err(r#"{"id":1,"price":"1.234"}"#).kind, "out-of-range");
+        assert_eq!(err(r#"{"id":1,"ts":"yesterday"}"#).kind, "wrong-type");
+        assert_eq!(err(r#"{"id":1,"#).kind, "invalid-json");
+        assert_eq!(err(r#"{"id":1} trailing"#).kind, "invalid-json");
+        assert_eq!(err("[1,2]").kind, "not-an-object");
+        assert_eq!(err("\u{1}garbage").kind, "invalid-json");
+    }
+
+    #[test]
+    fn decimals_parse_exactly() {
+        let d = |s: &str| decimal_from_text(s, 10, 2);
+        assert_eq!(d("12.34"), Ok(Scalar::I128(1234)));
+        assert_eq!(d("-0.5"), Ok(Scalar::I128(-50)));
+        assert_eq!(d("1.230"), Ok(Scalar::I128(123)));
+        assert!(
+            d("123456789.00").is_err(),
+            "precision 10 holds 8 integer digits"
+        );
+        assert!(d("1.2.3").is_err());
+        assert!(d("").is_err());
+    }
+}

@@ -1,0 +1,289 @@
+//! Kafka I/O helpers on rdkafka: client configuration, partition discovery, start-offset
+//! resolution, lag, progress commits to the consumer group, and the dead-letter producer.
+//! All calls here block; callers run them off the async executor.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use rdkafka::{
+    ClientConfig, ClientContext, Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, CommitMode, Consumer},
+    error::{KafkaError, RDKafkaErrorCode},
+    message::{BorrowedMessage, Header, Headers, OwnedHeaders},
+    producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext},
+};
+use tidewater_crds::types::StartingOffsets;
+
+use crate::{
+    config::{DeadLetter, PipelineConfig},
+    protocol::{Offsets, TopicPartition},
+};
+
+const META_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Base consumer configuration: manual assignment, no auto commit, offsets from checkpoints.
+pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap_servers)
+        .set("group.id", &config.consumer_group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("session.timeout.ms", "6000")
+        .set("fetch.wait.max.ms", "100")
+        .set("client.id", format!("tidewater-{}", config.name));
+    for (k, v) in &config.consumer_properties {
+        c.set(k, v);
+    }
+    c
+}
+
+/// A consumer for metadata, watermarks and group commits (never assigned).
+pub fn admin_consumer(config: &PipelineConfig) -> Result<BaseConsumer, KafkaError> {
+    consumer_config(config).create()
+}
+
+/// All partitions of the subscribed topics that exist now (missing topics are skipped).
+pub fn discover_partitions(
+    consumer: &BaseConsumer,
+    topics: &[String],
+) -> Result<Vec<TopicPartition>, KafkaError> {
+    let mut out = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), META_TIMEOUT)?;
+        for t in metadata.topics() {
+            if t.error().is_some() {
+                tracing::debug!(topic, error = ?t.error(), "topic not available yet");
+                continue;
+            }
+            for p in t.partitions() {
+                out.push(TopicPartition {
+                    topic: t.name().to_string(),
+                    partition: p.id(),
+                });
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// The concrete offset where `policy` starts in a partition.
+pub fn resolve_start(
+    consumer: &BaseConsumer,
+    tp: &TopicPartition,
+    policy: StartingOffsets,
+) -> Result<i64, KafkaError> {
+    let (low, high) = consumer.fetch_watermarks(&tp.topic, tp.partition, META_TIMEOUT)?;
+    match policy {
+        StartingOffsets::Earliest => Ok(low),
+        StartingOffsets::Latest => Ok(high),
+        StartingOffsets::Timestamp(t) => {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(
+                &tp.topic,
+                tp.partition,
+                Offset::Offset(t.timestamp_millis()),
+            )?;
+            let found = consumer.offsets_for_times(tpl, META_TIMEOUT)?;
+            let offset = found
+                .find_partition(&tp.topic, tp.partition)
+                .map(|e| e.offset());
+            Ok(match offset {
+                Some(Offset::Offset(o)) => o,
+                _ => high,
+            })
+        }
+    }
+}
+
+/// High watermark minus next offset for every partition in `offsets`.
+pub fn lag(consumer: &BaseConsumer, offsets: &Offsets) -> Vec<(TopicPartition, i64)> {
+    let mut out = Vec::new();
+    for (topic, parts) in offsets {
+        for (&partition, &next) in parts {
+            if let Ok((_, high)) = consumer.fetch_watermarks(topic, partition, META_TIMEOUT) {
+                out.push((
+                    TopicPartition {
+                        topic: topic.clone(),
+                        partition,
+                    },
+                    (high - next).max(0),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Writes committed offsets to the consumer group so lag tools can see progress. Never read
+/// back by Tidewater.
+pub fn commit_group_offsets(consumer: &BaseConsumer, offsets: &Offsets) -> Result<(), KafkaError> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, parts) in offsets {
+        for (&partition, &next) in parts {
+            tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+        }
+    }
+    if tpl.count() == 0 {
+        return Ok(());
+    }
+    consumer.commit(&tpl, CommitMode::Sync)
+}
+
+/// Counts failed dead-letter deliveries.
+#[derive(Default)]
+pub struct DeliveryTracker {
+    failed: AtomicU64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ClientContext for DeliveryTracker {}
+
+impl ProducerContext for DeliveryTracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, (): ()) {
+        if let Err((e, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            *self.last_error.lock().expect("lock") = Some(e.to_string());
+        }
+    }
+}
+
+/// Sends records that cannot be converted to the dead-letter topic, unchanged, with headers
+/// that say why and where they came from.
+pub struct DeadLetterProducer {
+    producer: BaseProducer<DeliveryTracker>,
+    topic: String,
+    pipeline: String,
+}
+
+/// Header names on dead-lettered records.
+pub mod headers {
+    /// Human-readable reason.
+    pub const ERROR: &str = "tidewater.error";
+    /// Stable reason kind (`wrong-type`, `invalid-json`, …).
+    pub const ERROR_KIND: &str = "tidewater.error.kind";
+    /// Source topic.
+    pub const TOPIC: &str = "tidewater.source.topic";
+    /// Source partition.
+    pub const PARTITION: &str = "tidewater.source.partition";
+    /// Source offset.
+    pub const OFFSET: &str = "tidewater.source.offset";
+    /// Pipeline name.
+    pub const PIPELINE: &str = "tidewater.pipeline";
+}
+
+impl DeadLetterProducer {
+    /// A producer for the pipeline's dead-letter topic.
+    pub fn new(dl: &DeadLetter, pipeline: &str) -> Result<Self, KafkaError> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &dl.bootstrap_servers)
+            .set("message.max.bytes", "104857600")
+            .set("linger.ms", "5")
+            .set("acks", "all")
+            .create_with_context(DeliveryTracker::default())?;
+        Ok(Self {
+            producer,
+            topic: dl.topic.clone(),
+            pipeline: pipeline.to_string(),
+        })
+    }
+
+    /// Queues `message` with its reason. Blocks while the local queue is full.
+    pub fn send(
+        &self,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+    ) -> Result<(), KafkaError> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let mut h = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                h = h.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        let h = h
+            .insert(Header {
+                key: headers::ERROR,
+                value: Some(reason),
+            })
+            .insert(Header {
+                key: headers::ERROR_KIND,
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: headers::TOPIC,
+                value: Some(message.topic()),
+            })
+            .insert(Header {
+                key: headers::PARTITION,
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: headers::OFFSET,
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: headers::PIPELINE,
+                value: Some(&self.pipeline),
+            });
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).headers(h);
+        if let Some(k) = message.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = message.payload() {
+            record = record.payload(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(50));
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    /// Waits until every queued record is acknowledged; fails if any delivery failed since
+    /// the last flush.
+    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| format!("dead-letter flush: {e}"))?;
+        let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
+        if failed > 0 {
+            let last = self
+                .producer
+                .context()
+                .last_error
+                .lock()
+                .expect("lock")
+                .clone();
+            return Err(format!(
+                "{failed} dead-letter record(s) could not be delivered to {}: {}",
+                self.topic,
+                last.unwrap_or_default()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serves delivery callbacks without blocking.
+    pub fn poll(&self) {
+        self.producer.poll(Duration::ZERO);
+    }
+}

@@ -1,0 +1,299 @@
+//! Prometheus metrics of the runtime and the HTTP endpoint that serves them with `/healthz`.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Labels for per-partition series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: String,
+}
+
+/// Labels for dead-letter reasons.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    /// Stable error kind (e.g. `wrong-type`).
+    pub reason: String,
+}
+
+/// Every metric of one runtime process.
+pub struct Metrics {
+    registry: Registry,
+    /// Records read from Kafka.
+    pub records_in: Counter,
+    /// Bytes of record values read.
+    pub bytes_in: Counter,
+    /// Rows written into data files.
+    pub rows_out: Counter,
+    /// Rows in committed snapshots.
+    pub rows_committed: Counter,
+    /// Records sent to the dead-letter topic, by reason.
+    pub dead_lettered: Family<ReasonLabels, Counter>,
+    /// Kafka lag (high watermark − next offset) per partition.
+    pub lag: Family<PartitionLabels, Gauge>,
+    /// Barrier sent → checkpoint record durable, seconds.
+    pub checkpoint_duration: Histogram,
+    /// Table commit, seconds.
+    pub commit_duration: Histogram,
+    /// Data files per commit.
+    pub files_per_commit: Histogram,
+    /// Bytes per commit.
+    pub bytes_per_commit: Histogram,
+    /// Commit time − Kafka timestamp of the oldest/newest record committed, seconds.
+    pub freshness: Histogram,
+    /// Completed checkpoints.
+    pub checkpoints: Counter,
+    /// Iceberg commits.
+    pub commits: Counter,
+    /// Unix time of the last successful commit or empty checkpoint, seconds.
+    last_commit_unix: Arc<AtomicI64>,
+    ready: AtomicBool,
+    /// Id of the newest completed checkpoint.
+    pub last_checkpoint_id: Gauge<i64, AtomicI64>,
+    started_unix: AtomicU64,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers all metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidewater");
+        let secs = || Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let m = Self {
+            records_in: Counter::default(),
+            bytes_in: Counter::default(),
+            rows_out: Counter::default(),
+            rows_committed: Counter::default(),
+            dead_lettered: Family::default(),
+            lag: Family::default(),
+            checkpoint_duration: secs(),
+            commit_duration: secs(),
+            files_per_commit: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            bytes_per_commit: Histogram::new(exponential_buckets(1024.0, 4.0, 12)),
+            freshness: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            checkpoints: Counter::default(),
+            commits: Counter::default(),
+            last_commit_unix: Arc::new(AtomicI64::new(0)),
+            ready: AtomicBool::new(false),
+            last_checkpoint_id: Gauge::default(),
+            started_unix: AtomicU64::new(u64::try_from(unix_now()).unwrap_or(0)),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "records_in",
+            "Records read from Kafka",
+            m.records_in.clone(),
+        );
+        registry.register(
+            "bytes_in",
+            "Bytes of record values read from Kafka",
+            m.bytes_in.clone(),
+        );
+        registry.register(
+            "rows_written",
+            "Rows written into data files",
+            m.rows_out.clone(),
+        );
+        registry.register(
+            "rows_committed",
+            "Rows in committed Iceberg snapshots",
+            m.rows_committed.clone(),
+        );
+        registry.register(
+            "dead_lettered_records",
+            "Records sent to the dead-letter topic",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "partition_lag_records",
+            "High watermark minus next offset",
+            m.lag.clone(),
+        );
+        registry.register(
+            "checkpoint_duration_seconds",
+            "Barrier to durable checkpoint record",
+            m.checkpoint_duration.clone(),
+        );
+        registry.register(
+            "commit_duration_seconds",
+            "Iceberg table commit",
+            m.commit_duration.clone(),
+        );
+        registry.register(
+            "commit_files",
+            "Data files per Iceberg commit",
+            m.files_per_commit.clone(),
+        );
+        registry.register(
+            "commit_bytes",
+            "Bytes of data files per Iceberg commit",
+            m.bytes_per_commit.clone(),
+        );
+        registry.register(
+            "freshness_seconds",
+            "Commit time minus Kafka timestamp of committed records (oldest and newest per commit)",
+            m.freshness.clone(),
+        );
+        registry.register(
+            "checkpoints_completed",
+            "Completed checkpoints",
+            m.checkpoints.clone(),
+        );
+        registry.register("commits", "Iceberg commits", m.commits.clone());
+        registry.register(
+            "last_checkpoint_id",
+            "Id of the newest completed checkpoint",
+            m.last_checkpoint_id.clone(),
+        );
+        let last = m.last_commit_unix.clone();
+        let started = m.started_unix.load(Ordering::Relaxed);
+        registry.register(
+            "seconds_since_last_commit",
+            "Seconds since the last successful commit or empty checkpoint (since start if none)",
+            SinceGauge { last, started },
+        );
+        Self { registry, ..m }
+    }
+
+    /// Marks a successful commit (or a checkpoint with nothing to commit) now.
+    pub fn mark_committed(&self) {
+        self.last_commit_unix.store(unix_now(), Ordering::Relaxed);
+    }
+
+    /// Marks the pipeline as ready (recovered and reading).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Prometheus text exposition of all metrics.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("encode");
+        out
+    }
+}
+
+/// A gauge computed at scrape time.
+#[derive(Debug)]
+struct SinceGauge {
+    last: Arc<AtomicI64>,
+    started: u64,
+}
+
+impl prometheus_client::encoding::EncodeMetric for SinceGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let last = self.last.load(Ordering::Relaxed);
+        let since = if last > 0 {
+            unix_now() - last
+        } else {
+            unix_now() - i64::try_from(self.started).unwrap_or(0)
+        };
+        encoder.encode_gauge(&since)
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for SinceGauge {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Gauge;
+}
+
+async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        m.render(),
+    )
+}
+
+async fn health_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    if m.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends. Returns the bound address.
+pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_handler))
+        .route("/healthz", get(health_handler))
+        .with_state(metrics);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::new();
+        m.records_in.inc_by(3);
+        m.dead_lettered
+            .get_or_create(&ReasonLabels {
+                reason: "wrong-type".into(),
+            })
+            .inc();
+        m.commit_duration.observe(0.02);
+        let text = m.render();
+        assert!(text.contains("tidewater_records_in_total 3"), "{text}");
+        assert!(
+            text.contains("tidewater_dead_lettered_records_total{reason=\"wrong-type\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidewater_commit_duration_seconds_count 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tidewater_seconds_since_last_commit "),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! Messages between the coordinator and its workers. Serializable: in local mode they travel
+//! over in-process channels, and the same types will cross the network between pods.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Next offset to read, per topic and partition.
+pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
+
+/// A Kafka partition.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TopicPartition {
+    /// Topic name.
+    pub topic: String,
+    /// Partition number.
+    pub partition: i32,
+}
+
+/// Coordinator → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToWorker {
+    /// Start reading these partitions at these offsets (in addition to what is already owned).
+    Assign {
+        /// Partitions and their next offsets.
+        partitions: Offsets,
+    },
+    /// Close all open files now and report them with the offsets reached.
+    Barrier {
+        /// Checkpoint id.
+        checkpoint_id: u64,
+    },
+    /// Stop reading and exit; nothing after the last barrier is reported.
+    Stop,
+}
+
+/// Worker → coordinator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToCoordinator {
+    /// The worker's part of a checkpoint.
+    Ack(WorkerAck),
+    /// The worker cannot go on; the pipeline must stop without committing past this point.
+    Failed {
+        /// Worker index.
+        worker: usize,
+        /// What happened, naming the record when a record is the cause.
+        reason: String,
+    },
+}
+
+/// What a worker wrote between two barriers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WorkerAck {
+    /// Worker index.
+    pub worker: usize,
+    /// Checkpoint id of the barrier answered.
+    pub checkpoint_id: u64,
+    /// Data files, in Iceberg's JSON data-file form.
+    pub data_files: Vec<String>,
+    /// Partition spec the files were written with.
+    pub partition_spec_id: i32,
+    /// Next offset of every owned partition at the barrier.
+    pub offsets: Offsets,
+    /// Rows written into the files.
+    pub rows: u64,
+    /// Records sent to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Smallest Kafka timestamp (ms) among rows written, if any.
+    pub min_timestamp_ms: Option<i64>,
+    /// Largest Kafka timestamp (ms) among rows written, if any.
+    pub max_timestamp_ms: Option<i64>,
+}
+
+/// Sets `offsets[topic][partition] = next`.
+pub fn set_offset(offsets: &mut Offsets, topic: &str, partition: i32, next: i64) {
+    offsets
+        .entry(topic.to_string())
+        .or_default()
+        .insert(partition, next);
+}
+
+/// Looks up `offsets[topic][partition]`.
+pub fn get_offset(offsets: &Offsets, topic: &str, partition: i32) -> Option<i64> {
+    offsets.get(topic).and_then(|p| p.get(&partition)).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_as_json() {
+        let mut offsets = Offsets::new();
+        set_offset(&mut offsets, "clicks", 3, 42);
+        let ack = ToCoordinator::Ack(WorkerAck {
+            worker: 1,
+            checkpoint_id: 7,
+            data_files: vec!["{}".into()],
+            offsets,
+            rows: 10,
+            ..WorkerAck::default()
+        });
+        let json = serde_json::to_string(&ack).unwrap();
+        assert!(json.starts_with(r#"{"ack":{"#));
+        assert!(json.contains(r#""clicks":{"3":42}"#));
+        assert_eq!(serde_json::from_str::<ToCoordinator>(&json).unwrap(), ack);
+        let barrier = ToWorker::Barrier { checkpoint_id: 9 };
+        let json = serde_json::to_string(&barrier).unwrap();
+        assert_eq!(json, r#"{"barrier":{"checkpoint_id":9}}"#);
+    }
+}

@@ -1,0 +1,435 @@
+//! The Iceberg side: opening the catalog, creating the table on first use, and the
+//! exactly-once commit (validated against the table's history, pinned to the version that
+//! was validated, never rebased).
+
+use std::{collections::HashMap, sync::Arc};
+
+use async_trait::async_trait;
+use iceberg::{
+    Catalog, CatalogBuilder, ErrorKind, Namespace, NamespaceIdent, TableCommit, TableCreation,
+    TableIdent,
+    spec::{
+        NestedField, PrimitiveType, Schema, TableMetadata, Transform as IcebergTransform, Type,
+        UnboundPartitionSpec, deserialize_data_file_from_json,
+    },
+    table::Table,
+    transaction::{ApplyTransactionAction, Transaction},
+};
+use iceberg_catalog_sql::SqlCatalogBuilder;
+use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
+use tidewater_crds::{
+    pipeline::CreateTableSpec,
+    types::{ColumnType, PartitionField, Transform},
+};
+
+use crate::{
+    checkpoint::{
+        CheckpointRecord, CommitDecision, CommittedState, SUMMARY_CHECKPOINT_ID, SUMMARY_OFFSETS,
+        SUMMARY_PIPELINE_UID, SUMMARY_RUN_ID, decide_commit,
+    },
+    config::PipelineConfig,
+    failpoint,
+};
+
+/// Errors of the Iceberg side.
+#[derive(Debug, thiserror::Error)]
+pub enum TableError {
+    /// The catalog or file IO failed.
+    #[error("iceberg: {0}")]
+    Iceberg(#[from] iceberg::Error),
+    /// The table is missing and there is no definition to create it.
+    #[error("table {0} does not exist and spec.sink.createTable is not set")]
+    Missing(String),
+    /// The spec's table definition cannot be turned into an Iceberg schema.
+    #[error("spec.sink.createTable: {0}")]
+    Definition(String),
+    /// Another writer with the same pipeline uid moved the table: this writer must stop.
+    #[error("fenced: {0}")]
+    Fenced(String),
+    /// The table history has a tidewater summary that cannot be read.
+    #[error("table history: {0}")]
+    History(String),
+}
+
+/// Opens the SQL catalog of the spec (creating a SQLite file when missing).
+pub async fn open_catalog(config: &PipelineConfig) -> Result<Arc<dyn Catalog>, TableError> {
+    let mut uri = config.catalog_uri.clone();
+    if let Some(path) = uri.strip_prefix("sqlite://") {
+        let file = path.split('?').next().unwrap_or(path);
+        if let Some(parent) = std::path::Path::new(file).parent() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                TableError::Definition(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+        if !uri.contains("mode=") {
+            uri.push_str(if uri.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+    }
+    if let Some(local) = config.warehouse.strip_prefix("file://") {
+        std::fs::create_dir_all(local)
+            .map_err(|e| TableError::Definition(format!("cannot create warehouse {local}: {e}")))?;
+    }
+    let mut props: HashMap<String, String> =
+        config.catalog_properties.clone().into_iter().collect();
+    props.insert("uri".into(), uri);
+    props.insert("warehouse".into(), config.warehouse.clone());
+    let catalog = SqlCatalogBuilder::default()
+        .with_storage_factory(Arc::new(OpenDalResolvingStorageFactory::new()))
+        .load(&config.catalog_name, props)
+        .await?;
+    Ok(Arc::new(catalog))
+}
+
+/// The table identifier of the spec.
+pub fn table_ident(config: &PipelineConfig) -> Result<TableIdent, TableError> {
+    let ns = NamespaceIdent::from_vec(config.table_namespace.clone())?;
+    Ok(TableIdent::new(ns, config.table_name.clone()))
+}
+
+/// Loads the table, creating it (and its namespace) from `createTable` when missing.
+pub async fn load_or_create(
+    catalog: &dyn Catalog,
+    config: &PipelineConfig,
+) -> Result<Table, TableError> {
+    let ident = table_ident(config)?;
+    if catalog.table_exists(&ident).await? {
+        return Ok(catalog.load_table(&ident).await?);
+    }
+    let create = config
+        .resource
+        .spec
+        .sink
+        .create_table
+        .as_ref()
+        .ok_or_else(|| TableError::Missing(config.table_display()))?;
+    let (schema, spec) = table_definition(create)?;
+    if !catalog.namespace_exists(ident.namespace()).await? {
+        match catalog
+            .create_namespace(ident.namespace(), HashMap::new())
+            .await
+        {
+            Ok(Namespace { .. }) => {}
+            Err(e)
+                if catalog
+                    .namespace_exists(ident.namespace())
+                    .await
+                    .unwrap_or(false) =>
+            {
+                tracing::debug!(error = %e, "namespace created concurrently");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let creation = TableCreation::builder()
+        .name(ident.name().to_string())
+        .schema(schema)
+        .partition_spec(spec)
+        .properties(create.properties.clone())
+        .build();
+    match catalog.create_table(ident.namespace(), creation).await {
+        Ok(t) => {
+            tracing::info!(table = %config.table_display(), "created table");
+            Ok(t)
+        }
+        Err(e) if catalog.table_exists(&ident).await.unwrap_or(false) => {
+            tracing::debug!(error = %e, "table created concurrently");
+            Ok(catalog.load_table(&ident).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Iceberg schema (field ids 1..n in column order) and partition spec of a table definition.
+pub fn table_definition(
+    create: &CreateTableSpec,
+) -> Result<(Schema, UnboundPartitionSpec), TableError> {
+    let mut fields = Vec::new();
+    let mut ids = HashMap::new();
+    for (i, col) in create.schema.iter().enumerate() {
+        let id =
+            i32::try_from(i + 1).map_err(|_| TableError::Definition("too many columns".into()))?;
+        let ty = ColumnType::parse(&col.column_type).map_err(TableError::Definition)?;
+        let ty = Type::Primitive(primitive(ty));
+        let mut field = if col.required {
+            NestedField::required(id, &col.name, ty)
+        } else {
+            NestedField::optional(id, &col.name, ty)
+        };
+        if let Some(doc) = &col.doc {
+            field = field.with_doc(doc);
+        }
+        ids.insert(col.name.clone(), id);
+        fields.push(Arc::new(field));
+    }
+    let schema = Schema::builder().with_fields(fields).build()?;
+    let mut spec = UnboundPartitionSpec::builder();
+    for text in &create.partition_by {
+        let field = PartitionField::parse(text).map_err(TableError::Definition)?;
+        let source = *ids
+            .get(&field.column)
+            .ok_or_else(|| TableError::Definition(format!("unknown column `{}`", field.column)))?;
+        let (transform, name) = match field.transform {
+            Transform::Identity => (IcebergTransform::Identity, field.column.clone()),
+            Transform::Year => (IcebergTransform::Year, format!("{}_year", field.column)),
+            Transform::Month => (IcebergTransform::Month, format!("{}_month", field.column)),
+            Transform::Day => (IcebergTransform::Day, format!("{}_day", field.column)),
+            Transform::Hour => (IcebergTransform::Hour, format!("{}_hour", field.column)),
+            Transform::Bucket(n) => (
+                IcebergTransform::Bucket(n),
+                format!("{}_bucket", field.column),
+            ),
+            Transform::Truncate(w) => (
+                IcebergTransform::Truncate(w),
+                format!("{}_trunc", field.column),
+            ),
+        };
+        spec = spec.add_partition_field(source, name, transform)?;
+    }
+    Ok((schema, spec.build()))
+}
+
+fn primitive(t: ColumnType) -> PrimitiveType {
+    match t {
+        ColumnType::Boolean => PrimitiveType::Boolean,
+        ColumnType::Int => PrimitiveType::Int,
+        ColumnType::Long => PrimitiveType::Long,
+        ColumnType::Float => PrimitiveType::Float,
+        ColumnType::Double => PrimitiveType::Double,
+        ColumnType::Decimal { precision, scale } => PrimitiveType::Decimal { precision, scale },
+        ColumnType::Date => PrimitiveType::Date,
+        ColumnType::Timestamp => PrimitiveType::Timestamp,
+        ColumnType::Timestamptz => PrimitiveType::Timestamptz,
+        ColumnType::String => PrimitiveType::String,
+        ColumnType::Uuid => PrimitiveType::Uuid,
+        ColumnType::Binary => PrimitiveType::Binary,
+    }
+}
+
+/// The newest snapshot in the current branch's history that was committed by `uid`.
+pub fn last_pipeline_commit(
+    metadata: &TableMetadata,
+    uid: &str,
+) -> Result<Option<CommittedState>, TableError> {
+    let mut current = metadata.current_snapshot();
+    while let Some(snapshot) = current {
+        if let Some(state) = CommittedState::from_summary(
+            snapshot.snapshot_id(),
+            &snapshot.summary().additional_properties,
+            uid,
+        ) {
+            return state.map(Some).map_err(TableError::History);
+        }
+        current = snapshot
+            .parent_snapshot_id()
+            .and_then(|p| metadata.snapshot_by_id(p));
+    }
+    Ok(None)
+}
+
+/// Result of committing one checkpoint to one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// A new snapshot was committed.
+    Committed {
+        /// Its id.
+        snapshot_id: i64,
+    },
+    /// The table already held this checkpoint.
+    AlreadyCommitted {
+        /// The snapshot holding it.
+        snapshot_id: i64,
+    },
+}
+
+impl CommitOutcome {
+    /// The snapshot that holds the checkpoint.
+    pub fn snapshot_id(self) -> i64 {
+        match self {
+            Self::Committed { snapshot_id } | Self::AlreadyCommitted { snapshot_id } => snapshot_id,
+        }
+    }
+}
+
+/// Commits the files of `record` for `table_key` exactly once.
+///
+/// Each attempt loads the table, checks with [`decide_commit`] that the table's newest commit
+/// of this pipeline is exactly where the record starts, and commits pinned to that version.
+/// When any other writer changed the table in between, the attempt fails instead of rebasing
+/// and the next attempt validates again.
+pub async fn commit_checkpoint(
+    catalog: &dyn Catalog,
+    ident: &TableIdent,
+    table_key: &str,
+    record: &CheckpointRecord,
+) -> Result<CommitOutcome, TableError> {
+    let plan = record
+        .commits
+        .get(table_key)
+        .ok_or_else(|| TableError::History(format!("checkpoint has no files for {table_key}")))?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let table = catalog.load_table(ident).await?;
+        let last = last_pipeline_commit(table.metadata(), &record.pipeline_uid)?;
+        match decide_commit(last.as_ref(), record, table_key) {
+            CommitDecision::AlreadyCommitted { snapshot_id } => {
+                return Ok(CommitOutcome::AlreadyCommitted { snapshot_id });
+            }
+            CommitDecision::Fenced { reason } => return Err(TableError::Fenced(reason)),
+            CommitDecision::Commit => {}
+        }
+        let metadata = table.metadata();
+        let schema = metadata.current_schema();
+        let spec = metadata
+            .partition_spec_by_id(plan.partition_spec_id)
+            .ok_or_else(|| {
+                TableError::History(format!("partition spec {} is gone", plan.partition_spec_id))
+            })?;
+        let partition_type = spec.partition_type(schema)?;
+        let files = plan
+            .data_files
+            .iter()
+            .map(|json| {
+                deserialize_data_file_from_json(
+                    json,
+                    plan.partition_spec_id,
+                    &partition_type,
+                    schema,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let properties = HashMap::from([
+            (
+                SUMMARY_PIPELINE_UID.to_string(),
+                record.pipeline_uid.clone(),
+            ),
+            (
+                SUMMARY_CHECKPOINT_ID.to_string(),
+                record.checkpoint_id.to_string(),
+            ),
+            (
+                SUMMARY_OFFSETS.to_string(),
+                serde_json::to_string(&record.offsets).expect("offsets serialize"),
+            ),
+            (SUMMARY_RUN_ID.to_string(), record.run_id.clone()),
+        ]);
+        let tx = Transaction::new(&table);
+        let tx = tx
+            .fast_append()
+            // Unique file names make the duplicate scan (cost grows with history) unnecessary.
+            .with_check_duplicate(false)
+            .add_data_files(files)
+            .set_snapshot_properties(properties)
+            .apply(tx)?;
+        let pinned = PinnedCatalog {
+            inner: catalog,
+            pinned: table.clone(),
+        };
+        match tx.commit(&pinned).await {
+            Ok(committed) => {
+                failpoint::hit(failpoint::points::AFTER_COMMIT);
+                let snapshot_id = committed
+                    .metadata()
+                    .current_snapshot_id()
+                    .ok_or_else(|| TableError::History("commit left no current snapshot".into()))?;
+                return Ok(CommitOutcome::Committed { snapshot_id });
+            }
+            Err(e) if e.kind() == ErrorKind::CatalogCommitConflicts && attempt < 10 => {
+                tracing::info!(attempt, error = %e, "table changed during commit; validating again");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// A catalog view whose `load_table` returns the table version that was validated, so
+/// `Transaction::commit` cannot silently rebase onto a newer version; conflicts surface as
+/// non-retryable errors (see shared/FINDINGS.md: iceberg-rust re-applies actions on retry).
+#[derive(Debug)]
+struct PinnedCatalog<'a> {
+    inner: &'a dyn Catalog,
+    pinned: Table,
+}
+
+#[async_trait]
+impl Catalog for PinnedCatalog<'_> {
+    async fn list_namespaces(
+        &self,
+        parent: Option<&NamespaceIdent>,
+    ) -> iceberg::Result<Vec<NamespaceIdent>> {
+        self.inner.list_namespaces(parent).await
+    }
+    async fn create_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<Namespace> {
+        self.inner.create_namespace(namespace, properties).await
+    }
+    async fn get_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<Namespace> {
+        self.inner.get_namespace(namespace).await
+    }
+    async fn namespace_exists(&self, namespace: &NamespaceIdent) -> iceberg::Result<bool> {
+        self.inner.namespace_exists(namespace).await
+    }
+    async fn update_namespace(
+        &self,
+        namespace: &NamespaceIdent,
+        properties: HashMap<String, String>,
+    ) -> iceberg::Result<()> {
+        self.inner.update_namespace(namespace, properties).await
+    }
+    async fn drop_namespace(&self, namespace: &NamespaceIdent) -> iceberg::Result<()> {
+        self.inner.drop_namespace(namespace).await
+    }
+    async fn list_tables(&self, namespace: &NamespaceIdent) -> iceberg::Result<Vec<TableIdent>> {
+        self.inner.list_tables(namespace).await
+    }
+    async fn create_table(
+        &self,
+        namespace: &NamespaceIdent,
+        creation: TableCreation,
+    ) -> iceberg::Result<Table> {
+        self.inner.create_table(namespace, creation).await
+    }
+    async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
+        if table == self.pinned.identifier() {
+            return Ok(self.pinned.clone());
+        }
+        self.inner.load_table(table).await
+    }
+    async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.inner.drop_table(table).await
+    }
+    async fn purge_table(&self, table: &TableIdent) -> iceberg::Result<()> {
+        self.inner.purge_table(table).await
+    }
+    async fn table_exists(&self, table: &TableIdent) -> iceberg::Result<bool> {
+        self.inner.table_exists(table).await
+    }
+    async fn rename_table(&self, src: &TableIdent, dest: &TableIdent) -> iceberg::Result<()> {
+        self.inner.rename_table(src, dest).await
+    }
+    async fn register_table(
+        &self,
+        table: &TableIdent,
+        metadata_location: String,
+    ) -> iceberg::Result<Table> {
+        self.inner.register_table(table, metadata_location).await
+    }
+    async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
+        failpoint::hit(failpoint::points::MID_COMMIT);
+        self.inner.update_table(commit).await.map_err(|e| {
+            if e.kind() == ErrorKind::CatalogCommitConflicts {
+                // Fresh error without the retryable flag: never re-applied on a newer table.
+                iceberg::Error::new(ErrorKind::CatalogCommitConflicts, e.to_string())
+            } else {
+                e
+            }
+        })
+    }
+}

@@ -1,0 +1,339 @@
+//! A worker: reads the partitions the coordinator assigns, converts records, writes data
+//! files, dead-letters what cannot be converted, and answers barriers with its files and
+//! offsets. Runs on its own OS thread; talks to the coordinator only through protocol
+//! messages.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use rdkafka::{
+    Message, Offset, TopicPartitionList,
+    consumer::{BaseConsumer, Consumer},
+    message::BorrowedMessage,
+};
+
+use crate::{
+    config::PipelineConfig,
+    convert::RowBatcher,
+    failpoint,
+    kafka::{DeadLetterProducer, consumer_config},
+    metrics::{Metrics, ReasonLabels},
+    protocol::{Offsets, ToCoordinator, ToWorker, WorkerAck, set_offset},
+    writer::{TableWriter, WriterFactory},
+};
+
+/// Rows converted before a batch is handed to the Parquet writer.
+const BATCH_ROWS: usize = 8192;
+/// How long a poll waits for a record.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a barrier waits for dead-letter deliveries.
+const DLQ_FLUSH: Duration = Duration::from_secs(30);
+
+/// Everything a worker needs; built by the coordinator.
+pub struct WorkerSetup {
+    /// Worker index, 0-based.
+    pub index: usize,
+    /// The pipeline.
+    pub config: PipelineConfig,
+    /// Writers for the target table.
+    pub factory: WriterFactory,
+    /// Coordinator run id (part of file names).
+    pub run_id: String,
+    /// Shared metrics.
+    pub metrics: Arc<Metrics>,
+    /// Commands from the coordinator.
+    pub commands: mpsc::Receiver<ToWorker>,
+    /// Events to the coordinator.
+    pub events: tokio::sync::mpsc::UnboundedSender<ToCoordinator>,
+}
+
+/// Starts a worker thread.
+pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("worker-{}", setup.index))
+        .spawn(move || {
+            let index = setup.index;
+            let events = setup.events.clone();
+            if let Err(reason) = run(setup) {
+                tracing::error!(worker = index, %reason, "worker failed");
+                let _ = events.send(ToCoordinator::Failed {
+                    worker: index,
+                    reason,
+                });
+            }
+        })
+}
+
+/// Per-checkpoint statistics.
+#[derive(Default)]
+struct Epoch {
+    rows: u64,
+    dead_lettered: u64,
+    min_ts: Option<i64>,
+    max_ts: Option<i64>,
+    records: u64,
+    bytes: u64,
+    dead_by_kind: HashMap<&'static str, u64>,
+}
+
+struct State {
+    index: usize,
+    run_id: String,
+    max_record_bytes: usize,
+    factory: WriterFactory,
+    metrics: Arc<Metrics>,
+    events: tokio::sync::mpsc::UnboundedSender<ToCoordinator>,
+    owned: Offsets,
+    batcher: RowBatcher,
+    writer: Option<TableWriter>,
+    dlq: Option<DeadLetterProducer>,
+    rt: tokio::runtime::Runtime,
+    last_barrier: u64,
+    epoch: Epoch,
+}
+
+fn run(setup: WorkerSetup) -> Result<(), String> {
+    let consumer: BaseConsumer = consumer_config(&setup.config)
+        .create()
+        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let dlq = setup
+        .config
+        .dead_letter
+        .as_ref()
+        .map(|d| DeadLetterProducer::new(d, &setup.config.name))
+        .transpose()
+        .map_err(|e| format!("dead-letter producer: {e}"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("worker runtime: {e}"))?;
+    let mut state = State {
+        index: setup.index,
+        run_id: setup.run_id,
+        max_record_bytes: setup.config.max_record_bytes,
+        batcher: RowBatcher::new(setup.factory.arrow_schema())?,
+        factory: setup.factory,
+        metrics: setup.metrics,
+        events: setup.events,
+        owned: Offsets::new(),
+        writer: None,
+        dlq,
+        rt,
+        last_barrier: 0,
+        epoch: Epoch::default(),
+    };
+    let commands = setup.commands;
+    loop {
+        // Commands first: a barrier must not wait behind a long stream of records.
+        loop {
+            match commands.try_recv() {
+                Ok(cmd) => {
+                    if !state.handle(cmd, &consumer)? {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+            }
+        }
+        if state.owned.is_empty() {
+            match commands.recv_timeout(POLL) {
+                Ok(cmd) => {
+                    if !state.handle(cmd, &consumer)? {
+                        return Ok(());
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+            continue;
+        }
+        match consumer.poll(POLL) {
+            None => state.flush_batch()?,
+            Some(Err(e)) => tracing::warn!(worker = state.index, error = %e, "kafka poll error"),
+            Some(Ok(message)) => state.on_message(&message)?,
+        }
+        if state.batcher.rows() >= BATCH_ROWS {
+            state.flush_batch()?;
+        }
+        if let Some(d) = &state.dlq {
+            d.poll();
+        }
+    }
+}
+
+impl State {
+    /// Returns false when the worker should exit.
+    fn handle(&mut self, cmd: ToWorker, consumer: &BaseConsumer) -> Result<bool, String> {
+        match cmd {
+            ToWorker::Assign { partitions } => {
+                for (topic, parts) in partitions {
+                    for (p, offset) in parts {
+                        set_offset(&mut self.owned, &topic, p, offset);
+                    }
+                }
+                let mut tpl = TopicPartitionList::new();
+                for (topic, parts) in &self.owned {
+                    for (&p, &next) in parts {
+                        tpl.add_partition_offset(topic, p, Offset::Offset(next))
+                            .map_err(|e| format!("assign {topic}/{p}: {e}"))?;
+                    }
+                }
+                consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+                tracing::info!(worker = self.index, partitions = tpl.count(), "assigned");
+                Ok(true)
+            }
+            ToWorker::Barrier { checkpoint_id } => {
+                self.barrier(checkpoint_id)?;
+                Ok(true)
+            }
+            ToWorker::Stop => Ok(false),
+        }
+    }
+
+    fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), String> {
+        let Some(next) = self
+            .owned
+            .get_mut(m.topic())
+            .and_then(|p| p.get_mut(&m.partition()))
+        else {
+            return Ok(()); // not ours (any more)
+        };
+        if m.offset() < *next {
+            return Ok(()); // already processed before a re-assignment
+        }
+        let offset = m.offset();
+        let payload = m.payload();
+        self.epoch.records += 1;
+        self.epoch.bytes += payload.map_or(0, |p| p.len() as u64);
+        let result = match payload {
+            None => Err(("no-value", "record has no value (tombstone)".to_string())),
+            Some(p) if p.len() > self.max_record_bytes => Err((
+                "oversize",
+                format!(
+                    "value of {} bytes exceeds maxRecordBytes {}",
+                    p.len(),
+                    self.max_record_bytes
+                ),
+            )),
+            Some(p) => self.batcher.push(p).map_err(|e| (e.kind, e.message)),
+        };
+        match result {
+            Ok(()) => {
+                self.epoch.rows += 1;
+                if let Some(ts) = m.timestamp().to_millis() {
+                    self.epoch.min_ts = Some(self.epoch.min_ts.map_or(ts, |t| t.min(ts)));
+                    self.epoch.max_ts = Some(self.epoch.max_ts.map_or(ts, |t| t.max(ts)));
+                }
+            }
+            Err((kind, message)) => self.dead_letter(m, kind, &message)?,
+        }
+        if let Some(next) = self
+            .owned
+            .get_mut(m.topic())
+            .and_then(|p| p.get_mut(&m.partition()))
+        {
+            *next = offset + 1;
+        }
+        Ok(())
+    }
+
+    fn dead_letter(
+        &mut self,
+        m: &BorrowedMessage<'_>,
+        kind: &'static str,
+        message: &str,
+    ) -> Result<(), String> {
+        let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+        let Some(dlq) = &self.dlq else {
+            return Err(format!(
+                "record {at} cannot be converted ({kind}: {message}) and spec.deadLetter is not \
+                 set; stopping without committing past it"
+            ));
+        };
+        dlq.send(m, kind, message)
+            .map_err(|e| format!("dead-lettering record {at}: {e}"))?;
+        self.epoch.dead_lettered += 1;
+        *self.epoch.dead_by_kind.entry(kind).or_default() += 1;
+        tracing::debug!(record = %at, kind, message, "dead-lettered");
+        Ok(())
+    }
+
+    fn flush_batch(&mut self) -> Result<(), String> {
+        let Some(batch) = self.batcher.finish() else {
+            return Ok(());
+        };
+        if self.writer.is_none() {
+            let prefix = format!(
+                "{}-w{}-c{}-{}",
+                self.run_id,
+                self.index,
+                self.last_barrier + 1,
+                uuid::Uuid::now_v7().simple()
+            );
+            let w = self
+                .rt
+                .block_on(self.factory.open(prefix))
+                .map_err(|e| format!("open data file: {e}"))?;
+            self.writer = Some(w);
+        }
+        let writer = self.writer.as_mut().expect("just opened");
+        self.rt
+            .block_on(writer.write(batch))
+            .map_err(|e| format!("write data file: {e}"))?;
+        failpoint::hit(failpoint::points::WORKER_MID_WRITE);
+        self.publish_metrics();
+        Ok(())
+    }
+
+    fn publish_metrics(&mut self) {
+        let e = &mut self.epoch;
+        self.metrics
+            .records_in
+            .inc_by(std::mem::take(&mut e.records));
+        self.metrics.bytes_in.inc_by(std::mem::take(&mut e.bytes));
+        for (kind, n) in e.dead_by_kind.drain() {
+            self.metrics
+                .dead_lettered
+                .get_or_create(&ReasonLabels {
+                    reason: kind.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    fn barrier(&mut self, checkpoint_id: u64) -> Result<(), String> {
+        self.flush_batch()?;
+        let (data_files, _bytes) = match self.writer.take() {
+            Some(w) => self
+                .rt
+                .block_on(w.close())
+                .map_err(|e| format!("close data files: {e}"))?,
+            None => (Vec::new(), 0),
+        };
+        if let Some(d) = &self.dlq {
+            d.flush(DLQ_FLUSH)?;
+        }
+        self.publish_metrics();
+        self.metrics.rows_out.inc_by(self.epoch.rows);
+        let epoch = std::mem::take(&mut self.epoch);
+        let ack = WorkerAck {
+            worker: self.index,
+            checkpoint_id,
+            data_files,
+            partition_spec_id: self.factory.partition_spec_id(),
+            offsets: self.owned.clone(),
+            rows: epoch.rows,
+            dead_lettered: epoch.dead_lettered,
+            min_timestamp_ms: epoch.min_ts,
+            max_timestamp_ms: epoch.max_ts,
+        };
+        self.last_barrier = checkpoint_id;
+        self.events
+            .send(ToCoordinator::Ack(ack))
+            .map_err(|_| "coordinator is gone".to_string())
+    }
+}

@@ -1,0 +1,250 @@
+//! Data files for one table between two barriers: Arrow batches in, Iceberg data files out.
+//! Parquet settings come from the table properties overridden by the spec's writeProperties.
+
+use std::{collections::HashMap, sync::Arc};
+
+use arrow_array::RecordBatch;
+use arrow_schema::SchemaRef as ArrowSchemaRef;
+use iceberg::{
+    arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema},
+    io::FileIO,
+    spec::{
+        DataFile, DataFileFormat, FormatVersion, PartitionSpecRef, SchemaRef,
+        serialize_data_file_to_json,
+    },
+    table::Table,
+    writer::{
+        IcebergWriter, IcebergWriterBuilder,
+        base_writer::data_file_writer::{DataFileWriter, DataFileWriterBuilder},
+        file_writer::{
+            ParquetWriterBuilder,
+            location_generator::{DefaultFileNameGenerator, DefaultLocationGenerator},
+            rolling_writer::RollingFileWriterBuilder,
+        },
+        partitioning::{PartitioningWriter, fanout_writer::FanoutWriter},
+    },
+};
+use parquet::{
+    basic::{BrotliLevel, Compression, GzipLevel, ZstdLevel},
+    file::properties::WriterProperties,
+};
+
+type FileBuilder =
+    DataFileWriterBuilder<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>;
+
+/// Default target size of a data file (Iceberg's default).
+const DEFAULT_TARGET_FILE_SIZE: usize = 512 * 1024 * 1024;
+
+/// Parquet writer properties from Iceberg `write.parquet.*` properties.
+pub fn parquet_properties(props: &HashMap<String, String>) -> Result<WriterProperties, String> {
+    let level = props
+        .get("write.parquet.compression-level")
+        .map(|l| {
+            l.parse::<i32>()
+                .map_err(|_| format!("bad compression level `{l}`"))
+        })
+        .transpose()?;
+    let codec = props
+        .get("write.parquet.compression-codec")
+        .map_or("zstd", String::as_str)
+        .to_ascii_lowercase();
+    let compression = match codec.as_str() {
+        "zstd" => Compression::ZSTD(
+            ZstdLevel::try_new(level.unwrap_or(1)).map_err(|e| format!("zstd level: {e}"))?,
+        ),
+        "snappy" => Compression::SNAPPY,
+        "gzip" => Compression::GZIP(
+            GzipLevel::try_new(u32::try_from(level.unwrap_or(6)).unwrap_or(6))
+                .map_err(|e| format!("gzip level: {e}"))?,
+        ),
+        "brotli" => Compression::BROTLI(
+            BrotliLevel::try_new(u32::try_from(level.unwrap_or(1)).unwrap_or(1))
+                .map_err(|e| format!("brotli level: {e}"))?,
+        ),
+        "lz4" | "lz4_raw" => Compression::LZ4_RAW,
+        "uncompressed" | "none" => Compression::UNCOMPRESSED,
+        other => return Err(format!("unknown compression codec `{other}`")),
+    };
+    let mut builder = WriterProperties::builder().set_compression(compression);
+    let size = |key: &str| -> Result<Option<usize>, String> {
+        props
+            .get(key)
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("{key}: `{v}` is not a size"))
+            })
+            .transpose()
+    };
+    if let Some(page) = size("write.parquet.page-size-bytes")? {
+        builder = builder.set_data_page_size_limit(page);
+    }
+    if let Some(dict) = size("write.parquet.dict-size-bytes")? {
+        builder = builder.set_dictionary_page_size_limit(dict);
+    }
+    Ok(builder.build())
+}
+
+/// Everything needed to open writers for one table version; cheap to clone.
+#[derive(Clone)]
+pub struct WriterFactory {
+    schema: SchemaRef,
+    arrow_schema: ArrowSchemaRef,
+    partition_spec: PartitionSpecRef,
+    format_version: FormatVersion,
+    properties: WriterProperties,
+    target_file_size: usize,
+    file_io: FileIO,
+    locations: DefaultLocationGenerator,
+}
+
+impl WriterFactory {
+    /// Prepares writers for the table's current schema and default partition spec.
+    pub fn new(table: &Table, overrides: &HashMap<String, String>) -> Result<Self, String> {
+        let metadata = table.metadata();
+        let mut props = metadata.properties().clone();
+        props.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let schema = metadata.current_schema().clone();
+        let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(|e| e.to_string())?);
+        let target_file_size = props
+            .get("write.target-file-size-bytes")
+            .map(|v| {
+                v.parse::<usize>()
+                    .map_err(|_| format!("bad target file size `{v}`"))
+            })
+            .transpose()?
+            .unwrap_or(DEFAULT_TARGET_FILE_SIZE);
+        Ok(Self {
+            arrow_schema,
+            partition_spec: metadata.default_partition_spec().clone(),
+            format_version: metadata.format_version(),
+            properties: parquet_properties(&props)?,
+            target_file_size,
+            file_io: table.file_io().clone(),
+            locations: DefaultLocationGenerator::new(metadata).map_err(|e| e.to_string())?,
+            schema,
+        })
+    }
+
+    /// Arrow schema (with Iceberg field ids) that batches must have.
+    pub fn arrow_schema(&self) -> ArrowSchemaRef {
+        self.arrow_schema.clone()
+    }
+
+    /// Partition spec id the files are written with.
+    pub fn partition_spec_id(&self) -> i32 {
+        self.partition_spec.spec_id()
+    }
+
+    /// Opens a writer whose file names start with `prefix` (must be unique per writer).
+    pub async fn open(&self, prefix: String) -> iceberg::Result<TableWriter> {
+        let names = DefaultFileNameGenerator::new(prefix, None, DataFileFormat::Parquet);
+        let parquet = ParquetWriterBuilder::new(self.properties.clone(), self.schema.clone());
+        let rolling = RollingFileWriterBuilder::new(
+            parquet,
+            self.target_file_size,
+            self.file_io.clone(),
+            self.locations.clone(),
+            names,
+        );
+        let builder = DataFileWriterBuilder::new(rolling);
+        let inner = if self.partition_spec.is_unpartitioned() {
+            Inner::Unpartitioned(builder.build(None).await?)
+        } else {
+            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
+                self.schema.clone(),
+                self.partition_spec.clone(),
+            )?;
+            Inner::Partitioned(Box::new(FanoutWriter::new(builder)), splitter)
+        };
+        Ok(TableWriter {
+            inner,
+            factory: self.clone(),
+        })
+    }
+
+    /// Serializes data files for the checkpoint record.
+    pub fn to_json(&self, files: Vec<DataFile>) -> iceberg::Result<Vec<String>> {
+        let partition_type = self.partition_spec.partition_type(&self.schema)?;
+        files
+            .into_iter()
+            .map(|f| serialize_data_file_to_json(f, &partition_type, self.format_version))
+            .collect()
+    }
+}
+
+enum Inner {
+    Unpartitioned(
+        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
+    ),
+    Partitioned(Box<FanoutWriter<FileBuilder>>, RecordBatchPartitionSplitter),
+}
+
+/// Open data files of one table.
+pub struct TableWriter {
+    inner: Inner,
+    factory: WriterFactory,
+}
+
+impl TableWriter {
+    /// Writes a batch (split by partition when the table is partitioned).
+    pub async fn write(&mut self, batch: RecordBatch) -> iceberg::Result<()> {
+        match &mut self.inner {
+            Inner::Unpartitioned(w) => w.write(batch).await,
+            Inner::Partitioned(w, splitter) => {
+                for (key, part) in splitter.split(&batch)? {
+                    w.write(key, part).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Closes all files and returns them in the checkpoint record's JSON form.
+    pub async fn close(self) -> iceberg::Result<(Vec<String>, u64)> {
+        let files = match self.inner {
+            Inner::Unpartitioned(mut w) => w.close().await?,
+            Inner::Partitioned(w, _) => w.close().await?,
+        };
+        let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
+        Ok((self.factory.to_json(files)?, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codecs_and_levels() {
+        let p = |pairs: &[(&str, &str)]| {
+            parquet_properties(
+                &pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+            )
+        };
+        let col = parquet::schema::types::ColumnPath::from("x");
+        assert_eq!(
+            p(&[]).unwrap().compression(&col),
+            Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
+        );
+        assert_eq!(
+            p(&[("write.parquet.compression-codec", "snappy")])
+                .unwrap()
+                .compression(&col),
+            Compression::SNAPPY
+        );
+        assert_eq!(
+            p(&[
+                ("write.parquet.compression-codec", "zstd"),
+                ("write.parquet.compression-level", "9")
+            ])
+            .unwrap()
+            .compression(&col),
+            Compression::ZSTD(ZstdLevel::try_new(9).unwrap())
+        );
+        assert!(p(&[("write.parquet.compression-codec", "zip")]).is_err());
+        assert!(p(&[("write.parquet.page-size-bytes", "big")]).is_err());
+    }
+}

