@@ -345,7 +345,7 @@ impl Coordinator {
         let acks = self.collect_acks(id).await?;
         let mut offsets = self.offsets.clone();
         let mut files = Vec::new();
-        let (mut rows, mut dead) = (0u64, 0u64);
+        let (mut rows, mut dead, mut bytes) = (0u64, 0u64, 0u64);
         let mut spec_id = 0;
         let (mut min_ts, mut max_ts) = (None::<i64>, None::<i64>);
         for ack in acks {
@@ -356,6 +356,7 @@ impl Coordinator {
             }
             files.extend(ack.data_files);
             rows += ack.rows;
+            bytes += ack.bytes;
             dead += ack.dead_lettered;
             spec_id = ack.partition_spec_id;
             min_ts = min_ts.into_iter().chain(ack.min_timestamp_ms).min();
@@ -412,6 +413,7 @@ impl Coordinator {
             #[allow(clippy::cast_precision_loss)]
             {
                 self.metrics.files_per_commit.observe(file_count as f64);
+                self.metrics.bytes_per_commit.observe(bytes as f64);
                 for ts in min_ts.into_iter().chain(max_ts) {
                     self.metrics
                         .freshness

@@ -65,6 +65,8 @@ pub struct WorkerAck {
     pub offsets: Offsets,
     /// Rows written into the files.
     pub rows: u64,
+    /// Bytes of the files.
+    pub bytes: u64,
     /// Records sent to the dead-letter topic.
     pub dead_lettered: u64,
     /// Smallest Kafka timestamp (ms) among rows written, if any.

@@ -307,7 +307,7 @@ impl State {
 
     fn barrier(&mut self, checkpoint_id: u64) -> Result<(), String> {
         self.flush_batch()?;
-        let (data_files, _bytes) = match self.writer.take() {
+        let (data_files, bytes) = match self.writer.take() {
             Some(w) => self
                 .rt
                 .block_on(w.close())
@@ -327,6 +327,7 @@ impl State {
             partition_spec_id: self.factory.partition_spec_id(),
             offsets: self.owned.clone(),
             rows: epoch.rows,
+            bytes,
             dead_lettered: epoch.dead_lettered,
             min_timestamp_ms: epoch.min_ts,
             max_timestamp_ms: epoch.max_ts,

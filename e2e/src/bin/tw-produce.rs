@@ -1,0 +1,64 @@
+//! `tw-produce`: creates a topic if needed and produces ~200-byte JSON click events
+//! (used by the quick start and the benchmark).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Parser;
+use rdkafka::{
+    ClientConfig,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+};
+use tidewater_e2e::EventProducer;
+
+#[derive(Parser)]
+struct Args {
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    bootstrap: String,
+    #[arg(long, default_value = "clicks")]
+    topic: String,
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long, default_value_t = 10_000)]
+    count: u64,
+    #[arg(long, default_value_t = 0)]
+    start_id: u64,
+    /// Events per second (0 = as fast as possible).
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &args.bootstrap).create()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
+    // An "already exists" answer is fine.
+    let _ = rt.block_on(admin.create_topics([&topic], &AdminOptions::new()));
+    let producer = EventProducer::new(&args.bootstrap)?;
+    let started = Instant::now();
+    let chunk = if args.rate == 0 { args.count.max(1) } else { (args.rate / 10).max(1) };
+    let mut id = args.start_id;
+    let end = args.start_id + args.count;
+    while id < end {
+        let next = (id + chunk).min(end);
+        producer.send_events(&args.topic, args.partitions, id..next)?;
+        id = next;
+        if args.rate > 0 {
+            let due = Duration::from_secs_f64((id - args.start_id) as f64 / args.rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+    producer.flush()?;
+    eprintln!(
+        "produced {} events to {} in {:.2}s",
+        args.count,
+        args.topic,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

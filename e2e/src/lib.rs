@@ -1,0 +1,615 @@
+//! End-to-end harness: starts real components (Tansu broker, PostgreSQL), produces events,
+//! runs the `tidewater` binary as a separate process, and reads tables back through
+//! independent readers (PyIceberg and DuckDB). Every server listens on 127.0.0.1 only and is
+//! stopped when its handle drops.
+#![allow(missing_docs, clippy::missing_panics_doc)]
+
+use std::{
+    collections::BTreeMap,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::{
+    ClientConfig, Message,
+    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
+    client::DefaultClientContext,
+    consumer::{BaseConsumer, Consumer},
+    message::Headers,
+    producer::{BaseProducer, BaseRecord, Producer},
+};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// The `tidewater` binary built in the same target directory as the running test.
+pub fn tidewater_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TIDEWATER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> → target/<profile>/tidewater
+    let bin = exe.parent().unwrap().parent().unwrap().join("tidewater");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build -p tidewater-runtime` (scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+fn venv_python() -> PathBuf {
+    let p = repo_root().join(".venv/bin/python");
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh", p.display());
+    p
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A Tansu broker with in-memory storage on a free port.
+pub struct Broker {
+    child: Child,
+    pub bootstrap: String,
+}
+
+impl Broker {
+    pub fn start() -> Result<Self> {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = repo_root().join("bin/tansu");
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {} (run scripts/setup.sh)", bin.display()))?;
+        let broker = Self {
+            child,
+            bootstrap: format!("127.0.0.1:{port}"),
+        };
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &broker.bootstrap)
+            .create()?;
+        wait_for("broker metadata", Duration::from_secs(20), || {
+            consumer.fetch_metadata(None, Duration::from_secs(1)).ok()
+        })?;
+        Ok(broker)
+    }
+
+    /// Creates a topic and waits until its partitions are visible.
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        let results = rt.block_on(admin.create_topics([&new], &AdminOptions::new()))?;
+        for r in results {
+            if let Err((t, e)) = r {
+                bail!("create topic {t}: {e}");
+            }
+        }
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .create()?;
+        wait_for("topic partitions", Duration::from_secs(20), || {
+            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(1)).ok()?;
+            let n = md.topics().first()?.partitions().len();
+            (i32::try_from(n).ok()? == partitions).then_some(())
+        })
+    }
+
+    /// A producer to this broker.
+    pub fn producer(&self) -> Result<EventProducer> {
+        EventProducer::new(&self.bootstrap)
+    }
+
+    /// Reads every record of `topic` until `expected` are seen or `timeout` passes.
+    pub fn consume_all(&self, topic: &str, expected: usize, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", format!("e2e-reader-{}", free_port()))
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "6000")
+            .create()?;
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+            tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
+        }
+        consumer.assign(&tpl)?;
+        let mut out = Vec::new();
+        let deadline = Instant::now() + timeout;
+        while out.len() < expected && Instant::now() < deadline {
+            if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                let m = m?;
+                let mut headers = BTreeMap::new();
+                if let Some(h) = m.headers() {
+                    for header in h.iter() {
+                        headers.insert(
+                            header.key.to_string(),
+                            String::from_utf8_lossy(header.value.unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+                out.push(ConsumedRecord {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    payload: m.payload().map(<[u8]>::to_vec),
+                    headers,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct ConsumedRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub payload: Option<Vec<u8>>,
+    pub headers: BTreeMap<String, String>,
+}
+
+/// One click event of about 200 bytes; `id` is unique per event.
+pub fn event_json(id: u64, ts_ms: i64) -> String {
+    let ts = chrono::DateTime::from_timestamp_millis(ts_ms)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let kinds = ["click", "view", "purchase", "scroll"];
+    format!(
+        r#"{{"id":{id},"ts":"{ts}","user_id":"user-{:06}","event_type":"{}","amount":{}.{:02},"page":"/products/category-{}/item-{:08}","session":"s-{:016x}"}}"#,
+        id % 100_000,
+        kinds[(id % 4) as usize],
+        id % 500,
+        id % 100,
+        id % 37,
+        id.wrapping_mul(2_654_435_761),
+        id.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    )
+}
+
+/// Produces to the test broker.
+pub struct EventProducer {
+    producer: BaseProducer,
+}
+
+impl EventProducer {
+    pub fn new(bootstrap: &str) -> Result<Self> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("linger.ms", "20")
+            .set("batch.size", "1000000")
+            .set("message.max.bytes", "10485760")
+            .set("queue.buffering.max.messages", "1000000")
+            .create()?;
+        Ok(Self { producer })
+    }
+
+    /// Sends one payload to a partition (queued; call `flush`).
+    pub fn send(&self, topic: &str, partition: i32, payload: &[u8]) -> Result<()> {
+        let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition).payload(payload);
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Sends events with ids in `ids`, partition = id mod `partitions`, timestamped now.
+    pub fn send_events(&self, topic: &str, partitions: i32, ids: std::ops::Range<u64>) -> Result<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        for id in ids {
+            let p = i32::try_from(id % u64::try_from(partitions).unwrap()).unwrap();
+            self.send(topic, p, event_json(id, now).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.producer.flush(Duration::from_secs(60))?;
+        Ok(())
+    }
+}
+
+/// A PostgreSQL server in a temporary directory (for the Postgres catalog tests).
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    as_postgres: bool,
+}
+
+impl Postgres {
+    fn pg_bin(name: &str) -> PathBuf {
+        for dir in ["/usr/local/bin", "/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"] {
+            let p = Path::new(dir).join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+        PathBuf::from(name)
+    }
+
+    fn command(&self, name: &str) -> Command {
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(Self::pg_bin(name));
+            c
+        } else {
+            Command::new(Self::pg_bin(name))
+        }
+    }
+
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let as_postgres = std::env::var("USER").map_or(true, |u| u == "root")
+            && Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+        let pg = Self {
+            dir,
+            port: free_port(),
+            as_postgres,
+        };
+        let data = pg.dir.path().join("data");
+        if as_postgres {
+            std::fs::create_dir_all(&data)?;
+            let status = Command::new("chown").args(["-R", "postgres"]).arg(pg.dir.path()).status()?;
+            anyhow::ensure!(status.success(), "chown for postgres failed");
+        }
+        let out = pg
+            .command("initdb")
+            .args(["-D"])
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
+            pg.port,
+            pg.dir.path().display()
+        );
+        let out = pg
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .args(["-o", &opts, "-l"])
+            .arg(pg.dir.path().join("log"))
+            .args(["-w", "start"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        Ok(pg)
+    }
+
+    /// A catalog URI for database `postgres`.
+    pub fn uri(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self
+            .command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// Parameters of a test pipeline file.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub name: String,
+    pub bootstrap: String,
+    pub topic: String,
+    pub catalog_uri: String,
+    pub warehouse: PathBuf,
+    pub table: String,
+    pub interval: String,
+    pub parallelism: u32,
+    pub dead_letter: Option<String>,
+    pub max_record_bytes: Option<u64>,
+    pub partition_by: Vec<String>,
+}
+
+impl PipelineSpec {
+    /// A click-event pipeline with everything under `dir`.
+    pub fn clicks(dir: &Path, bootstrap: &str, topic: &str) -> Self {
+        Self {
+            name: "clicks".into(),
+            bootstrap: bootstrap.into(),
+            topic: topic.into(),
+            catalog_uri: format!("sqlite://{}", dir.join("catalog.db").display()),
+            warehouse: dir.join("warehouse"),
+            table: "analytics.clicks".into(),
+            interval: "1s".into(),
+            parallelism: 2,
+            dead_letter: None,
+            max_record_bytes: None,
+            partition_by: vec!["day(ts)".into()],
+        }
+    }
+
+    pub fn yaml(&self) -> String {
+        let dl = self
+            .dead_letter
+            .as_ref()
+            .map(|t| format!("  deadLetter:\n    topic: {t}\n"))
+            .unwrap_or_default();
+        let max = self
+            .max_record_bytes
+            .map(|m| format!("    maxRecordBytes: {m}\n"))
+            .unwrap_or_default();
+        let parts = serde_json::to_string(&self.partition_by).unwrap();
+        format!(
+            r#"apiVersion: tidewater.dev/v1alpha1
+kind: IngestionPipeline
+metadata:
+  name: {name}
+spec:
+  source:
+    kafka:
+      bootstrapServers: {bootstrap}
+      topics: [{topic}]
+      startingOffsets: earliest
+      partitionDiscoveryInterval: 2s
+  format:
+    type: json
+{max}  sink:
+    catalog:
+      type: sql
+      uri: {uri}
+      warehouse: {warehouse}
+    table: {table}
+    mode: append
+    createTable:
+      schema:
+        - {{name: id, type: long, required: true}}
+        - {{name: ts, type: timestamptz}}
+        - {{name: user_id, type: string}}
+        - {{name: event_type, type: string}}
+        - {{name: amount, type: double}}
+      partitionBy: {parts}
+    writeProperties:
+      write.parquet.compression-codec: zstd
+  checkpoint:
+    interval: {interval}
+    timeout: 60s
+  parallelism: {parallelism}
+{dl}"#,
+            name = self.name,
+            bootstrap = self.bootstrap,
+            topic = self.topic,
+            uri = self.catalog_uri,
+            warehouse = self.warehouse.display(),
+            table = self.table,
+            interval = self.interval,
+            parallelism = self.parallelism,
+        )
+    }
+
+    /// Writes the spec to `path`.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        std::fs::write(path, self.yaml())?;
+        Ok(())
+    }
+
+    /// What PyIceberg and DuckDB see in the table.
+    pub fn inspect(&self) -> Result<TableView> {
+        inspect_table(&self.catalog_uri, &self.warehouse, &self.table)
+    }
+}
+
+/// Counts from the independent readers.
+#[derive(Debug, Clone, Default)]
+pub struct TableView {
+    pub exists: bool,
+    pub pyiceberg_rows: u64,
+    pub pyiceberg_distinct: u64,
+    pub duckdb_rows: u64,
+    pub duckdb_distinct: u64,
+    pub raw: serde_json::Value,
+}
+
+/// Reads a table with PyIceberg and DuckDB (e2e/readers/inspect_table.py).
+pub fn inspect_table(catalog_uri: &str, warehouse: &Path, table: &str) -> Result<TableView> {
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("e2e/readers/inspect_table.py"))
+        .args(["--catalog-uri", catalog_uri, "--table", table])
+        .arg("--warehouse")
+        .arg(format!("file://{}", warehouse.display()))
+        .output()?;
+    if out.status.code() == Some(3) {
+        return Ok(TableView::default());
+    }
+    anyhow::ensure!(out.status.success(), "reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let n = |path: &str| raw.pointer(path).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    Ok(TableView {
+        exists: true,
+        pyiceberg_rows: n("/pyiceberg/rows"),
+        pyiceberg_distinct: n("/pyiceberg/distinct"),
+        duckdb_rows: n("/duckdb/rows"),
+        duckdb_distinct: n("/duckdb/distinct"),
+        raw,
+    })
+}
+
+/// A `tidewater run` process.
+pub struct Tidewater {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Tidewater {
+    /// Starts `tidewater run -f spec` with optional fail points; logs go to `log`.
+    pub fn start(spec: &Path, log: &Path, failpoints: Option<&str>) -> Result<Self> {
+        let metrics_port = free_port();
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let mut cmd = Command::new(tidewater_bin());
+        cmd.arg("run")
+            .arg("-f")
+            .arg(spec)
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        match failpoints {
+            Some(f) => cmd.env("TIDEWATER_FAILPOINTS", f),
+            None => cmd.env_remove("TIDEWATER_FAILPOINTS"),
+        };
+        Ok(Self {
+            child: Some(cmd.spawn()?),
+            metrics_port,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, like `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal by name (TERM, STOP, CONT).
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+
+    /// Exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to end.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for("process exit", timeout, || self.try_wait()).ok()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal("TERM");
+        let status = self.wait_timeout(timeout).context("tidewater did not stop after SIGTERM")?;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// GET a path on the metrics port.
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let code = body.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+        let body = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    }
+
+    /// Waits until `/healthz` answers 200.
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        wait_for("healthz", timeout, || match self.http_get("/healthz") {
+            Ok((200, _)) => Some(()),
+            _ => None,
+        })
+    }
+
+    /// The value of a metric line (`name` including labels) from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics").ok()?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tidewater {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Polls until the readers see `rows` rows (PyIceberg only, for speed).
+pub fn wait_for_rows(spec: &PipelineSpec, rows: u64, timeout: Duration) -> Result<TableView> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = inspect_table_fast(spec)?;
+        if view.pyiceberg_rows >= rows || Instant::now() > deadline {
+            return Ok(view);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("e2e/readers/inspect_table.py"))
+        .args(["--catalog-uri", &spec.catalog_uri, "--table", &spec.table, "--readers", "pyiceberg"])
+        .arg("--warehouse")
+        .arg(format!("file://{}", spec.warehouse.display()))
+        .output()?;
+    if out.status.code() == Some(3) {
+        return Ok(TableView::default());
+    }
+    anyhow::ensure!(out.status.success(), "reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(TableView {
+        exists: true,
+        pyiceberg_rows: raw.pointer("/pyiceberg/rows").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        pyiceberg_distinct: raw.pointer("/pyiceberg/distinct").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        raw,
+        ..TableView::default()
+    })
+}
