@@ -60,7 +60,8 @@ def main():
     for snap in table.snapshots():
         summary = snap.summary
         props = dict(summary.additional_properties) if summary else {}
-        out["snapshots"].append({"snapshot_id": snap.snapshot_id, "parent": snap.parent_snapshot_id, "operation": str(summary.operation) if summary else None, "properties": props})
+        out["snapshots"].append({"snapshot_id": snap.snapshot_id, "parent": snap.parent_snapshot_id, "sequence_number": snap.sequence_number, "timestamp_ms": snap.timestamp_ms, "operation": str(summary.operation) if summary else None, "properties": props})
+    out["snapshots"].sort(key=lambda s: s["sequence_number"])
     readers = args.readers.split(",")
     if "pyiceberg" in readers:
         arrow = table.scan(selected_fields=(args.id_column,)).to_arrow()

@@ -349,6 +349,8 @@ pub struct PipelineSpec {
     pub dead_letter: Option<String>,
     pub max_record_bytes: Option<u64>,
     pub partition_by: Vec<String>,
+    /// More subscribed topics (they may not exist yet).
+    pub extra_topics: Vec<String>,
 }
 
 impl PipelineSpec {
@@ -366,6 +368,7 @@ impl PipelineSpec {
             dead_letter: None,
             max_record_bytes: None,
             partition_by: vec!["day(ts)".into()],
+            extra_topics: Vec::new(),
         }
     }
 
@@ -389,7 +392,7 @@ spec:
   source:
     kafka:
       bootstrapServers: {bootstrap}
-      topics: [{topic}]
+      topics: [{topics}]
       startingOffsets: earliest
       partitionDiscoveryInterval: 2s
   format:
@@ -418,7 +421,7 @@ spec:
 {dl}"#,
             name = self.name,
             bootstrap = self.bootstrap,
-            topic = self.topic,
+            topics = std::iter::once(&self.topic).chain(&self.extra_topics).cloned().collect::<Vec<_>>().join(", "),
             uri = self.catalog_uri,
             warehouse = self.warehouse.display(),
             table = self.table,

@@ -11,6 +11,7 @@ use std::{
 
 use iceberg::{Catalog, TableIdent};
 use rdkafka::consumer::BaseConsumer;
+use tidewater_crds::types::StartingOffsets;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::{
@@ -67,6 +68,13 @@ pub fn place_partitions(counts: &mut [usize], new: usize) -> Vec<usize> {
             w
         })
         .collect()
+}
+
+/// Where a partition without a checkpointed offset starts: a new partition of a topic that
+/// is already being read starts at `earliest` (nothing produced to it is missed, as in
+/// Flink); partitions of a topic seen for the first time follow the spec.
+pub fn start_policy(topic_known: bool, configured: StartingOffsets) -> StartingOffsets {
+    if topic_known { StartingOffsets::Earliest } else { configured }
 }
 
 struct WorkerHandle {
@@ -263,11 +271,10 @@ impl Coordinator {
             let start = match get_offset(&self.offsets, &tp.topic, tp.partition) {
                 Some(o) => o,
                 None => {
-                    let policy = if self.offsets.contains_key(&tp.topic) {
-                        tidewater_crds::types::StartingOffsets::Earliest
-                    } else {
-                        self.config.starting_offsets
-                    };
+                    let policy = start_policy(
+                        self.offsets.contains_key(&tp.topic),
+                        self.config.starting_offsets,
+                    );
                     let (admin, tp2) = (self.admin.clone(), tp.clone());
                     blocking(move || kafka::resolve_start(&admin, &tp2, policy))
                         .await
@@ -497,6 +504,12 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_partitions_of_known_topics_start_at_earliest() {
+        assert_eq!(start_policy(true, StartingOffsets::Latest), StartingOffsets::Earliest);
+        assert_eq!(start_policy(false, StartingOffsets::Latest), StartingOffsets::Latest);
+    }
 
     #[test]
     fn new_partitions_go_to_the_least_loaded_workers() {

@@ -1,0 +1,178 @@
+//! Exactly-once under crashes and zombies, checked by independent readers.
+//!
+//! Crash test: a producer runs the whole time while `tidewater` is killed ≥ 20 times, half
+//! of them at fail points that hit the dangerous windows deterministically (mid-write,
+//! between checkpoint record and commit, mid-commit, after commit before progress), the rest
+//! by `kill -9` at random moments. Then PyIceberg and DuckDB must count exactly the produced
+//! rows and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog.
+//!
+//! Zombie test: a paused writer (SIGSTOP) wakes up after another writer with the same
+//! pipeline uid took over; its commit must be refused, nothing duplicated.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::process::ExitStatusExt,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use rand::Rng;
+use tidewater_e2e::{Broker, PipelineSpec, Postgres, Tidewater, wait_for_rows};
+
+const FAILPOINTS: &[&str] = &[
+    "worker.mid-write",
+    "checkpoint.after-record",
+    "commit.before-catalog-update",
+    "commit.after-catalog-update",
+];
+
+/// Produces sequential ids until stopped; returns how many were produced.
+fn background_producer(
+    broker: &Broker,
+    topic: &str,
+    partitions: i32,
+    per_second: u64,
+) -> Result<(Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<Result<u64>>)> {
+    let producer = broker.producer()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let produced = Arc::new(AtomicU64::new(0));
+    let (s, p, topic) = (stop.clone(), produced.clone(), topic.to_string());
+    let handle = std::thread::spawn(move || -> Result<u64> {
+        let chunk = (per_second / 20).max(1);
+        let mut next = 0u64;
+        while !s.load(Ordering::Relaxed) {
+            producer.send_events(&topic, partitions, next..next + chunk)?;
+            next += chunk;
+            producer.flush()?;
+            p.store(next, Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(next)
+    });
+    Ok((stop, produced, handle))
+}
+
+fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    if let Some(uri) = catalog_uri {
+        spec.catalog_uri = uri;
+    }
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let log = dir.path().join("tw.log");
+    let (stop, produced, producer) = background_producer(&broker, "clicks", 4, 2000)?;
+
+    let mut rng = rand::rng();
+    let mut triggered: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut killed = 0;
+    for i in 0..iterations {
+        // Even iterations arm a fail point (in turn), odd ones are killed at a random moment.
+        let failpoint = (i % 2 == 0).then(|| FAILPOINTS[(i / 2) % FAILPOINTS.len()]);
+        let armed = failpoint.map(|f| format!("{f}@{}", rng.random_range(1..=2)));
+        let mut tw = Tidewater::start(&file, &log, armed.as_deref())?;
+        let deadline = Instant::now()
+            + if failpoint.is_some() {
+                Duration::from_secs(20)
+            } else {
+                Duration::from_millis(rng.random_range(300..3500))
+            };
+        let mut ended = None;
+        while Instant::now() < deadline {
+            if let Some(status) = tw.try_wait() {
+                ended = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match (failpoint, ended) {
+            (Some(f), Some(status)) if status.signal() == Some(6) => *triggered.entry(f).or_default() += 1,
+            (_, Some(status)) => panic!("iteration {i}: tidewater exited on its own with {status:?}; log:\n{}", tw.log_text()),
+            (_, None) => {
+                tw.kill9();
+                killed += 1;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total = producer.join().expect("producer thread")?;
+    assert_eq!(total, produced.load(Ordering::Relaxed));
+    for f in FAILPOINTS {
+        assert!(triggered.get(f).copied().unwrap_or(0) > 0, "fail point {f} never fired: {triggered:?}");
+    }
+    eprintln!("crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), {total} events");
+
+    // A last, undisturbed run drains the topic and stops cleanly.
+    let mut tw = Tidewater::start(&file, &log, None)?;
+    let view = wait_for_rows(&spec, total, Duration::from_secs(120))?;
+    assert!(view.pyiceberg_rows >= total, "not everything landed: {view:?}");
+    assert!(tw.stop(Duration::from_secs(60))?.success(), "log:\n{}", tw.log_text());
+
+    let view = spec.inspect()?;
+    assert_eq!(view.pyiceberg_rows, total, "PyIceberg rows");
+    assert_eq!(view.pyiceberg_distinct, total, "PyIceberg distinct ids");
+    assert_eq!(view.duckdb_rows, total, "DuckDB rows");
+    assert_eq!(view.duckdb_distinct, total, "DuckDB distinct ids");
+    Ok(())
+}
+
+#[test]
+fn crash_test_sqlite_catalog() -> Result<()> {
+    crash_test(None, 24)
+}
+
+#[test]
+fn crash_test_postgres_catalog() -> Result<()> {
+    let pg = Postgres::start()?;
+    crash_test(Some(pg.uri()), 20)
+}
+
+#[test]
+fn a_stale_writer_is_fenced_and_nothing_is_duplicated() -> Result<()> {
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    let dir = tempfile::tempdir()?;
+    let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let producer = broker.producer()?;
+    producer.send_events("clicks", 4, 0..2000)?;
+    producer.flush()?;
+
+    let mut zombie = Tidewater::start(&file, &dir.path().join("zombie.log"), None)?;
+    wait_for_rows(&spec, 2000, Duration::from_secs(60))?;
+    // Freeze the first writer (a long GC pause, a partitioned node) and let a second writer
+    // with the same pipeline uid take over and commit more.
+    zombie.signal("STOP");
+    producer.send_events("clicks", 4, 2000..4000)?;
+    producer.flush()?;
+    let mut live = Tidewater::start(&file, &dir.path().join("live.log"), None)?;
+    let view = wait_for_rows(&spec, 4000, Duration::from_secs(60))?;
+    assert_eq!(view.pyiceberg_rows, 4000, "log:\n{}", live.log_text());
+
+    // The zombie wakes up, reads the same records, and must not commit them again.
+    zombie.signal("CONT");
+    let status = zombie.wait_timeout(Duration::from_secs(60)).expect("the stale writer stops");
+    assert!(!status.success());
+    let zlog = zombie.log_text();
+    assert!(zlog.contains("fenced"), "{zlog}");
+    assert!(zlog.contains("another writer with the same pipeline uid"), "{zlog}");
+    assert!(live.stop(Duration::from_secs(30))?.success());
+
+    // A restart after the zombie left its stale checkpoint record behind resumes correctly.
+    producer.send_events("clicks", 4, 4000..5000)?;
+    producer.flush()?;
+    let mut next = Tidewater::start(&file, &dir.path().join("next.log"), None)?;
+    wait_for_rows(&spec, 5000, Duration::from_secs(60))?;
+    assert!(next.stop(Duration::from_secs(30))?.success());
+    let view = spec.inspect()?;
+    assert_eq!((view.pyiceberg_rows, view.pyiceberg_distinct), (5000, 5000));
+    assert_eq!((view.duckdb_rows, view.duckdb_distinct), (5000, 5000));
+    Ok(())
+}
