@@ -251,6 +251,40 @@ impl EventProducer {
     }
 }
 
+/// Produces events with sequential ids (from 0) on a thread until finished.
+pub struct BackgroundProducer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Result<u64>>,
+}
+
+impl BackgroundProducer {
+    /// Starts producing about `per_second` events per second over `partitions`.
+    pub fn start(broker: &Broker, topic: &str, partitions: i32, per_second: u64) -> Result<Self> {
+        use std::sync::atomic::Ordering;
+        let producer = broker.producer()?;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (s, topic) = (stop.clone(), topic.to_string());
+        let handle = std::thread::spawn(move || -> Result<u64> {
+            let chunk = (per_second / 20).max(1);
+            let mut next = 0u64;
+            while !s.load(Ordering::Relaxed) {
+                producer.send_events(&topic, partitions, next..next + chunk)?;
+                next += chunk;
+                producer.flush()?;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(next)
+        });
+        Ok(Self { stop, handle })
+    }
+
+    /// Stops and returns how many events were produced (all acknowledged).
+    pub fn finish(self) -> Result<u64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))?
+    }
+}
+
 /// A PostgreSQL server in a temporary directory (for the Postgres catalog tests).
 pub struct Postgres {
     dir: tempfile::TempDir,

@@ -12,16 +12,12 @@
 use std::{
     collections::BTreeMap,
     os::unix::process::ExitStatusExt,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use rand::Rng;
-use tidewater_e2e::{Broker, PipelineSpec, Postgres, Tidewater, wait_for_rows};
+use tidewater_e2e::{BackgroundProducer, Broker, PipelineSpec, Postgres, Tidewater, wait_for_rows};
 
 const FAILPOINTS: &[&str] = &[
     "worker.mid-write",
@@ -29,32 +25,6 @@ const FAILPOINTS: &[&str] = &[
     "commit.before-catalog-update",
     "commit.after-catalog-update",
 ];
-
-/// Produces sequential ids until stopped; returns how many were produced.
-fn background_producer(
-    broker: &Broker,
-    topic: &str,
-    partitions: i32,
-    per_second: u64,
-) -> Result<(Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<Result<u64>>)> {
-    let producer = broker.producer()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let produced = Arc::new(AtomicU64::new(0));
-    let (s, p, topic) = (stop.clone(), produced.clone(), topic.to_string());
-    let handle = std::thread::spawn(move || -> Result<u64> {
-        let chunk = (per_second / 20).max(1);
-        let mut next = 0u64;
-        while !s.load(Ordering::Relaxed) {
-            producer.send_events(&topic, partitions, next..next + chunk)?;
-            next += chunk;
-            producer.flush()?;
-            p.store(next, Ordering::Relaxed);
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(next)
-    });
-    Ok((stop, produced, handle))
-}
 
 fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
     let broker = Broker::start()?;
@@ -67,7 +37,7 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
     let file = dir.path().join("pipeline.yaml");
     spec.write(&file)?;
     let log = dir.path().join("tw.log");
-    let (stop, produced, producer) = background_producer(&broker, "clicks", 4, 2000)?;
+    let producer = BackgroundProducer::start(&broker, "clicks", 4, 2000)?;
 
     let mut rng = rand::rng();
     let mut triggered: BTreeMap<&str, usize> = BTreeMap::new();
@@ -100,9 +70,7 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
             }
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let total = producer.join().expect("producer thread")?;
-    assert_eq!(total, produced.load(Ordering::Relaxed));
+    let total = producer.finish()?;
     for f in FAILPOINTS {
         assert!(triggered.get(f).copied().unwrap_or(0) > 0, "fail point {f} never fired: {triggered:?}");
     }

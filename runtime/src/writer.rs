@@ -148,13 +148,13 @@ impl WriterFactory {
         );
         let builder = DataFileWriterBuilder::new(rolling);
         let inner = if self.partition_spec.is_unpartitioned() {
-            Inner::Unpartitioned(builder.build(None).await?)
+            Inner::Unpartitioned(Box::new(builder.build(None).await?))
         } else {
             let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
                 self.schema.clone(),
                 self.partition_spec.clone(),
             )?;
-            Inner::Partitioned(Box::new(FanoutWriter::new(builder)), splitter)
+            Inner::Partitioned(Box::new((FanoutWriter::new(builder), splitter)))
         };
         Ok(TableWriter {
             inner,
@@ -173,10 +173,8 @@ impl WriterFactory {
 }
 
 enum Inner {
-    Unpartitioned(
-        DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>,
-    ),
-    Partitioned(Box<FanoutWriter<FileBuilder>>, RecordBatchPartitionSplitter),
+    Unpartitioned(Box<DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>>),
+    Partitioned(Box<(FanoutWriter<FileBuilder>, RecordBatchPartitionSplitter)>),
 }
 
 /// Open data files of one table.
@@ -190,7 +188,8 @@ impl TableWriter {
     pub async fn write(&mut self, batch: RecordBatch) -> iceberg::Result<()> {
         match &mut self.inner {
             Inner::Unpartitioned(w) => w.write(batch).await,
-            Inner::Partitioned(w, splitter) => {
+            Inner::Partitioned(p) => {
+                let (w, splitter) = &mut **p;
                 for (key, part) in splitter.split(&batch)? {
                     w.write(key, part).await?;
                 }
@@ -203,7 +202,7 @@ impl TableWriter {
     pub async fn close(self) -> iceberg::Result<(Vec<String>, u64)> {
         let files = match self.inner {
             Inner::Unpartitioned(mut w) => w.close().await?,
-            Inner::Partitioned(w, _) => w.close().await?,
+            Inner::Partitioned(p) => p.0.close().await?,
         };
         let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
         Ok((self.factory.to_json(files)?, bytes))
