@@ -25,7 +25,10 @@ use rdkafka::{
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The `tidewater` binary built in the same target directory as the running test.
@@ -46,13 +49,21 @@ pub fn tidewater_bin() -> PathBuf {
 
 fn venv_python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/setup.sh",
+        p.display()
+    );
     p
 }
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
@@ -80,7 +91,13 @@ impl Broker {
         let url = format!("tcp://127.0.0.1:{port}");
         let bin = repo_root().join("bin/tansu");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -105,7 +122,9 @@ impl Broker {
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()?;
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let results = rt.block_on(admin.create_topics([&new], &AdminOptions::new()))?;
         for r in results {
@@ -117,7 +136,9 @@ impl Broker {
             .set("bootstrap.servers", &self.bootstrap)
             .create()?;
         wait_for("topic partitions", Duration::from_secs(20), || {
-            let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(1)).ok()?;
+            let md = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(1))
+                .ok()?;
             let n = md.topics().first()?.partitions().len();
             (i32::try_from(n).ok()? == partitions).then_some(())
         })
@@ -129,7 +150,12 @@ impl Broker {
     }
 
     /// Reads every record of `topic` until `expected` are seen or `timeout` passes.
-    pub fn consume_all(&self, topic: &str, expected: usize, timeout: Duration) -> Result<Vec<ConsumedRecord>> {
+    pub fn consume_all(
+        &self,
+        topic: &str,
+        expected: usize,
+        timeout: Duration,
+    ) -> Result<Vec<ConsumedRecord>> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .set("group.id", format!("e2e-reader-{}", free_port()))
@@ -139,7 +165,12 @@ impl Broker {
             .create()?;
         let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(5))?;
         let mut tpl = rdkafka::TopicPartitionList::new();
-        for p in md.topics().first().map(|t| t.partitions()).unwrap_or_default() {
+        for p in md
+            .topics()
+            .first()
+            .map(|t| t.partitions())
+            .unwrap_or_default()
+        {
             tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)?;
         }
         consumer.assign(&tpl)?;
@@ -222,11 +253,18 @@ impl EventProducer {
 
     /// Sends one payload to a partition (queued; call `flush`).
     pub fn send(&self, topic: &str, partition: i32, payload: &[u8]) -> Result<()> {
-        let mut record = BaseRecord::<(), [u8]>::to(topic).partition(partition).payload(payload);
+        let mut record = BaseRecord::<(), [u8]>::to(topic)
+            .partition(partition)
+            .payload(payload);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
                     record = r;
                     self.producer.poll(Duration::from_millis(20));
                 }
@@ -236,7 +274,12 @@ impl EventProducer {
     }
 
     /// Sends events with ids in `ids`, partition = id mod `partitions`, timestamped now.
-    pub fn send_events(&self, topic: &str, partitions: i32, ids: std::ops::Range<u64>) -> Result<()> {
+    pub fn send_events(
+        &self,
+        topic: &str,
+        partitions: i32,
+        ids: std::ops::Range<u64>,
+    ) -> Result<()> {
         let now = chrono::Utc::now().timestamp_millis();
         for id in ids {
             let p = i32::try_from(id % u64::try_from(partitions).unwrap()).unwrap();
@@ -281,7 +324,9 @@ impl BackgroundProducer {
     /// Stops and returns how many events were produced (all acknowledged).
     pub fn finish(self) -> Result<u64> {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        self.handle.join().map_err(|_| anyhow::anyhow!("producer thread panicked"))?
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))?
     }
 }
 
@@ -294,7 +339,12 @@ pub struct Postgres {
 
 impl Postgres {
     fn pg_bin(name: &str) -> PathBuf {
-        for dir in ["/usr/local/bin", "/usr/lib/postgresql/17/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/15/bin"] {
+        for dir in [
+            "/usr/local/bin",
+            "/usr/lib/postgresql/17/bin",
+            "/usr/lib/postgresql/16/bin",
+            "/usr/lib/postgresql/15/bin",
+        ] {
             let p = Path::new(dir).join(name);
             if p.exists() {
                 return p;
@@ -316,7 +366,11 @@ impl Postgres {
     pub fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let as_postgres = std::env::var("USER").map_or(true, |u| u == "root")
-            && Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+            && Command::new("id")
+                .arg("-u")
+                .output()
+                .map(|o| o.stdout.starts_with(b"0"))
+                .unwrap_or(false);
         let pg = Self {
             dir,
             port: free_port(),
@@ -325,7 +379,10 @@ impl Postgres {
         let data = pg.dir.path().join("data");
         if as_postgres {
             std::fs::create_dir_all(&data)?;
-            let status = Command::new("chown").args(["-R", "postgres"]).arg(pg.dir.path()).status()?;
+            let status = Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(pg.dir.path())
+                .status()?;
             anyhow::ensure!(status.success(), "chown for postgres failed");
         }
         let out = pg
@@ -334,7 +391,11 @@ impl Postgres {
             .arg(&data)
             .args(["-U", "postgres", "--auth=trust", "-E", "UTF8"])
             .output()?;
-        anyhow::ensure!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off",
             pg.port,
@@ -348,7 +409,11 @@ impl Postgres {
             .arg(pg.dir.path().join("log"))
             .args(["-w", "start"])
             .output()?;
-        anyhow::ensure!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "pg_ctl start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(pg)
     }
 
@@ -455,7 +520,11 @@ spec:
 {dl}"#,
             name = self.name,
             bootstrap = self.bootstrap,
-            topics = std::iter::once(&self.topic).chain(&self.extra_topics).cloned().collect::<Vec<_>>().join(", "),
+            topics = std::iter::once(&self.topic)
+                .chain(&self.extra_topics)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
             uri = self.catalog_uri,
             warehouse = self.warehouse.display(),
             table = self.table,
@@ -498,9 +567,17 @@ pub fn inspect_table(catalog_uri: &str, warehouse: &Path, table: &str) -> Result
     if out.status.code() == Some(3) {
         return Ok(TableView::default());
     }
-    anyhow::ensure!(out.status.success(), "reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let n = |path: &str| raw.pointer(path).and_then(serde_json::Value::as_u64).unwrap_or(0);
+    let n = |path: &str| {
+        raw.pointer(path)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
     Ok(TableView {
         exists: true,
         pyiceberg_rows: n("/pyiceberg/rows"),
@@ -522,7 +599,10 @@ impl Tidewater {
     /// Starts `tidewater run -f spec` with optional fail points; logs go to `log`.
     pub fn start(spec: &Path, log: &Path, failpoints: Option<&str>) -> Result<Self> {
         let metrics_port = free_port();
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
         let mut cmd = Command::new(tidewater_bin());
         cmd.arg("run")
             .arg("-f")
@@ -557,12 +637,17 @@ impl Tidewater {
 
     /// Sends a signal by name (TERM, STOP, CONT).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 
     /// Exit status if the process has ended.
     pub fn try_wait(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
     }
 
     /// Waits up to `timeout` for the process to end.
@@ -573,7 +658,9 @@ impl Tidewater {
     /// SIGTERM, then waits for a clean exit.
     pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
         self.signal("TERM");
-        let status = self.wait_timeout(timeout).context("tidewater did not stop after SIGTERM")?;
+        let status = self
+            .wait_timeout(timeout)
+            .context("tidewater did not stop after SIGTERM")?;
         self.child = None;
         Ok(status)
     }
@@ -585,8 +672,16 @@ impl Tidewater {
         write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
         let mut body = String::new();
         s.read_to_string(&mut body)?;
-        let code = body.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
-        let body = body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let code = body
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let body = body
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     }
 
@@ -633,19 +728,36 @@ pub fn wait_for_rows(spec: &PipelineSpec, rows: u64, timeout: Duration) -> Resul
 fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
     let out = Command::new(venv_python())
         .arg(repo_root().join("e2e/readers/inspect_table.py"))
-        .args(["--catalog-uri", &spec.catalog_uri, "--table", &spec.table, "--readers", "pyiceberg"])
+        .args([
+            "--catalog-uri",
+            &spec.catalog_uri,
+            "--table",
+            &spec.table,
+            "--readers",
+            "pyiceberg",
+        ])
         .arg("--warehouse")
         .arg(format!("file://{}", spec.warehouse.display()))
         .output()?;
     if out.status.code() == Some(3) {
         return Ok(TableView::default());
     }
-    anyhow::ensure!(out.status.success(), "reader failed: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(TableView {
         exists: true,
-        pyiceberg_rows: raw.pointer("/pyiceberg/rows").and_then(serde_json::Value::as_u64).unwrap_or(0),
-        pyiceberg_distinct: raw.pointer("/pyiceberg/distinct").and_then(serde_json::Value::as_u64).unwrap_or(0),
+        pyiceberg_rows: raw
+            .pointer("/pyiceberg/rows")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
+        pyiceberg_distinct: raw
+            .pointer("/pyiceberg/distinct")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0),
         raw,
         ..TableView::default()
     })

@@ -62,8 +62,13 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
             std::thread::sleep(Duration::from_millis(20));
         }
         match (failpoint, ended) {
-            (Some(f), Some(status)) if status.signal() == Some(6) => *triggered.entry(f).or_default() += 1,
-            (_, Some(status)) => panic!("iteration {i}: tidewater exited on its own with {status:?}; log:\n{}", tw.log_text()),
+            (Some(f), Some(status)) if status.signal() == Some(6) => {
+                *triggered.entry(f).or_default() += 1
+            }
+            (_, Some(status)) => panic!(
+                "iteration {i}: tidewater exited on its own with {status:?}; log:\n{}",
+                tw.log_text()
+            ),
             (_, None) => {
                 tw.kill9();
                 killed += 1;
@@ -72,15 +77,27 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
     }
     let total = producer.finish()?;
     for f in FAILPOINTS {
-        assert!(triggered.get(f).copied().unwrap_or(0) > 0, "fail point {f} never fired: {triggered:?}");
+        assert!(
+            triggered.get(f).copied().unwrap_or(0) > 0,
+            "fail point {f} never fired: {triggered:?}"
+        );
     }
-    eprintln!("crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), {total} events");
+    eprintln!(
+        "crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), {total} events"
+    );
 
     // A last, undisturbed run drains the topic and stops cleanly.
     let mut tw = Tidewater::start(&file, &log, None)?;
     let view = wait_for_rows(&spec, total, Duration::from_secs(120))?;
-    assert!(view.pyiceberg_rows >= total, "not everything landed: {view:?}");
-    assert!(tw.stop(Duration::from_secs(60))?.success(), "log:\n{}", tw.log_text());
+    assert!(
+        view.pyiceberg_rows >= total,
+        "not everything landed: {view:?}"
+    );
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "log:\n{}",
+        tw.log_text()
+    );
 
     let view = spec.inspect()?;
     assert_eq!(view.pyiceberg_rows, total, "PyIceberg rows");
@@ -126,11 +143,16 @@ fn a_stale_writer_is_fenced_and_nothing_is_duplicated() -> Result<()> {
 
     // The zombie wakes up, reads the same records, and must not commit them again.
     zombie.signal("CONT");
-    let status = zombie.wait_timeout(Duration::from_secs(60)).expect("the stale writer stops");
+    let status = zombie
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the stale writer stops");
     assert!(!status.success());
     let zlog = zombie.log_text();
     assert!(zlog.contains("fenced"), "{zlog}");
-    assert!(zlog.contains("another writer with the same pipeline uid"), "{zlog}");
+    assert!(
+        zlog.contains("another writer with the same pipeline uid"),
+        "{zlog}"
+    );
     assert!(live.stop(Duration::from_secs(30))?.success());
 
     // A restart after the zombie left its stale checkpoint record behind resumes correctly.

@@ -39,7 +39,12 @@ fn lands_every_record_once_picks_up_new_partitions_and_reports_progress() -> Res
     producer.send_events("clicks", 4, 6000..7000)?;
     producer.flush()?;
     let view = wait_for_rows(&spec, 7000, LONG)?;
-    assert_eq!(view.pyiceberg_rows, 7000, "new partitions not picked up; log:\n{}", tw.log_text());
+    assert_eq!(
+        view.pyiceberg_rows,
+        7000,
+        "new partitions not picked up; log:\n{}",
+        tw.log_text()
+    );
 
     let records_in = tw.metric("tidewater_records_in_total").unwrap_or(0.0);
     assert!(records_in >= 7000.0, "records_in {records_in}");
@@ -60,14 +65,20 @@ fn lands_every_record_once_picks_up_new_partitions_and_reports_progress() -> Res
         assert!(id > last_id, "checkpoint ids increase along the history");
         last_id = id;
     }
-    let last_offsets: serde_json::Value =
-        serde_json::from_str(snapshots.last().unwrap()["properties"]["tidewater.offsets"].as_str().unwrap())?;
+    let last_offsets: serde_json::Value = serde_json::from_str(
+        snapshots.last().unwrap()["properties"]["tidewater.offsets"]
+            .as_str()
+            .unwrap(),
+    )?;
     let total: i64 = ["clicks", "clicks-late"]
         .iter()
         .flat_map(|t| last_offsets[t].as_object().unwrap().values())
         .map(|v| v.as_i64().unwrap())
         .sum();
-    assert_eq!(total, 7000, "offsets in the newest snapshot cover every record: {last_offsets}");
+    assert_eq!(
+        total, 7000,
+        "offsets in the newest snapshot cover every record: {last_offsets}"
+    );
 
     // Progress is visible to lag tools in the consumer group (never read back as truth).
     let consumer: BaseConsumer = ClientConfig::new()
@@ -109,8 +120,14 @@ fn bad_records_go_to_the_dead_letter_topic_with_reasons() -> Result<()> {
     let big = format!(r#"{{"id":999999,"user_id":"{}"}}"#, "x".repeat(3000));
     let bad: Vec<(&str, String)> = vec![
         ("invalid-json", r#"{"id": 5, "user_id": "#.to_string()),
-        ("wrong-type", r#"{"id": "seven", "user_id": "u"}"#.to_string()),
-        ("missing-required", r#"{"user_id": "u", "amount": 1.5}"#.to_string()),
+        (
+            "wrong-type",
+            r#"{"id": "seven", "user_id": "u"}"#.to_string(),
+        ),
+        (
+            "missing-required",
+            r#"{"user_id": "u", "amount": 1.5}"#.to_string(),
+        ),
         ("wrong-type", r#"{"id": 8, "ts": "not a time"}"#.to_string()),
         ("oversize", big),
         ("not-an-object", "[1,2,3]".to_string()),
@@ -133,7 +150,10 @@ fn bad_records_go_to_the_dead_letter_topic_with_reasons() -> Result<()> {
     assert_eq!(view.pyiceberg_rows, good, "log:\n{}", tw.log_text());
     let dead = broker.consume_all("clicks.dlq", bad.len(), Duration::from_secs(30))?;
     assert_eq!(dead.len(), bad.len(), "every bad record is dead-lettered");
-    let mut kinds: Vec<String> = dead.iter().map(|r| r.headers["tidewater.error.kind"].clone()).collect();
+    let mut kinds: Vec<String> = dead
+        .iter()
+        .map(|r| r.headers["tidewater.error.kind"].clone())
+        .collect();
     kinds.sort();
     let mut expected: Vec<String> = bad.iter().map(|(k, _)| (*k).to_string()).collect();
     expected.sort();
@@ -141,14 +161,23 @@ fn bad_records_go_to_the_dead_letter_topic_with_reasons() -> Result<()> {
     for r in &dead {
         let payload = String::from_utf8(r.payload.clone().unwrap())?;
         let original = bad.iter().find(|(_, p)| *p == payload);
-        assert!(original.is_some(), "dead-lettered value is the original record");
+        assert!(
+            original.is_some(),
+            "dead-lettered value is the original record"
+        );
         assert_eq!(r.headers["tidewater.source.topic"], "clicks");
         assert!(r.headers.contains_key("tidewater.source.partition"));
         assert!(r.headers["tidewater.source.offset"].parse::<i64>().is_ok());
         assert!(!r.headers["tidewater.error"].is_empty());
     }
-    let wrong_id = dead.iter().find(|r| r.payload.as_deref() == Some(bad[1].1.as_bytes())).unwrap();
-    assert_eq!(wrong_id.headers["tidewater.error"], "field `id`: expected long, got string \"seven\"");
+    let wrong_id = dead
+        .iter()
+        .find(|r| r.payload.as_deref() == Some(bad[1].1.as_bytes()))
+        .unwrap();
+    assert_eq!(
+        wrong_id.headers["tidewater.error"],
+        "field `id`: expected long, got string \"seven\""
+    );
     let counted = tw.metric("tidewater_dead_lettered_records_total{reason=\"wrong-type\"}");
     assert_eq!(counted, Some(2.0));
     assert!(tw.stop(Duration::from_secs(30))?.success());
@@ -175,10 +204,16 @@ fn without_a_dead_letter_topic_a_bad_record_stops_the_pipeline_before_it() -> Re
     let status = tw.wait_timeout(LONG).expect("the pipeline stops by itself");
     assert!(!status.success());
     let log = tw.log_text();
-    assert!(log.contains("record clicks/0@50 cannot be converted"), "{log}");
+    assert!(
+        log.contains("record clicks/0@50 cannot be converted"),
+        "{log}"
+    );
     assert!(log.contains("spec.deadLetter is not set"), "{log}");
     let view = spec.inspect()?;
-    assert!(view.pyiceberg_rows <= 50, "nothing past the bad record is committed: {view:?}");
+    assert!(
+        view.pyiceberg_rows <= 50,
+        "nothing past the bad record is committed: {view:?}"
+    );
     Ok(())
 }
 
@@ -197,9 +232,18 @@ fn validate_names_every_invalid_field() -> Result<()> {
         .output()?;
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr)?;
-    assert!(err.contains("spec.parallelism: 0 must be at least 1"), "{err}");
-    assert!(err.contains("spec.checkpoint.interval: `soon` is not a duration"), "{err}");
-    assert!(err.contains("spec.sink.createTable.partitionBy[0]"), "{err}");
+    assert!(
+        err.contains("spec.parallelism: 0 must be at least 1"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.checkpoint.interval: `soon` is not a duration"),
+        "{err}"
+    );
+    assert!(
+        err.contains("spec.sink.createTable.partitionBy[0]"),
+        "{err}"
+    );
     let ok = std::process::Command::new(tidewater_e2e::tidewater_bin())
         .args(["validate", "-f"])
         .arg(tidewater_e2e::repo_root().join("examples/clickstream.yaml"))

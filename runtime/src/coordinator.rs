@@ -74,7 +74,11 @@ pub fn place_partitions(counts: &mut [usize], new: usize) -> Vec<usize> {
 /// is already being read starts at `earliest` (nothing produced to it is missed, as in
 /// Flink); partitions of a topic seen for the first time follow the spec.
 pub fn start_policy(topic_known: bool, configured: StartingOffsets) -> StartingOffsets {
-    if topic_known { StartingOffsets::Earliest } else { configured }
+    if topic_known {
+        StartingOffsets::Earliest
+    } else {
+        configured
+    }
 }
 
 struct WorkerHandle {
@@ -408,13 +412,14 @@ impl Coordinator {
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
         let mut snapshot = None;
+        let mut commit_ms: Option<f64> = None;
         if file_count > 0 {
             let commit_started = Instant::now();
             let outcome = self.commit_with_retry(&record).await?;
             let now_ms = chrono::Utc::now().timestamp_millis();
-            self.metrics
-                .commit_duration
-                .observe(commit_started.elapsed().as_secs_f64());
+            let commit_secs = commit_started.elapsed().as_secs_f64();
+            self.metrics.commit_duration.observe(commit_secs);
+            commit_ms = Some(commit_secs * 1000.0);
             self.metrics.commits.inc();
             self.metrics.rows_committed.inc_by(rows);
             #[allow(clippy::cast_precision_loss)]
@@ -442,7 +447,8 @@ impl Coordinator {
             dead_lettered = dead,
             files = file_count,
             snapshot,
-            ms = started.elapsed().as_millis() as u64,
+            commit_ms,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
             "checkpoint complete"
         );
         let (admin, offsets) = (self.admin.clone(), self.offsets.clone());
@@ -507,8 +513,14 @@ mod tests {
 
     #[test]
     fn new_partitions_of_known_topics_start_at_earliest() {
-        assert_eq!(start_policy(true, StartingOffsets::Latest), StartingOffsets::Earliest);
-        assert_eq!(start_policy(false, StartingOffsets::Latest), StartingOffsets::Latest);
+        assert_eq!(
+            start_policy(true, StartingOffsets::Latest),
+            StartingOffsets::Earliest
+        );
+        assert_eq!(
+            start_policy(false, StartingOffsets::Latest),
+            StartingOffsets::Latest
+        );
     }
 
     #[test]

@@ -173,7 +173,15 @@ impl WriterFactory {
 }
 
 enum Inner {
-    Unpartitioned(Box<DataFileWriter<ParquetWriterBuilder, DefaultLocationGenerator, DefaultFileNameGenerator>>),
+    Unpartitioned(
+        Box<
+            DataFileWriter<
+                ParquetWriterBuilder,
+                DefaultLocationGenerator,
+                DefaultFileNameGenerator,
+            >,
+        >,
+    ),
     Partitioned(Box<(FanoutWriter<FileBuilder>, RecordBatchPartitionSplitter)>),
 }
 

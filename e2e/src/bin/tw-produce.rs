@@ -31,15 +31,22 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", &args.bootstrap).create()?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &args.bootstrap)
+        .create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
     // An "already exists" answer is fine.
     let _ = rt.block_on(admin.create_topics([&topic], &AdminOptions::new()));
     let producer = EventProducer::new(&args.bootstrap)?;
     let started = Instant::now();
-    let chunk = if args.rate == 0 { args.count.max(1) } else { (args.rate / 10).max(1) };
+    let chunk = if args.rate == 0 {
+        args.count.max(1)
+    } else {
+        (args.rate / 10).max(1)
+    };
     let mut id = args.start_id;
     let end = args.start_id + args.count;
     while id < end {

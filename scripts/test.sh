@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then checks formatting, generated CRDs,
+# lints, and runs every test (unit, integration, end-to-end against real components).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+bash scripts/setup.sh
+. scripts/env.sh
+command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
+echo "== fmt"; cargo fmt --all -- --check
+echo "== build"; cargo build --workspace --all-targets
+echo "== generated CRDs"; bash scripts/gen-crds.sh --check
+echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
+echo "== tests"; cargo nextest run --workspace
