@@ -49,7 +49,8 @@ echo "[quickstart] tidewater stopped cleanly (exit 0); reading the table with Du
   | .venv/bin/python -c '
 import json, sys
 v = json.load(sys.stdin)
-print(f"analytics.clicks: {v[\"duckdb\"][\"rows\"]} rows, {v[\"duckdb\"][\"distinct\"]} distinct ids, {len(v[\"snapshots\"])} snapshots")
+d = v["duckdb"]
+print("analytics.clicks: %d rows, %d distinct ids, %d snapshots" % (d["rows"], d["distinct"], len(v["snapshots"])))
 for row in v["sample"]:
     print("  ", row)
 '
