@@ -450,6 +450,8 @@ pub struct PipelineSpec {
     pub partition_by: Vec<String>,
     /// More subscribed topics (they may not exist yet).
     pub extra_topics: Vec<String>,
+    /// Extra `writeProperties`.
+    pub write_properties: Vec<(String, String)>,
 }
 
 impl PipelineSpec {
@@ -468,6 +470,7 @@ impl PipelineSpec {
             max_record_bytes: None,
             partition_by: vec!["day(ts)".into()],
             extra_topics: Vec::new(),
+            write_properties: Vec::new(),
         }
     }
 
@@ -482,6 +485,15 @@ impl PipelineSpec {
             .map(|m| format!("    maxRecordBytes: {m}\n"))
             .unwrap_or_default();
         let parts = serde_json::to_string(&self.partition_by).unwrap();
+        let mut props = BTreeMap::from([(
+            "write.parquet.compression-codec".to_string(),
+            "zstd".to_string(),
+        )]);
+        props.extend(self.write_properties.iter().cloned());
+        let props: String = props
+            .iter()
+            .map(|(k, v)| format!("      {k}: \"{v}\"\n"))
+            .collect();
         format!(
             r#"apiVersion: tidewater.dev/v1alpha1
 kind: IngestionPipeline
@@ -512,8 +524,7 @@ spec:
         - {{name: amount, type: double}}
       partitionBy: {parts}
     writeProperties:
-      write.parquet.compression-codec: zstd
-  checkpoint:
+{props}  checkpoint:
     interval: {interval}
     timeout: 60s
   parallelism: {parallelism}
