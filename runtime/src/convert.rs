@@ -363,9 +363,12 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values = vec![Scalar::Null; self.batcher.columns.len()];
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match self.batcher.index.get(key.as_ref()) {
-                Some(&i) => {
+        let keys = KeySeed {
+            index: &self.batcher.index,
+        };
+        while let Some(slot) = map.next_key_seed(keys)? {
+            match slot {
+                Some(i) => {
                     let column = &self.batcher.columns[i];
                     let seed = ValueSeed { kind: column.kind };
                     match map.next_value_seed(seed)? {
@@ -385,6 +388,32 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
             }
         }
         Ok(values)
+    }
+}
+
+/// Resolves a field name to its column index without allocating.
+#[derive(Clone, Copy)]
+struct KeySeed<'b> {
+    index: &'b HashMap<String, usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(self.index.get(v).copied())
     }
 }
 
