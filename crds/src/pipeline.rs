@@ -317,9 +317,26 @@ pub struct CheckpointStatus {
 }
 
 impl IngestionPipeline {
-    /// Parses a pipeline from YAML (one document).
+    /// Parses a pipeline from YAML (one document), ignoring unknown fields.
     pub fn from_yaml(text: &str) -> Result<Self, serde_yaml::Error> {
         serde_yaml::from_str(text)
+    }
+
+    /// Parses a pipeline from YAML and also returns the paths of fields it does not know
+    /// (usually typos such as `spec.checkpont`), which Kubernetes would silently prune.
+    pub fn from_yaml_reporting_unknown(
+        text: &str,
+    ) -> Result<(Self, Vec<String>), serde_yaml::Error> {
+        let mut unknown = Vec::new();
+        let de = serde_yaml::Deserializer::from_str(text);
+        let resource = serde_ignored::deserialize(de, |path| {
+            let path = path.to_string();
+            // The generated root type handles these two itself.
+            if path != "apiVersion" && path != "kind" {
+                unknown.push(path);
+            }
+        })?;
+        Ok((resource, unknown))
     }
 
     /// Stable identity of the pipeline for commit fencing: the Kubernetes uid when present,
@@ -349,5 +366,22 @@ impl IngestionPipeline {
             .namespace
             .clone()
             .unwrap_or_else(|| "default".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_reported_with_their_path() {
+        let text = include_str!("../../examples/clickstream.yaml")
+            .replace("  checkpoint:\n", "  checkpont:\n")
+            .replace(
+                "      topics: [clicks]",
+                "      topics: [clicks]\n      topic: clicks",
+            );
+        let (_, unknown) = IngestionPipeline::from_yaml_reporting_unknown(&text).unwrap();
+        assert_eq!(unknown, vec!["spec.source.kafka.topic", "spec.checkpont"]);
     }
 }

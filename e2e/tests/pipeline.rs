@@ -244,6 +244,19 @@ fn validate_names_every_invalid_field() -> Result<()> {
         err.contains("spec.sink.createTable.partitionBy[0]"),
         "{err}"
     );
+    // Typos and a foreign kind are reported, not silently ignored.
+    let typo = spec
+        .yaml()
+        .replace("  checkpoint:", "  checkpont:")
+        .replace("kind: IngestionPipeline", "kind: Pipeline");
+    std::fs::write(&file, typo)?;
+    let out = std::process::Command::new(tidewater_e2e::tidewater_bin())
+        .args(["validate", "-f"])
+        .arg(&file)
+        .output()?;
+    let err = String::from_utf8(out.stderr)?;
+    assert!(err.contains("spec.checkpont: unknown field"), "{err}");
+    assert!(err.contains("kind: must be `IngestionPipeline`"), "{err}");
     let ok = std::process::Command::new(tidewater_e2e::tidewater_bin())
         .args(["validate", "-f"])
         .arg(tidewater_e2e::repo_root().join("examples/clickstream.yaml"))
