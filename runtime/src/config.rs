@@ -115,13 +115,25 @@ impl PipelineConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let resource =
-            IngestionPipeline::from_yaml(&text).map_err(|source| ConfigError::Parse {
-                path: path.to_path_buf(),
-                source,
+        let (resource, unknown) =
+            IngestionPipeline::from_yaml_reporting_unknown(&text).map_err(|source| {
+                ConfigError::Parse {
+                    path: path.to_path_buf(),
+                    source,
+                }
             })?;
+        let mut errors = header_errors(&text);
+        errors.extend(unknown.into_iter().map(|p| FieldError {
+            path: p,
+            reason: "unknown field (a typo? Kubernetes would drop it silently)".into(),
+        }));
         let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-        Self::resolve(resource, &cwd).map_err(|errors| ConfigError::Invalid {
+        match Self::resolve(resource, &cwd) {
+            Ok(config) if errors.is_empty() => Ok(config),
+            Ok(_) => Err(errors),
+            Err(invalid) => Err(errors.into_iter().chain(invalid).collect()),
+        }
+        .map_err(|errors| ConfigError::Invalid {
             path: path.to_path_buf(),
             errors,
         })
@@ -188,6 +200,22 @@ impl PipelineConfig {
     pub fn table_display(&self) -> String {
         format!("{}.{}", self.table_namespace.join("."), self.table_name)
     }
+}
+
+/// `apiVersion` and `kind` must name this resource.
+fn header_errors(text: &str) -> Vec<FieldError> {
+    let header: serde_yaml::Value = serde_yaml::from_str(text).unwrap_or_default();
+    [
+        ("apiVersion", "tidewater.dev/v1alpha1"),
+        ("kind", "IngestionPipeline"),
+    ]
+    .into_iter()
+    .filter(|(k, v)| header.get(*k).and_then(serde_yaml::Value::as_str) != Some(*v))
+    .map(|(k, v)| FieldError {
+        path: k.to_string(),
+        reason: format!("must be `{v}`"),
+    })
+    .collect()
 }
 
 fn absolute(path: &str, base: &Path) -> PathBuf {
