@@ -9,7 +9,8 @@ import sys
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyiceberg.catalog.sql import SqlCatalog
+sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent / "e2e" / "readers"))
+from inspect_table import pyiceberg_catalog  # noqa: E402
 
 
 def main():
@@ -18,10 +19,7 @@ def main():
     ap.add_argument("--warehouse", required=True)
     ap.add_argument("--table", required=True)
     args = ap.parse_args()
-    uri = args.catalog_uri
-    if uri.startswith("sqlite://") and not uri.startswith("sqlite:///"):
-        uri = "sqlite:///" + uri[len("sqlite://"):].lstrip("/")
-    table = SqlCatalog("tidewater", uri=uri, warehouse=args.warehouse).load_table(args.table)
+    table = pyiceberg_catalog("tidewater", args.catalog_uri, args.warehouse).load_table(args.table)
     commit_ms = {s.snapshot_id: s.timestamp_ms for s in table.snapshots()}
     entries = table.inspect.entries().to_pylist()
     lags = []

@@ -283,6 +283,11 @@ impl RowBatcher {
         })
     }
 
+    /// The Arrow schema of the batches.
+    pub fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
     /// Rows appended since the last `finish`.
     pub fn rows(&self) -> usize {
         self.rows

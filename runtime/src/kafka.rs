@@ -36,6 +36,11 @@ pub fn consumer_config(config: &PipelineConfig) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         .set("session.timeout.ms", "6000")
         .set("fetch.wait.max.ms", "100")
+        // librdkafka 2.x backs the fetcher off for 1 s (default) whenever the local queue is
+        // above its thresholds; when conversion is slower than the network that idles the
+        // worker most of the time (measured: 2M records took 10.1 s wall for 3.0 CPU-s;
+        // with 100 ms, 2.65 s wall for 2.9 CPU-s). See docs/benchmarks.md.
+        .set("fetch.queue.backoff.ms", "100")
         .set("client.id", format!("tidewater-{}", config.name));
     for (k, v) in &config.consumer_properties {
         c.set(k, v);

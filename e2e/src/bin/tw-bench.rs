@@ -36,6 +36,12 @@ enum Cmd {
         topic: String,
         #[arg(long)]
         count: u64,
+        /// Extra consumer properties `key=value` (to compare configurations).
+        #[arg(long = "prop")]
+        props: Vec<String>,
+        /// Also convert every record to Arrow with the pipeline's schema (JSON cost).
+        #[arg(long)]
+        convert_spec: Option<std::path::PathBuf>,
     },
     /// Encode `count` click events (converted to Arrow beforehand, untimed) as zstd(1) Parquet.
     Encode {
@@ -57,19 +63,43 @@ fn cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// A converter for the createTable schema of a pipeline file.
+fn batcher_for(spec: &std::path::Path) -> Result<tidewater_runtime::convert::RowBatcher> {
+    let resource = tidewater_crds::IngestionPipeline::from_yaml(&std::fs::read_to_string(spec)?)?;
+    let create = resource
+        .spec
+        .sink
+        .create_table
+        .expect("spec has createTable");
+    let (schema, _) = tidewater_runtime::table::table_definition(&create)?;
+    let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
+    tidewater_runtime::convert::RowBatcher::new(arrow).map_err(anyhow::Error::msg)
+}
+
 fn main() -> Result<()> {
     match Args::parse().command {
         Cmd::Consume {
             bootstrap,
             topic,
             count,
+            props,
+            convert_spec,
         } => {
-            let consumer: BaseConsumer = ClientConfig::new()
+            let mut config = ClientConfig::new();
+            config
                 .set("bootstrap.servers", &bootstrap)
                 .set("group.id", "tw-bench-raw")
                 .set("enable.auto.commit", "false")
-                .set("fetch.wait.max.ms", "100")
-                .create()?;
+                .set("fetch.wait.max.ms", "100");
+            for p in &props {
+                let (k, v) = p.split_once('=').expect("key=value");
+                config.set(k, v);
+            }
+            let consumer: BaseConsumer = config.create()?;
+            let mut batcher = match convert_spec {
+                Some(spec) => Some(batcher_for(&spec)?),
+                None => None,
+            };
             let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(10))?;
             let mut tpl = TopicPartitionList::new();
             for p in md.topics()[0].partitions() {
@@ -80,7 +110,15 @@ fn main() -> Result<()> {
             let (mut n, mut bytes) = (0u64, 0u64);
             while n < count {
                 if let Some(m) = consumer.poll(Duration::from_millis(100)) {
-                    bytes += m?.payload().map_or(0, |p| p.len() as u64);
+                    let m = m?;
+                    let payload = m.payload().unwrap_or_default();
+                    bytes += payload.len() as u64;
+                    if let Some(b) = batcher.as_mut() {
+                        b.push(payload)?;
+                        if b.rows() == 8192 {
+                            b.finish();
+                        }
+                    }
                     n += 1;
                 }
             }
