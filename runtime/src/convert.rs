@@ -368,12 +368,16 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values = vec![Scalar::Null; self.batcher.columns.len()];
-        let keys = KeySeed {
-            index: &self.batcher.index,
-        };
-        while let Some(slot) = map.next_key_seed(keys)? {
+        // Records usually list fields in schema order: try the column after the last match
+        // first, then the name index.
+        let mut hint = 0;
+        while let Some(slot) = map.next_key_seed(KeySeed {
+            batcher: self.batcher,
+            hint,
+        })? {
             match slot {
                 Some(i) => {
+                    hint = i + 1;
                     let column = &self.batcher.columns[i];
                     let seed = ValueSeed { kind: column.kind };
                     match map.next_value_seed(seed)? {
@@ -397,9 +401,9 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
 }
 
 /// Resolves a field name to its column index without allocating.
-#[derive(Clone, Copy)]
 struct KeySeed<'b> {
-    index: &'b HashMap<String, usize>,
+    batcher: &'b RowBatcher,
+    hint: usize,
 }
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
@@ -418,7 +422,15 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(self.index.get(v).copied())
+        if self
+            .batcher
+            .columns
+            .get(self.hint)
+            .is_some_and(|c| c.name == v)
+        {
+            return Ok(Some(self.hint));
+        }
+        Ok(self.batcher.index.get(v).copied())
     }
 }
 

@@ -151,7 +151,11 @@ fn run(setup: WorkerSetup) -> Result<(), String> {
             }
             continue;
         }
-        match consumer.poll(POLL) {
+        // A zero-timeout poll first: while records flow this skips the deadline bookkeeping.
+        let polled = consumer
+            .poll(Duration::ZERO)
+            .or_else(|| consumer.poll(POLL));
+        match polled {
             None => state.flush_batch()?,
             Some(Err(e)) => tracing::warn!(worker = state.index, error = %e, "kafka poll error"),
             Some(Ok(message)) => state.on_message(&message)?,
