@@ -433,3 +433,131 @@ impl Catalog for PinnedCatalog<'_> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use iceberg::spec::Transform as T;
+    use tidewater_crds::pipeline::ColumnSpec;
+
+    use super::*;
+
+    fn column(name: &str, ty: &str, required: bool) -> ColumnSpec {
+        ColumnSpec {
+            name: name.into(),
+            column_type: ty.into(),
+            required,
+            doc: None,
+        }
+    }
+
+    #[test]
+    fn table_definition_assigns_ids_types_and_transforms() {
+        let create = CreateTableSpec {
+            schema: vec![
+                column("id", "long", true),
+                column("ts", "timestamptz", false),
+                column("name", "string", false),
+                column("price", "decimal(10,2)", false),
+            ],
+            partition_by: vec![
+                "day(ts)".into(),
+                "bucket(16, id)".into(),
+                "truncate(3, name)".into(),
+                "name".into(),
+            ],
+            properties: Default::default(),
+        };
+        let (schema, spec) = table_definition(&create).unwrap();
+        let id = schema.field_by_name("id").unwrap();
+        assert_eq!((id.id, id.required), (1, true));
+        let price = schema.field_by_name("price").unwrap();
+        assert_eq!(price.id, 4);
+        assert_eq!(
+            *price.field_type,
+            Type::Primitive(PrimitiveType::Decimal {
+                precision: 10,
+                scale: 2
+            })
+        );
+        let fields: Vec<(i32, String, T)> = spec
+            .fields()
+            .iter()
+            .map(|f| (f.source_id, f.name.clone(), f.transform))
+            .collect();
+        assert_eq!(
+            fields,
+            vec![
+                (2, "ts_day".into(), T::Day),
+                (1, "id_bucket".into(), T::Bucket(16)),
+                (3, "name_trunc".into(), T::Truncate(3)),
+                (3, "name".into(), T::Identity),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_newest_commit_of_the_pipeline_is_found_in_the_history() {
+        use iceberg::spec::{Operation, Snapshot, SortOrder, Summary, TableMetadataBuilder};
+        let create = CreateTableSpec {
+            schema: vec![column("id", "long", true)],
+            partition_by: vec![],
+            properties: Default::default(),
+        };
+        let (schema, spec) = table_definition(&create).unwrap();
+        let mut builder = TableMetadataBuilder::new(
+            schema.clone(),
+            spec.bind(schema).unwrap(),
+            SortOrder::unsorted_order(),
+            "file:///tmp/t".into(),
+            iceberg::spec::FormatVersion::V2,
+            HashMap::new(),
+        )
+        .unwrap();
+        let empty = builder.clone().build().unwrap().metadata;
+        assert_eq!(last_pipeline_commit(&empty, "uid").unwrap(), None);
+        let now = chrono::Utc::now().timestamp_millis();
+        let ours = |ckpt: &str, offset: &str| {
+            HashMap::from([
+                (SUMMARY_PIPELINE_UID.to_string(), "uid".to_string()),
+                (SUMMARY_CHECKPOINT_ID.to_string(), ckpt.to_string()),
+                (
+                    SUMMARY_OFFSETS.to_string(),
+                    format!(r#"{{"t":{{"0":{offset}}}}}"#),
+                ),
+            ])
+        };
+        // Two commits of ours, then one of another pipeline, then one without properties
+        // (e.g. maintenance).
+        let summaries = [
+            ours("1", "5"),
+            ours("2", "9"),
+            HashMap::from([(SUMMARY_PIPELINE_UID.to_string(), "other".to_string())]),
+            HashMap::new(),
+        ];
+        for (i, props) in summaries.into_iter().enumerate() {
+            let id = i64::try_from(i).unwrap() + 1;
+            let snapshot = Snapshot::builder()
+                .with_snapshot_id(id)
+                .with_parent_snapshot_id((id > 1).then_some(id - 1))
+                .with_sequence_number(id)
+                .with_timestamp_ms(now + id)
+                .with_manifest_list(format!("file:///tmp/t/metadata/snap-{id}.avro"))
+                .with_schema_id(0)
+                .with_summary(Summary {
+                    operation: Operation::Append,
+                    additional_properties: props,
+                })
+                .build();
+            builder = builder.set_branch_snapshot(snapshot, "main").unwrap();
+        }
+        let metadata = builder.build().unwrap().metadata;
+        let found = last_pipeline_commit(&metadata, "uid").unwrap().unwrap();
+        assert_eq!((found.snapshot_id, found.checkpoint_id), (2, 2));
+        assert_eq!(crate::protocol::get_offset(&found.offsets, "t", 0), Some(9));
+        // A tidewater summary without its checkpoint id is reported, not skipped.
+        let err = last_pipeline_commit(&metadata, "other")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("snapshot 3: no checkpoint id"), "{err}");
+    }
+}
