@@ -14,6 +14,7 @@ pub mod coordinator;
 pub mod failpoint;
 pub mod kafka;
 pub mod metrics;
+pub mod partition;
 pub mod protocol;
 pub mod state_store;
 pub mod table;

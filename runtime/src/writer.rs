@@ -3,10 +3,11 @@
 
 use std::{collections::HashMap, sync::Arc};
 
+use crate::partition::Partitioner;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::{
-    arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema},
+    arrow::schema_to_arrow_schema,
     io::FileIO,
     spec::{
         DataFile, DataFileFormat, FormatVersion, PartitionSpecRef, SchemaRef,
@@ -150,11 +151,8 @@ impl WriterFactory {
         let inner = if self.partition_spec.is_unpartitioned() {
             Inner::Unpartitioned(Box::new(builder.build(None).await?))
         } else {
-            let splitter = RecordBatchPartitionSplitter::try_new_with_computed_values(
-                self.schema.clone(),
-                self.partition_spec.clone(),
-            )?;
-            Inner::Partitioned(Box::new((FanoutWriter::new(builder), splitter)))
+            let partitioner = Partitioner::new(self.schema.clone(), self.partition_spec.clone())?;
+            Inner::Partitioned(Box::new((FanoutWriter::new(builder), partitioner)))
         };
         Ok(TableWriter {
             inner,
@@ -182,7 +180,7 @@ enum Inner {
             >,
         >,
     ),
-    Partitioned(Box<(FanoutWriter<FileBuilder>, RecordBatchPartitionSplitter)>),
+    Partitioned(Box<(FanoutWriter<FileBuilder>, Partitioner)>),
 }
 
 /// Open data files of one table.
