@@ -46,6 +46,17 @@ fn lands_every_record_once_picks_up_new_partitions_and_reports_progress() -> Res
         tw.log_text()
     );
 
+    // Checkpoints with nothing new create no snapshot.
+    let snapshots_before = spec.inspect()?.raw["snapshots"].as_array().unwrap().len();
+    std::thread::sleep(Duration::from_secs(6));
+    let snapshots_after = spec.inspect()?.raw["snapshots"].as_array().unwrap().len();
+    assert_eq!(
+        snapshots_before, snapshots_after,
+        "empty checkpoints must not commit"
+    );
+    let lag = tw.metric("tidewater_partition_lag_records{topic=\"clicks\",partition=\"0\"}");
+    assert_eq!(lag, Some(0.0), "lag of a drained partition");
+
     let records_in = tw.metric("tidewater_records_in_total").unwrap_or(0.0);
     assert!(records_in >= 7000.0, "records_in {records_in}");
     assert!(tw.metric("tidewater_commits_total").unwrap_or(0.0) >= 2.0);
@@ -60,6 +71,7 @@ fn lands_every_record_once_picks_up_new_partitions_and_reports_progress() -> Res
     let mut last_id = 0u64;
     for s in snapshots {
         let props = &s["properties"];
+        assert_ne!(props["added-records"], "0", "every snapshot adds rows");
         assert_eq!(props["tidewater.pipeline-uid"], "local/default/clicks");
         let id: u64 = props["tidewater.checkpoint-id"].as_str().unwrap().parse()?;
         assert!(id > last_id, "checkpoint ids increase along the history");

@@ -56,6 +56,9 @@ pub enum RunError {
     Setup(String),
 }
 
+/// How often per-partition lag is refreshed (one watermark request per partition).
+const LAG_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Places new partitions on the workers owning the fewest (ties: lowest index); pure.
 /// `counts[w]` is how many partitions worker `w` owns and is updated.
 pub fn place_partitions(counts: &mut [usize], new: usize) -> Vec<usize> {
@@ -212,7 +215,7 @@ impl Coordinator {
     ) -> Result<(), RunError> {
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
         let mut discovery = tokio::time::interval(self.config.discovery_interval);
-        let mut lag = tokio::time::interval(Duration::from_secs(15));
+        let mut lag = tokio::time::interval(LAG_INTERVAL);
         for t in [&mut checkpoint, &mut discovery, &mut lag] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             t.reset();
