@@ -30,8 +30,8 @@ bin/tansu broker --listener-url tcp://127.0.0.1:9092 --advertised-listener-url t
 pids+=($!)
 for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/9092) 2>/dev/null && break; sleep 0.2; done
 
-echo "[quickstart] producing $events events to topic clicks (4 partitions)"
-"$bin/tw-produce" --bootstrap 127.0.0.1:9092 --topic clicks --partitions 4 --count "$events"
+echo "[quickstart] producing $events events and 3 bad records to topic clicks (4 partitions)"
+"$bin/tw-produce" --bootstrap 127.0.0.1:9092 --topic clicks --partitions 4 --count "$events" --bad 3
 
 echo "[quickstart] tidewater run -f examples/clickstream.yaml (for ${seconds}s; metrics on http://127.0.0.1:9464/metrics)"
 "$bin/tidewater" run -f examples/clickstream.yaml &
@@ -40,7 +40,7 @@ pids+=($tw)
 sleep "$seconds"
 echo "[quickstart] metrics:"
 (exec 3<>/dev/tcp/127.0.0.1/9464 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3) 2>/dev/null \
-  | grep -E '^tidewater_(records_in_total|rows_committed_total|commits_total|dead_lettered)' || true
+  | grep -E '^tidewater_(records_in_total|rows_committed_total|commits_total|dead_lettered_records_total)' || true
 kill -TERM "$tw"
 wait "$tw"
 echo "[quickstart] tidewater stopped cleanly (exit 0); reading the table with DuckDB:"

@@ -57,7 +57,18 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
         .spawn(move || {
             let index = setup.index;
             let events = setup.events.clone();
-            if let Err(reason) = run(setup) {
+            // A panic must reach the coordinator as a failure, not as a silent hang until
+            // the checkpoint timeout.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(setup)))
+                .unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
+                        .unwrap_or_default();
+                    Err(format!("worker panicked: {what}"))
+                });
+            if let Err(reason) = outcome {
                 tracing::error!(worker = index, %reason, "worker failed");
                 let _ = events.send(ToCoordinator::Failed {
                     worker: index,

@@ -27,7 +27,17 @@ struct Args {
     /// Events per second (0 = as fast as possible).
     #[arg(long, default_value_t = 0)]
     rate: u64,
+    /// Also send this many records that cannot be converted (bad JSON, wrong types, a
+    /// missing required id), to show the dead-letter path.
+    #[arg(long, default_value_t = 0)]
+    bad: u64,
 }
+
+const BAD_RECORDS: &[&str] = &[
+    r#"{"id": 1, "user_id": "#,
+    r#"{"id": "not-a-number", "user_id": "u"}"#,
+    r#"{"user_id": "u", "event_type": "click"}"#,
+];
 
 fn main() -> Result<()> {
     let args = Args::parse();
@@ -60,10 +70,17 @@ fn main() -> Result<()> {
             }
         }
     }
+    for i in 0..args.bad {
+        let bad = BAD_RECORDS[usize::try_from(i).unwrap_or(0) % BAD_RECORDS.len()];
+        let partition =
+            i32::try_from(i % u64::try_from(args.partitions.max(1)).unwrap_or(1)).unwrap_or(0);
+        producer.send(&args.topic, partition, bad.as_bytes())?;
+    }
     producer.flush()?;
     eprintln!(
-        "produced {} events to {} in {:.2}s",
+        "produced {} events (+{} bad records) to {} in {:.2}s",
         args.count,
+        args.bad,
         args.topic,
         started.elapsed().as_secs_f64()
     );
