@@ -569,9 +569,26 @@ pub struct TableView {
 
 /// Reads a table with PyIceberg and DuckDB (e2e/readers/inspect_table.py).
 pub fn inspect_table(catalog_uri: &str, warehouse: &Path, table: &str) -> Result<TableView> {
+    read_table(catalog_uri, warehouse, table, "pyiceberg,duckdb")
+}
+
+/// Runs the reader script with the given readers (`pyiceberg`, `duckdb`).
+fn read_table(
+    catalog_uri: &str,
+    warehouse: &Path,
+    table: &str,
+    readers: &str,
+) -> Result<TableView> {
     let out = Command::new(venv_python())
         .arg(repo_root().join("e2e/readers/inspect_table.py"))
-        .args(["--catalog-uri", catalog_uri, "--table", table])
+        .args([
+            "--catalog-uri",
+            catalog_uri,
+            "--table",
+            table,
+            "--readers",
+            readers,
+        ])
         .arg("--warehouse")
         .arg(format!("file://{}", warehouse.display()))
         .output()?;
@@ -737,39 +754,5 @@ pub fn wait_for_rows(spec: &PipelineSpec, rows: u64, timeout: Duration) -> Resul
 }
 
 fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
-    let out = Command::new(venv_python())
-        .arg(repo_root().join("e2e/readers/inspect_table.py"))
-        .args([
-            "--catalog-uri",
-            &spec.catalog_uri,
-            "--table",
-            &spec.table,
-            "--readers",
-            "pyiceberg",
-        ])
-        .arg("--warehouse")
-        .arg(format!("file://{}", spec.warehouse.display()))
-        .output()?;
-    if out.status.code() == Some(3) {
-        return Ok(TableView::default());
-    }
-    anyhow::ensure!(
-        out.status.success(),
-        "reader failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(TableView {
-        exists: true,
-        pyiceberg_rows: raw
-            .pointer("/pyiceberg/rows")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0),
-        pyiceberg_distinct: raw
-            .pointer("/pyiceberg/distinct")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0),
-        raw,
-        ..TableView::default()
-    })
+    read_table(&spec.catalog_uri, &spec.warehouse, &spec.table, "pyiceberg")
 }

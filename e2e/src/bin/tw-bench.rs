@@ -126,17 +126,8 @@ fn main() -> Result<()> {
             println!("{out}");
         }
         Cmd::Encode { count, spec } => {
-            let resource =
-                tidewater_crds::IngestionPipeline::from_yaml(&std::fs::read_to_string(spec)?)?;
-            let create = resource
-                .spec
-                .sink
-                .create_table
-                .expect("spec has createTable");
-            let (schema, _) = tidewater_runtime::table::table_definition(&create)?;
-            let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
-            let mut batcher = tidewater_runtime::convert::RowBatcher::new(arrow.clone())
-                .map_err(anyhow::Error::msg)?;
+            let mut batcher = batcher_for(&spec)?;
+            let arrow = batcher.schema();
             let now = chrono::Utc::now().timestamp_millis();
             let (mut batches, mut bytes) = (Vec::new(), 0u64);
             for id in 0..count {
