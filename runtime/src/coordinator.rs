@@ -230,9 +230,12 @@ impl Coordinator {
                 _ = checkpoint.tick() => {
                     if let Err(e) = self.checkpoint().await { break Err(e); }
                 }
-                _ = discovery.tick() => {
-                    if let Err(e) = self.discover().await { break Err(e); }
-                }
+                _ = discovery.tick() => match self.discover().await {
+                    // Reading goes on with the partitions already owned; the next tick retries.
+                    Err(RunError::Kafka(e)) => tracing::warn!(error = %e, "partition discovery failed; retrying at the next interval"),
+                    Err(e) => break Err(e),
+                    Ok(()) => {}
+                },
                 _ = lag.tick() => self.update_lag().await,
                 event = self.events.recv() => match event {
                     Some(ToCoordinator::Failed { worker, reason }) => break Err(RunError::Worker { worker, reason }),
