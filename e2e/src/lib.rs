@@ -119,19 +119,7 @@ impl Broker {
 
     /// Creates a topic and waits until its partitions are visible.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-        let results = rt.block_on(admin.create_topics([&new], &AdminOptions::new()))?;
-        for r in results {
-            if let Err((t, e)) = r {
-                bail!("create topic {t}: {e}");
-            }
-        }
+        create_topic(&self.bootstrap, topic, partitions, false)?;
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &self.bootstrap)
             .create()?;
@@ -205,6 +193,25 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Creates a topic; with `exist_ok`, a topic that already exists is fine.
+pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32, exist_ok: bool) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+    for r in rt.block_on(admin.create_topics([&new], &AdminOptions::new()))? {
+        match r {
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) if exist_ok => {}
+            Err((t, e)) => bail!("create topic {t}: {e}"),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// A record read back from a topic.

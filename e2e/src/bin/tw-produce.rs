@@ -5,11 +5,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use clap::Parser;
-use rdkafka::{
-    ClientConfig,
-    admin::{AdminClient, AdminOptions, NewTopic, TopicReplication},
-    client::DefaultClientContext,
-};
 use tidewater_e2e::EventProducer;
 
 #[derive(Parser)]
@@ -41,15 +36,7 @@ const BAD_RECORDS: &[&str] = &[
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &args.bootstrap)
-        .create()?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let topic = NewTopic::new(&args.topic, args.partitions, TopicReplication::Fixed(1));
-    // An "already exists" answer is fine.
-    let _ = rt.block_on(admin.create_topics([&topic], &AdminOptions::new()));
+    tidewater_e2e::create_topic(&args.bootstrap, &args.topic, args.partitions, true)?;
     let producer = EventProducer::new(&args.bootstrap)?;
     let started = Instant::now();
     let chunk = if args.rate == 0 {
