@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -71,7 +71,6 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Id of the newest completed checkpoint.
     pub last_checkpoint_id: Gauge<i64, AtomicI64>,
-    started_unix: AtomicU64,
 }
 
 fn unix_now() -> i64 {
@@ -89,9 +88,8 @@ impl Default for Metrics {
 impl Metrics {
     /// Creates and registers all metrics.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("tidewater");
         let secs = || Histogram::new(exponential_buckets(0.001, 2.0, 18));
-        let m = Self {
+        let mut m = Self {
             records_in: Counter::default(),
             bytes_in: Counter::default(),
             rows_out: Counter::default(),
@@ -108,83 +106,83 @@ impl Metrics {
             last_commit_unix: Arc::new(AtomicI64::new(0)),
             ready: AtomicBool::new(false),
             last_checkpoint_id: Gauge::default(),
-            started_unix: AtomicU64::new(u64::try_from(unix_now()).unwrap_or(0)),
-            registry: Registry::default(),
+            registry: Registry::with_prefix("tidewater"),
         };
-        registry.register(
+        m.registry.register(
             "records_in",
             "Records read from Kafka",
             m.records_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "bytes_in",
             "Bytes of record values read from Kafka",
             m.bytes_in.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rows_written",
             "Rows written into data files",
             m.rows_out.clone(),
         );
-        registry.register(
+        m.registry.register(
             "rows_committed",
             "Rows in committed Iceberg snapshots",
             m.rows_committed.clone(),
         );
-        registry.register(
+        m.registry.register(
             "dead_lettered_records",
             "Records sent to the dead-letter topic",
             m.dead_lettered.clone(),
         );
-        registry.register(
+        m.registry.register(
             "partition_lag_records",
             "High watermark minus next offset",
             m.lag.clone(),
         );
-        registry.register(
+        m.registry.register(
             "checkpoint_duration_seconds",
             "Barrier to durable checkpoint record",
             m.checkpoint_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "commit_duration_seconds",
             "Iceberg table commit",
             m.commit_duration.clone(),
         );
-        registry.register(
+        m.registry.register(
             "commit_files",
             "Data files per Iceberg commit",
             m.files_per_commit.clone(),
         );
-        registry.register(
+        m.registry.register(
             "commit_bytes",
             "Bytes of data files per Iceberg commit",
             m.bytes_per_commit.clone(),
         );
-        registry.register(
+        m.registry.register(
             "freshness_seconds",
             "Commit time minus Kafka timestamp of committed records (oldest and newest per commit)",
             m.freshness.clone(),
         );
-        registry.register(
+        m.registry.register(
             "checkpoints_completed",
             "Completed checkpoints",
             m.checkpoints.clone(),
         );
-        registry.register("commits", "Iceberg commits", m.commits.clone());
-        registry.register(
+        m.registry
+            .register("commits", "Iceberg commits", m.commits.clone());
+        m.registry.register(
             "last_checkpoint_id",
             "Id of the newest completed checkpoint",
             m.last_checkpoint_id.clone(),
         );
         let last = m.last_commit_unix.clone();
-        let started = m.started_unix.load(Ordering::Relaxed);
-        registry.register(
+        let started = unix_now();
+        m.registry.register(
             "seconds_since_last_commit",
             "Seconds since the last successful commit or empty checkpoint (since start if none)",
             SinceGauge { last, started },
         );
-        Self { registry, ..m }
+        m
     }
 
     /// Marks a successful commit (or a checkpoint with nothing to commit) now.
@@ -209,7 +207,7 @@ impl Metrics {
 #[derive(Debug)]
 struct SinceGauge {
     last: Arc<AtomicI64>,
-    started: u64,
+    started: i64,
 }
 
 impl prometheus_client::encoding::EncodeMetric for SinceGauge {
@@ -221,7 +219,7 @@ impl prometheus_client::encoding::EncodeMetric for SinceGauge {
         let since = if last > 0 {
             unix_now() - last
         } else {
-            unix_now() - i64::try_from(self.started).unwrap_or(0)
+            unix_now() - self.started
         };
         encoder.encode_gauge(&since)
     }
