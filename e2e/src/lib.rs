@@ -459,6 +459,8 @@ pub struct PipelineSpec {
     pub extra_topics: Vec<String>,
     /// Extra `writeProperties`.
     pub write_properties: Vec<(String, String)>,
+    /// `source.kafka.startingOffsets`.
+    pub starting_offsets: String,
 }
 
 impl PipelineSpec {
@@ -478,6 +480,7 @@ impl PipelineSpec {
             partition_by: vec!["day(ts)".into()],
             extra_topics: Vec::new(),
             write_properties: Vec::new(),
+            starting_offsets: "earliest".into(),
         }
     }
 
@@ -511,7 +514,7 @@ spec:
     kafka:
       bootstrapServers: {bootstrap}
       topics: [{topics}]
-      startingOffsets: earliest
+      startingOffsets: "{starting}"
       partitionDiscoveryInterval: 2s
   format:
     type: json
@@ -547,6 +550,7 @@ spec:
             warehouse = self.warehouse.display(),
             table = self.table,
             interval = self.interval,
+            starting = self.starting_offsets,
             parallelism = self.parallelism,
         )
     }

@@ -276,3 +276,37 @@ fn validate_names_every_invalid_field() -> Result<()> {
     assert!(ok.status.success());
     Ok(())
 }
+
+#[test]
+fn starting_offsets_latest_skips_what_was_there_before() -> Result<()> {
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 1)?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    spec.starting_offsets = "latest".into();
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let producer = broker.producer()?;
+    // One record per produce request: Tansu's memory engine reports the high watermark as
+    // the last batch's first offset + 1, which is exact only for one-record batches.
+    for id in 0..30 {
+        producer.send_events("clicks", 1, id..id + 1)?;
+        producer.flush()?;
+    }
+    let mut tw = Tidewater::start(&file, &dir.path().join("tw.log"), None)?;
+    tw.wait_healthy(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(2));
+    producer.send_events("clicks", 1, 30..80)?;
+    producer.flush()?;
+    wait_for_rows(&spec, 50, LONG)?;
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(tw.stop(Duration::from_secs(30))?.success());
+    let view = spec.inspect()?;
+    assert_eq!(
+        (view.pyiceberg_rows, view.pyiceberg_distinct),
+        (50, 50),
+        "only records produced after the start: {view:?}"
+    );
+    assert_eq!((view.duckdb_rows, view.duckdb_distinct), (50, 50));
+    Ok(())
+}
