@@ -205,19 +205,60 @@ impl TableWriter {
     }
 
     /// Closes all files and returns them in the checkpoint record's JSON form.
+    ///
+    /// Files on a local filesystem are fsynced (with their directories) first, so a
+    /// checkpoint record never references data that a power loss could take away; object
+    /// stores are durable when the upload completes.
     pub async fn close(self) -> iceberg::Result<(Vec<String>, u64)> {
         let files = match self.inner {
             Inner::Unpartitioned(mut w) => w.close().await?,
             Inner::Partitioned(p) => p.0.close().await?,
         };
+        sync_local_files(files.iter().map(DataFile::file_path)).map_err(|e| {
+            iceberg::Error::new(
+                iceberg::ErrorKind::Unexpected,
+                format!("fsync data file: {e}"),
+            )
+        })?;
         let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
         Ok((self.factory.to_json(files)?, bytes))
     }
 }
 
+/// Fsyncs local files (`file://` or absolute paths) and, once each, their directories.
+fn sync_local_files<'a>(paths: impl Iterator<Item = &'a str>) -> std::io::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for path in paths {
+        let local = match path.strip_prefix("file://") {
+            Some(p) => p,
+            None if path.starts_with('/') => path,
+            None => continue,
+        };
+        std::fs::File::open(local)?.sync_all()?;
+        if let Some(dir) = std::path::Path::new(local).parent() {
+            dirs.insert(dir.to_path_buf());
+        }
+    }
+    for dir in dirs {
+        std::fs::File::open(&dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn syncs_local_files_and_skips_remote_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a.parquet");
+        std::fs::write(&f, b"x").unwrap();
+        let local = format!("file://{}", f.display());
+        sync_local_files([local.as_str(), "s3://bucket/b.parquet"].into_iter()).unwrap();
+        let missing = format!("file://{}/missing.parquet", dir.path().display());
+        assert!(sync_local_files([missing.as_str()].into_iter()).is_err());
+    }
 
     #[test]
     fn maps_codecs_and_levels() {
