@@ -1,10 +1,10 @@
 //! Exactly-once under crashes and zombies, checked by independent readers.
 //!
-//! Crash test: a producer runs the whole time while `tidewater` is killed ≥ 20 times, half
-//! of them at fail points that hit the dangerous windows deterministically (mid-write,
-//! between checkpoint record and commit, mid-commit, after commit before progress), the rest
-//! by `kill -9` at random moments. Then PyIceberg and DuckDB must count exactly the produced
-//! rows and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog.
+//! Crash test: a producer runs the whole time while `tidewater` is crashed 40 times: 20
+//! `kill -9` at random moments and 20 aborts at fail points that hit the dangerous windows
+//! deterministically (mid-write, between checkpoint record and commit, mid-commit, after
+//! commit before progress). Then PyIceberg and DuckDB must count exactly the produced rows
+//! and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog.
 //!
 //! Zombie test: a paused writer (SIGSTOP) wakes up after another writer with the same
 //! pipeline uid took over; its commit must be refused, nothing duplicated.
@@ -109,13 +109,13 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
 
 #[test]
 fn crash_test_sqlite_catalog() -> Result<()> {
-    crash_test(None, 24)
+    crash_test(None, 40)
 }
 
 #[test]
 fn crash_test_postgres_catalog() -> Result<()> {
     let pg = Postgres::start()?;
-    crash_test(Some(pg.uri()), 20)
+    crash_test(Some(pg.uri()), 40)
 }
 
 #[test]
