@@ -154,18 +154,10 @@ impl Coordinator {
             records = records.len(),
             "recovered"
         );
-        let factory = WriterFactory::new(
-            &catalog.load_table(&ident).await.map_err(TableError::from)?,
-            &config
-                .resource
-                .spec
-                .sink
-                .write_properties
-                .clone()
-                .into_iter()
-                .collect(),
-        )
-        .map_err(RunError::Setup)?;
+        // An append does not change what writers need (schema, spec, properties, location),
+        // so the table loaded before a recovered commit serves.
+        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)
+            .map_err(RunError::Setup)?;
         let admin =
             Arc::new(kafka::admin_consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
         let (events_tx, events) = unbounded_channel();

@@ -1,7 +1,10 @@
 //! Data files for one table between two barriers: Arrow batches in, Iceberg data files out.
 //! Parquet settings come from the table properties overridden by the spec's writeProperties.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use crate::partition::Partitioner;
 use arrow_array::RecordBatch;
@@ -100,7 +103,7 @@ pub struct WriterFactory {
 
 impl WriterFactory {
     /// Prepares writers for the table's current schema and default partition spec.
-    pub fn new(table: &Table, overrides: &HashMap<String, String>) -> Result<Self, String> {
+    pub fn new(table: &Table, overrides: &BTreeMap<String, String>) -> Result<Self, String> {
         let metadata = table.metadata();
         let mut props = metadata.properties().clone();
         props.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
