@@ -52,6 +52,43 @@ pub struct IngestionPipelineSpec {
     /// (nothing past it is committed) with an error naming the record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dead_letter: Option<DeadLetterSpec>,
+    /// Object storage for `s3://` warehouses and state locations. Credentials never go here:
+    /// they come from the environment or from mounted files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage: Option<StorageSpec>,
+}
+
+/// Object storage settings.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// An S3-compatible object store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Spec>,
+}
+
+/// S3 or an S3-compatible store (MinIO, Ceph, moto ...).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct S3Spec {
+    /// Custom endpoint, e.g. `http://minio.storage:9000`; AWS when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region; `AWS_REGION` from the environment, else `us-east-1`, when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most S3-compatible stores.
+    #[serde(default)]
+    pub path_style_access: bool,
+    /// File holding the access key id (a mounted Secret); `AWS_ACCESS_KEY_ID` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id_file: Option<String>,
+    /// File holding the secret access key; `AWS_SECRET_ACCESS_KEY` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key_file: Option<String>,
+    /// File holding a session token; `AWS_SESSION_TOKEN` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token_file: Option<String>,
 }
 
 fn default_parallelism() -> i32 {
@@ -164,7 +201,7 @@ pub struct CatalogSpec {
     #[serde(rename = "type")]
     pub catalog_type: CatalogType,
     /// For `sql`: a `sqlite://PATH` or `postgres://…` URI (the SQLite file is created when
-    /// missing).
+    /// missing). For `rest`: the catalog's base URL (`https://…`, without `/v1`).
     pub uri: String,
     /// Warehouse root where new tables are placed: a local path, `file://…` or `s3://…`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -172,9 +209,49 @@ pub struct CatalogSpec {
     /// Catalog name as stored in the SQL catalog's tables.
     #[serde(default = "default_catalog_name")]
     pub name: String,
-    /// Extra catalog and file IO properties (e.g. `s3.endpoint`).
+    /// Extra catalog and file IO properties (e.g. `prefix`, `header.X-Tenant`). Secrets are
+    /// refused here: use `auth` and `spec.storage`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// Authentication to a REST catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<CatalogAuthSpec>,
+    /// File with extra PEM CA certificates trusted for an `https` REST catalog.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// How the runtime authenticates to a REST catalog. The secret is read from a file (a mounted
+/// Secret) or an environment variable, never from the spec.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CatalogAuthSpec {
+    /// `bearer`: the secret is a token sent as `Authorization: Bearer`. `oauth2`: the secret is
+    /// `client_id:client_secret`, exchanged for tokens (client-credentials flow).
+    #[serde(rename = "type")]
+    pub auth_type: CatalogAuthType,
+    /// File holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<String>,
+    /// Environment variable holding the secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_env: Option<String>,
+    /// OAuth2 token endpoint; the catalog's `/v1/oauth/tokens` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth2_server_uri: Option<String>,
+    /// OAuth2 scope.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+}
+
+/// REST catalog authentication kinds.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CatalogAuthType {
+    /// A static bearer token.
+    Bearer,
+    /// OAuth2 client credentials.
+    Oauth2,
 }
 
 fn default_catalog_name() -> String {
@@ -187,6 +264,8 @@ fn default_catalog_name() -> String {
 pub enum CatalogType {
     /// The Iceberg SQL catalog on SQLite or PostgreSQL.
     Sql,
+    /// An Iceberg REST catalog (Polaris, Lakekeeper, Nessie, Gravitino, S3 Tables ...).
+    Rest,
 }
 
 /// Write modes.

@@ -4,7 +4,7 @@
 use std::{collections::HashSet, fmt};
 
 use crate::{
-    pipeline::IngestionPipelineSpec,
+    pipeline::{CatalogType, IngestionPipelineSpec},
     types::{
         ColumnType, PartitionField, StartingOffsets, Transform, parse_duration, parse_table_ident,
     },
@@ -41,6 +41,16 @@ const SIZE_PROPERTIES: &[&str] = &[
     "write.parquet.row-group-size-bytes",
     "write.parquet.page-size-bytes",
     "write.parquet.dict-size-bytes",
+];
+
+/// Catalog properties that hold secrets and are therefore refused in the spec.
+const SECRET_PROPERTIES: &[&str] = &[
+    "token",
+    "credential",
+    "s3.access-key-id",
+    "s3.secret-access-key",
+    "s3.session-token",
+    "client.secret",
 ];
 
 /// Checks a pipeline spec; an empty list means valid.
@@ -100,18 +110,92 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
     }
 
     let sink = &spec.sink;
-    if sink.catalog.uri.trim().is_empty() {
+    let catalog = &sink.catalog;
+    if catalog.uri.trim().is_empty() {
         err("spec.sink.catalog.uri", "must not be empty".into());
-    } else if !(sink.catalog.uri.starts_with("sqlite:")
-        || sink.catalog.uri.starts_with("postgres://")
-        || sink.catalog.uri.starts_with("postgresql://"))
+    } else {
+        match catalog.catalog_type {
+            CatalogType::Sql
+                if !(catalog.uri.starts_with("sqlite:")
+                    || catalog.uri.starts_with("postgres://")
+                    || catalog.uri.starts_with("postgresql://")) =>
+            {
+                err(
+                    "spec.sink.catalog.uri",
+                    format!(
+                        "`{}`: a sql catalog needs a sqlite:PATH or postgres:// URI",
+                        catalog.uri
+                    ),
+                );
+            }
+            CatalogType::Rest
+                if !(catalog.uri.starts_with("http://") || catalog.uri.starts_with("https://")) =>
+            {
+                err(
+                    "spec.sink.catalog.uri",
+                    format!(
+                        "`{}`: a rest catalog needs an http:// or https:// URL",
+                        catalog.uri
+                    ),
+                );
+            }
+            _ => {}
+        }
+    }
+    for key in catalog.properties.keys() {
+        if SECRET_PROPERTIES.contains(&key.as_str()) || key.starts_with("header.authorization") {
+            err(
+                &format!("spec.sink.catalog.properties.{key}"),
+                "is a secret: it must not be written in the spec (use spec.sink.catalog.auth or \
+                 spec.storage.s3 with a file or environment variable)"
+                    .into(),
+            );
+        }
+    }
+    if let Some(auth) = &catalog.auth {
+        if catalog.catalog_type != CatalogType::Rest {
+            err(
+                "spec.sink.catalog.auth",
+                "only a rest catalog takes auth".into(),
+            );
+        }
+        if auth.secret_file.is_some() == auth.secret_env.is_some() {
+            err(
+                "spec.sink.catalog.auth",
+                "set exactly one of secretFile and secretEnv".into(),
+            );
+        }
+    }
+    let uses_s3 = catalog
+        .warehouse
+        .as_deref()
+        .is_some_and(|w| w.starts_with("s3://"))
+        || spec
+            .checkpoint
+            .state_location
+            .as_deref()
+            .is_some_and(|l| l.starts_with("s3://"));
+    if uses_s3 && catalog.catalog_type == CatalogType::Sql && catalog.warehouse.is_none() {
+        err(
+            "spec.sink.catalog.warehouse",
+            "must be set when the state location is on S3".into(),
+        );
+    }
+    if uses_s3 && spec.storage.as_ref().and_then(|s| s.s3.as_ref()).is_none() {
+        err(
+            "spec.storage.s3",
+            "an s3:// warehouse or state location needs spec.storage.s3 (endpoint, region, \
+             credentials source)"
+                .into(),
+        );
+    }
+    if catalog.catalog_type == CatalogType::Rest
+        && catalog.warehouse.is_none()
+        && spec.checkpoint.state_location.is_none()
     {
         err(
-            "spec.sink.catalog.uri",
-            format!(
-                "`{}`: a sql catalog needs a sqlite:PATH or postgres:// URI",
-                sink.catalog.uri
-            ),
+            "spec.checkpoint.stateLocation",
+            "must be set with a rest catalog that has no spec.sink.catalog.warehouse".into(),
         );
     }
     if let Err(e) = parse_table_ident(&sink.table) {

@@ -627,7 +627,7 @@ fn read_table(
     })
 }
 
-/// A `tidewater run` process.
+/// A `tidewater` process (`run`, `coordinator` or `worker`).
 pub struct Tidewater {
     child: Option<Child>,
     pub metrics_port: u16,
@@ -637,16 +637,68 @@ pub struct Tidewater {
 impl Tidewater {
     /// Starts `tidewater run -f spec` with optional fail points; logs go to `log`.
     pub fn start(spec: &Path, log: &Path, failpoints: Option<&str>) -> Result<Self> {
+        Self::start_with(spec, log, failpoints, &[])
+    }
+
+    /// `tidewater run -f spec EXTRA…`.
+    pub fn start_with(
+        spec: &Path,
+        log: &Path,
+        failpoints: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args: Vec<String> = vec!["run".into(), "-f".into(), spec.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(&args, "--metrics-addr", log, failpoints)
+    }
+
+    /// `tidewater coordinator -f spec --heartbeat-timeout T EXTRA…` on a free port.
+    pub fn coordinator(
+        spec: &Path,
+        log: &Path,
+        failpoints: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args: Vec<String> = vec![
+            "coordinator".into(),
+            "-f".into(),
+            spec.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(&args, "--listen", log, failpoints)
+    }
+
+    /// `tidewater worker --coordinator URL --name NAME`.
+    pub fn worker(coordinator_url: &str, name: &str, log: &Path) -> Result<Self> {
+        let args: Vec<String> = vec![
+            "worker".into(),
+            "--coordinator".into(),
+            coordinator_url.into(),
+            "--name".into(),
+            name.into(),
+        ];
+        Self::spawn(&args, "--metrics-addr", log, None)
+    }
+
+    /// The coordinator's base URL (for workers).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
+    }
+
+    fn spawn(
+        args: &[String],
+        addr_flag: &str,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
         let metrics_port = free_port();
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         let mut cmd = Command::new(tidewater_bin());
-        cmd.arg("run")
-            .arg("-f")
-            .arg(spec)
-            .arg("--metrics-addr")
+        cmd.args(args)
+            .arg(addr_flag)
             .arg(format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
             .stdout(Stdio::null())
@@ -704,11 +756,27 @@ impl Tidewater {
         Ok(status)
     }
 
-    /// GET a path on the metrics port.
+    /// GET a path on the HTTP port.
     pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        self.http("GET", path, None)
+    }
+
+    /// POST a JSON body to a path on the HTTP port.
+    pub fn http_post(&self, path: &str, json: &str) -> Result<(u16, String)> {
+        self.http("POST", path, Some(json))
+    }
+
+    fn http(&self, method: &str, path: &str, json: Option<&str>) -> Result<(u16, String)> {
         let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        match json {
+            Some(b) => write!(
+                s,
+                "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )?,
+            None => write!(s, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?,
+        }
         let mut body = String::new();
         s.read_to_string(&mut body)?;
         let code = body
@@ -724,9 +792,16 @@ impl Tidewater {
         Ok((code, body))
     }
 
-    /// Waits until `/healthz` answers 200.
+    /// `GET /v1/status` as JSON.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let (code, body) = self.http_get("/v1/status")?;
+        anyhow::ensure!(code == 200, "status {code}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until `/readyz` answers 200 (recovered and reading).
     pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
-        wait_for("healthz", timeout, || match self.http_get("/healthz") {
+        wait_for("readyz", timeout, || match self.http_get("/readyz") {
             Ok((200, _)) => Some(()),
             _ => None,
         })

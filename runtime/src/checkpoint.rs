@@ -40,6 +40,10 @@ pub struct CheckpointRecord {
     pub table_base_offsets: BTreeMap<String, Offsets>,
     /// Per table: files to commit (absent when the checkpoint wrote nothing to it).
     pub commits: BTreeMap<String, TableCommitPlan>,
+    /// The savepoint this run's lineage was restored from, carried forward by every record so
+    /// a restarted coordinator knows the savepoint was already applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// Files of one table in one checkpoint.
@@ -176,6 +180,8 @@ pub struct Recovery {
     pub pending: Option<CheckpointRecord>,
     /// Records that were skipped because the table contradicts them, with the reason.
     pub skipped: Vec<(u64, String)>,
+    /// Origin of the record resumed from (none when resuming from the table alone).
+    pub origin: Option<String>,
 }
 
 /// Chooses the restart point from the durable records (any order) and the table's newest
@@ -208,6 +214,7 @@ pub fn decide_recovery(
             next_checkpoint_id: max_seen + 1,
             pending,
             skipped: skipped.clone(),
+            origin: record.origin.clone(),
         };
         if !record.commits.contains_key(table) {
             if base == table_offsets {
@@ -235,17 +242,18 @@ pub fn decide_recovery(
         next_checkpoint_id: max_seen + 1,
         pending: None,
         skipped,
+        origin: None,
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::protocol::set_offset;
 
-    const T: &str = "analytics.clicks";
+    pub(crate) const T: &str = "analytics.clicks";
 
-    fn offsets(pairs: &[(i32, i64)]) -> Offsets {
+    pub(crate) fn offsets(pairs: &[(i32, i64)]) -> Offsets {
         let mut o = Offsets::new();
         for (p, n) in pairs {
             set_offset(&mut o, "clicks", *p, *n);
@@ -253,7 +261,12 @@ mod tests {
         o
     }
 
-    fn record(id: u64, base: &[(i32, i64)], end: &[(i32, i64)], files: bool) -> CheckpointRecord {
+    pub(crate) fn record(
+        id: u64,
+        base: &[(i32, i64)],
+        end: &[(i32, i64)],
+        files: bool,
+    ) -> CheckpointRecord {
         CheckpointRecord {
             version: 1,
             pipeline_uid: "uid".into(),
@@ -274,10 +287,11 @@ mod tests {
             } else {
                 BTreeMap::new()
             },
+            origin: None,
         }
     }
 
-    fn committed(id: u64, end: &[(i32, i64)]) -> CommittedState {
+    pub(crate) fn committed(id: u64, end: &[(i32, i64)]) -> CommittedState {
         CommittedState {
             snapshot_id: 100 + i64::try_from(id).unwrap(),
             checkpoint_id: id,

@@ -9,6 +9,7 @@ use std::{
 
 use tidewater_crds::{
     FieldError, IngestionPipeline,
+    pipeline::{CatalogAuthSpec, CatalogType, S3Spec},
     types::{StartingOffsets, parse_duration, parse_table_ident},
     validate,
 };
@@ -77,10 +78,18 @@ pub struct PipelineConfig {
     pub checkpoint_timeout: Duration,
     /// Completed checkpoint records kept.
     pub retained_checkpoints: usize,
-    /// Directory holding checkpoint records.
-    pub state_location: PathBuf,
-    /// SQL catalog URI (SQLite paths made absolute).
+    /// Where checkpoint records and savepoints live: an absolute local path or `s3://…`.
+    pub state_location: String,
+    /// Catalog kind.
+    pub catalog_type: CatalogType,
+    /// Catalog URI (SQLite paths made absolute).
     pub catalog_uri: String,
+    /// REST catalog authentication (file paths made absolute).
+    pub catalog_auth: Option<CatalogAuthSpec>,
+    /// Extra CA certificates for an https REST catalog.
+    pub catalog_ca_file: Option<PathBuf>,
+    /// S3 settings (credential file paths made absolute).
+    pub s3: Option<S3Spec>,
     /// Catalog name.
     pub catalog_name: String,
     /// Warehouse root URI (`file:///…` or `s3://…`).
@@ -155,13 +164,43 @@ impl PipelineConfig {
             .warehouse
             .clone()
             .unwrap_or_else(|| ".tidewater/warehouse".into());
-        let warehouse = to_uri(&warehouse_raw, base);
+        let catalog = &spec.sink.catalog;
+        let warehouse = match catalog.catalog_type {
+            // A REST catalog's warehouse may be a logical name (Polaris, S3 Tables).
+            CatalogType::Rest if !warehouse_raw.contains("://") && catalog.warehouse.is_some() => {
+                warehouse_raw
+            }
+            _ => to_uri(&warehouse_raw, base),
+        };
         let state_location = match &spec.checkpoint.state_location {
-            Some(loc) => absolute(loc.trim_start_matches("file://"), base),
-            None => PathBuf::from(warehouse.trim_start_matches("file://"))
-                .join("_tidewater")
-                .join(resource.namespace_or_default())
-                .join(&name),
+            Some(loc) if loc.starts_with("s3://") => loc.trim_end_matches('/').to_string(),
+            Some(loc) => absolute(loc.trim_start_matches("file://"), base)
+                .display()
+                .to_string(),
+            None if warehouse.starts_with("s3://") => format!(
+                "{warehouse}/_tidewater/{}/{name}",
+                resource.namespace_or_default()
+            ),
+            None if warehouse.starts_with("file://") => {
+                PathBuf::from(warehouse.trim_start_matches("file://"))
+                    .join("_tidewater")
+                    .join(resource.namespace_or_default())
+                    .join(&name)
+                    .display()
+                    .to_string()
+            }
+            None => {
+                return Err(vec![FieldError {
+                    path: "spec.checkpoint.stateLocation".into(),
+                    reason: format!(
+                        "must be set: the warehouse `{warehouse}` is not a location to derive it from"
+                    ),
+                }]);
+            }
+        };
+        let file = |f: &Option<String>| {
+            f.as_deref()
+                .map(|f| absolute(f, base).display().to_string())
         };
         Ok(Self {
             uid: resource.pipeline_uid(),
@@ -176,7 +215,26 @@ impl PipelineConfig {
             checkpoint_timeout: parse_duration(&spec.checkpoint.timeout).expect("validated"),
             retained_checkpoints: spec.checkpoint.retained as usize,
             state_location,
-            catalog_uri: sql_uri(&spec.sink.catalog.uri, base),
+            catalog_type: catalog.catalog_type,
+            catalog_uri: match catalog.catalog_type {
+                CatalogType::Sql => sql_uri(&catalog.uri, base),
+                CatalogType::Rest => catalog.uri.trim_end_matches('/').to_string(),
+            },
+            catalog_auth: catalog.auth.clone().map(|mut a| {
+                a.secret_file = file(&a.secret_file);
+                a
+            }),
+            catalog_ca_file: catalog.ca_file.as_deref().map(|f| absolute(f, base)),
+            s3: spec
+                .storage
+                .as_ref()
+                .and_then(|s| s.s3.clone())
+                .map(|mut s3| {
+                    s3.access_key_id_file = file(&s3.access_key_id_file);
+                    s3.secret_access_key_file = file(&s3.secret_access_key_file);
+                    s3.session_token_file = file(&s3.session_token_file);
+                    s3
+                }),
             catalog_name: spec.sink.catalog.name.clone(),
             warehouse,
             catalog_properties: spec.sink.catalog.properties.clone(),
@@ -271,7 +329,7 @@ mod tests {
         assert_eq!(c.warehouse, "file:///srv/app/.tidewater/warehouse");
         assert_eq!(
             c.state_location,
-            PathBuf::from("/srv/app/.tidewater/warehouse/_tidewater/default/clickstream")
+            "/srv/app/.tidewater/warehouse/_tidewater/default/clickstream"
         );
         assert_eq!(c.table_display(), "analytics.clicks");
         assert_eq!(c.parallelism, 2);

@@ -1,12 +1,21 @@
 //! `tidewater`: the runtime binary. Thin edge over the library: arguments, logging, signals.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+    time::Duration,
+};
 
 use clap::{Parser, Subcommand};
 use tidewater_runtime::{
+    api::{self, Shared},
     config::PipelineConfig,
-    coordinator::Coordinator,
+    coordinator::{Coordinator, Options, Outcome, StartMode},
+    hub::Hub,
     metrics::{self, Metrics},
+    remote,
 };
 
 #[derive(Parser)]
@@ -23,15 +32,83 @@ struct Cli {
     log_format: String,
 }
 
+/// Where a coordinator starts (default: the newest complete checkpoint).
+#[derive(clap::Args, Clone)]
+#[group(multiple = false)]
+struct StartArgs {
+    /// Restore exactly this savepoint (path or s3:// URI printed when it completed).
+    #[arg(long, value_name = "PATH")]
+    from_savepoint: Option<String>,
+    /// Continue from the newest complete checkpoint (the default; Flink's last-state).
+    #[arg(long)]
+    from_latest: bool,
+    /// Ignore checkpoints: partitions start from spec.source.kafka.startingOffsets.
+    #[arg(long)]
+    fresh: bool,
+}
+
+impl StartArgs {
+    fn mode(&self) -> StartMode {
+        match (&self.from_savepoint, self.fresh) {
+            (Some(p), _) => StartMode::Savepoint(p.clone()),
+            (None, true) => StartMode::Fresh,
+            (None, false) => StartMode::Latest,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Run a pipeline in this process (coordinator and workers) until SIGTERM/SIGINT.
+    /// Run a pipeline in this process (coordinator and workers) until SIGTERM/SIGINT or a
+    /// savepoint with stop.
     Run {
         /// IngestionPipeline YAML file.
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
-        /// Address for /metrics and /healthz.
-        #[arg(long, default_value = "127.0.0.1:9464", env = "TIDEWATER_METRICS_ADDR")]
+        /// Address of the HTTP API (/v1, /metrics, /healthz, /readyz).
+        #[arg(
+            long,
+            alias = "listen",
+            default_value = "127.0.0.1:9464",
+            env = "TIDEWATER_METRICS_ADDR"
+        )]
+        metrics_addr: SocketAddr,
+        #[command(flatten)]
+        start: StartArgs,
+        /// Accept a savepoint of another pipeline uid or table, or with topics no longer read.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+    },
+    /// Run the coordinator of a pipeline; workers join with `tidewater worker`.
+    Coordinator {
+        /// IngestionPipeline YAML file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Address of the HTTP API (workers, /v1, /metrics, /healthz, /readyz).
+        #[arg(long, default_value = "127.0.0.1:9464", env = "TIDEWATER_LISTEN")]
+        listen: SocketAddr,
+        #[command(flatten)]
+        start: StartArgs,
+        /// Accept a savepoint of another pipeline uid or table, or with topics no longer read.
+        #[arg(long)]
+        allow_non_restored_state: bool,
+        /// A worker not heard from for this long is lost (its partitions restart elsewhere).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        heartbeat_timeout: Duration,
+        /// After a savepoint with stop, keep answering the API this long before exiting.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        linger: Duration,
+    },
+    /// Run a worker process that takes its pipeline and partitions from a coordinator.
+    Worker {
+        /// Coordinator URL, e.g. http://clicks-coordinator:9464.
+        #[arg(long, env = "TIDEWATER_COORDINATOR")]
+        coordinator: String,
+        /// Name shown in the coordinator's status (default: host name).
+        #[arg(long, env = "TIDEWATER_WORKER_NAME")]
+        name: Option<String>,
+        /// Address for this worker's /metrics, /healthz and /readyz.
+        #[arg(long, default_value = "127.0.0.1:9465", env = "TIDEWATER_METRICS_ADDR")]
         metrics_addr: SocketAddr,
     },
     /// Check a pipeline file and report every invalid field.
@@ -40,6 +117,10 @@ enum Command {
         #[arg(short = 'f', long = "file")]
         file: PathBuf,
     },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    tidewater_crds::types::parse_duration(s)
 }
 
 fn init_logging(format: &str) {
@@ -84,39 +165,128 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { file, metrics_addr } => {
-            let config = match PipelineConfig::load(&file) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            let result = runtime.block_on(async move {
+        Command::Run {
+            file,
+            metrics_addr,
+            start,
+            allow_non_restored_state,
+        } => coordinator_main(
+            &file,
+            metrics_addr,
+            Options {
+                start: start.mode(),
+                allow_non_restored_state,
+                local_workers: true,
+                heartbeat_timeout: Duration::from_secs(10),
+                pipeline_yaml: String::new(),
+                base_dir: PathBuf::new(),
+            },
+            Duration::ZERO,
+        ),
+        Command::Coordinator {
+            file,
+            listen,
+            start,
+            allow_non_restored_state,
+            heartbeat_timeout,
+            linger,
+        } => coordinator_main(
+            &file,
+            listen,
+            Options {
+                start: start.mode(),
+                allow_non_restored_state,
+                local_workers: false,
+                heartbeat_timeout,
+                pipeline_yaml: String::new(),
+                base_dir: PathBuf::new(),
+            },
+            linger,
+        ),
+        Command::Worker {
+            coordinator,
+            name,
+            metrics_addr,
+        } => {
+            let name = name
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| format!("worker-{}", std::process::id()));
+            let result = runtime().block_on(async move {
                 let metrics = Arc::new(Metrics::new());
                 let bound = metrics::serve(metrics_addr, metrics.clone())
                     .await
                     .map_err(|e| format!("metrics endpoint {metrics_addr}: {e}"))?;
-                tracing::info!(pipeline = %config.name, table = %config.table_display(), metrics = %bound, "starting");
-                let coordinator = Coordinator::start(config, metrics).await.map_err(|e| e.to_string())?;
-                coordinator.run(shutdown_signal()).await.map_err(|e| e.to_string())
+                tracing::info!(%coordinator, %name, metrics = %bound, "worker starting");
+                remote::run(&coordinator, &name, metrics, shutdown_signal()).await
             });
-            match result {
-                Ok(()) => {
-                    tracing::info!("stopped cleanly");
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "pipeline failed");
-                    eprintln!("tidewater: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            finish(result.map(|()| "worker stopped".to_string()))
         }
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+fn finish(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(message) => {
+            tracing::info!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "failed");
+            eprintln!("tidewater: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn coordinator_main(
+    file: &Path,
+    listen: SocketAddr,
+    mut options: Options,
+    linger: Duration,
+) -> ExitCode {
+    let config = match PipelineConfig::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    options.pipeline_yaml = std::fs::read_to_string(file).unwrap_or_default();
+    options.base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let result = runtime().block_on(async move {
+        let metrics = Arc::new(Metrics::new());
+        let (hub, events) = Hub::new();
+        let shared = Arc::new(Shared::new(metrics, hub));
+        let bound = api::serve(listen, api::router(shared.clone()))
+            .await
+            .map_err(|e| format!("HTTP API {listen}: {e}"))?;
+        tracing::info!(pipeline = %config.name, table = %config.table_display(), api = %bound, "starting");
+        let coordinator = match Coordinator::start(config, options, shared.clone(), events).await {
+            Ok(c) => c,
+            Err(e) => {
+                shared.set_state("failed", Some(e.to_string()));
+                return Err(e.to_string());
+            }
+        };
+        match coordinator.run(shutdown_signal()).await.map_err(|e| e.to_string())? {
+            Outcome::Stopped => Ok("stopped cleanly".to_string()),
+            Outcome::Finished { savepoint } => {
+                println!("savepoint: {savepoint}");
+                tokio::select! {
+                    () = tokio::time::sleep(linger) => {}
+                    () = shutdown_signal() => {}
+                }
+                Ok(format!("stopped with savepoint {savepoint}"))
+            }
+        }
+    });
+    finish(result)
 }

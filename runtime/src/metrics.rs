@@ -71,6 +71,14 @@ pub struct Metrics {
     ready: AtomicBool,
     /// Id of the newest completed checkpoint.
     pub last_checkpoint_id: Gauge<i64, AtomicI64>,
+    /// Checkpoints aborted because a worker was lost mid-checkpoint.
+    pub aborted_checkpoints: Counter,
+    /// Barrier before a partition move → the new owner told to start, seconds.
+    pub rescale_pause: Histogram,
+    /// Workers that own partitions.
+    pub active_workers: Gauge,
+    /// Workers lost (stopped heartbeating or disconnected).
+    pub workers_lost: Counter,
 }
 
 fn unix_now() -> i64 {
@@ -106,6 +114,10 @@ impl Metrics {
             last_commit_unix: Arc::new(AtomicI64::new(0)),
             ready: AtomicBool::new(false),
             last_checkpoint_id: Gauge::default(),
+            aborted_checkpoints: Counter::default(),
+            rescale_pause: secs(),
+            active_workers: Gauge::default(),
+            workers_lost: Counter::default(),
             registry: Registry::with_prefix("tidewater"),
         };
         m.registry.register(
@@ -175,6 +187,26 @@ impl Metrics {
             "Id of the newest completed checkpoint",
             m.last_checkpoint_id.clone(),
         );
+        m.registry.register(
+            "checkpoints_aborted",
+            "Checkpoints aborted because a worker was lost mid-checkpoint",
+            m.aborted_checkpoints.clone(),
+        );
+        m.registry.register(
+            "rescale_pause_seconds",
+            "Barrier before a partition move until the new owner is told to start",
+            m.rescale_pause.clone(),
+        );
+        m.registry.register(
+            "active_workers",
+            "Workers that own partitions",
+            m.active_workers.clone(),
+        );
+        m.registry.register(
+            "workers_lost",
+            "Workers declared lost (no heartbeat within the timeout)",
+            m.workers_lost.clone(),
+        );
         let last = m.last_commit_unix.clone();
         let started = unix_now();
         m.registry.register(
@@ -193,6 +225,11 @@ impl Metrics {
     /// Marks the pipeline as ready (recovered and reading).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// Whether the process is ready.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
     }
 
     /// Prometheus text exposition of all metrics.
@@ -241,21 +278,23 @@ async fn metrics_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     )
 }
 
-async fn health_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+async fn ready_handler(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
     if m.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ok\n")
+        (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends. Returns the bound address.
+/// Serves `/metrics`, `/healthz` (alive) and `/readyz` until the process ends (worker
+/// processes; the coordinator serves these within its API). Returns the bound address.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(health_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready_handler))
         .with_state(metrics);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

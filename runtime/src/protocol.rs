@@ -1,5 +1,6 @@
 //! Messages between the coordinator and its workers. Serializable: in local mode they travel
-//! over in-process channels, and the same types will cross the network between pods.
+//! over in-process channels; between processes they cross HTTP (`/v1/workers`), wrapped in
+//! sequence-numbered envelopes so a lost response never loses or repeats a command.
 
 use std::collections::BTreeMap;
 
@@ -17,6 +18,9 @@ pub struct TopicPartition {
     pub partition: i32,
 }
 
+/// A worker's identity within one coordinator run (never reused by that run).
+pub type WorkerId = u64;
+
 /// Coordinator → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,10 +30,21 @@ pub enum ToWorker {
         /// Partitions and their next offsets.
         partitions: Offsets,
     },
-    /// Close all open files now and report them with the offsets reached.
+    /// Close all open files now and report them with the offsets reached; then stop reading
+    /// the `release`d partitions (they move to another worker at this boundary).
     Barrier {
         /// Checkpoint id.
         checkpoint_id: u64,
+        /// Partitions to give up right after this barrier.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        release: Vec<TopicPartition>,
+    },
+    /// Discard everything since the last acknowledged barrier (open files are abandoned and
+    /// never reported) and own exactly these partitions from these offsets. Sent after an
+    /// aborted checkpoint.
+    Reset {
+        /// The complete new assignment of this worker.
+        partitions: Offsets,
     },
     /// Stop reading and exit; nothing after the last barrier is reported.
     Stop,
@@ -43,8 +58,8 @@ pub enum ToCoordinator {
     Ack(WorkerAck),
     /// The worker cannot go on; the pipeline must stop without committing past this point.
     Failed {
-        /// Worker index.
-        worker: usize,
+        /// Worker id.
+        worker: WorkerId,
         /// What happened, naming the record when a record is the cause.
         reason: String,
     },
@@ -53,8 +68,8 @@ pub enum ToCoordinator {
 /// What a worker wrote between two barriers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct WorkerAck {
-    /// Worker index.
-    pub worker: usize,
+    /// Worker id.
+    pub worker: WorkerId,
     /// Checkpoint id of the barrier answered.
     pub checkpoint_id: u64,
     /// Data files, in Iceberg's JSON data-file form.
@@ -73,6 +88,56 @@ pub struct WorkerAck {
     pub min_timestamp_ms: Option<i64>,
     /// Largest Kafka timestamp (ms) among rows written, if any.
     pub max_timestamp_ms: Option<i64>,
+}
+
+/// `POST /v1/workers`: a worker process asks to join.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    /// Stable name of the process (pod name or host name), for status and logs.
+    pub name: String,
+}
+
+/// The answer to a registration: everything a worker needs besides the catalog credentials
+/// it reads from its own environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterResponse {
+    /// The id this worker uses in every later request.
+    pub worker_id: WorkerId,
+    /// The coordinator run (part of data file names).
+    pub run_id: String,
+    /// The pipeline resource as YAML.
+    pub pipeline_yaml: String,
+    /// Directory relative paths of the spec are resolved against.
+    pub base_dir: String,
+    /// A worker that cannot reach the coordinator for this long stops writing.
+    pub heartbeat_timeout_ms: u64,
+}
+
+/// `POST /v1/workers/{id}/poll`: heartbeat, events up, commands down.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollRequest {
+    /// Highest command sequence number received so far; the coordinator drops those.
+    pub received_commands: u64,
+    /// Events not yet confirmed, oldest first.
+    pub events: Vec<Sequenced<ToCoordinator>>,
+}
+
+/// Commands not yet confirmed by the worker, and how far the events were taken.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PollResponse {
+    /// Highest event sequence number the coordinator has taken; the worker drops those.
+    pub received_events: u64,
+    /// Commands, oldest first.
+    pub commands: Vec<Sequenced<ToWorker>>,
+}
+
+/// A message with its per-direction sequence number (starting at 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sequenced<T> {
+    /// Sequence number.
+    pub seq: u64,
+    /// The message.
+    pub message: T,
 }
 
 /// Sets `offsets[topic][partition] = next`.
@@ -108,8 +173,24 @@ mod tests {
         assert!(json.starts_with(r#"{"ack":{"#));
         assert!(json.contains(r#""clicks":{"3":42}"#));
         assert_eq!(serde_json::from_str::<ToCoordinator>(&json).unwrap(), ack);
-        let barrier = ToWorker::Barrier { checkpoint_id: 9 };
+        let barrier = ToWorker::Barrier {
+            checkpoint_id: 9,
+            release: vec![],
+        };
         let json = serde_json::to_string(&barrier).unwrap();
         assert_eq!(json, r#"{"barrier":{"checkpoint_id":9}}"#);
+        let release = ToWorker::Barrier {
+            checkpoint_id: 9,
+            release: vec![TopicPartition {
+                topic: "clicks".into(),
+                partition: 1,
+            }],
+        };
+        let json = serde_json::to_string(&release).unwrap();
+        assert_eq!(
+            serde_json::from_str::<ToWorker>(&json).unwrap(),
+            release,
+            "{json}"
+        );
     }
 }

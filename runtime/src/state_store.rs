@@ -1,14 +1,23 @@
-//! Durable checkpoint records under `<state location>/checkpoints/`. This module only does
-//! I/O. A record is written to a temporary file, synced and renamed, so a crash leaves
-//! either the whole record or none; a file that does not parse is ignored as incomplete.
+//! Durable checkpoint records (`<state location>/checkpoints/`) and savepoints
+//! (`<state location>/savepoints/`), on a local or mounted filesystem or in S3. This module
+//! only does I/O. A record appears whole or not at all: locally it is written to a temporary
+//! file, synced and renamed; an S3 PUT is atomic. A file that does not parse is ignored as
+//! incomplete.
 
 use std::{
+    collections::BTreeMap,
     fs,
     io::Write,
     path::{Path, PathBuf},
 };
 
-use crate::checkpoint::CheckpointRecord;
+use opendal::Operator;
+
+use crate::{
+    checkpoint::CheckpointRecord,
+    savepoint::SavepointRecord,
+    storage::{StorageError, s3_operator, split_s3},
+};
 
 /// State store errors.
 #[derive(Debug, thiserror::Error)]
@@ -17,78 +26,218 @@ pub enum StateError {
     #[error("state store {path}: {source}")]
     Io {
         /// The path involved.
-        path: PathBuf,
+        path: String,
         /// The cause.
         source: std::io::Error,
     },
+    /// Object store failure.
+    #[error("state store {path}: {source}")]
+    Object {
+        /// The object involved.
+        path: String,
+        /// The cause.
+        source: opendal::Error,
+    },
+    /// Storage settings.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A savepoint file that is not a savepoint.
+    #[error("savepoint {path}: {reason}")]
+    BadSavepoint {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
-/// Checkpoint records of one pipeline on a local or mounted filesystem.
+#[derive(Debug, Clone)]
+enum Backend {
+    Local(PathBuf),
+    S3 {
+        op: Operator,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+/// Checkpoint records and savepoints of one pipeline.
 #[derive(Debug, Clone)]
 pub struct StateStore {
-    dir: PathBuf,
+    backend: Backend,
+    s3_props: BTreeMap<String, String>,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StateError + '_ {
     move |source| StateError::Io {
-        path: path.to_path_buf(),
+        path: path.display().to_string(),
         source,
     }
 }
 
+fn obj(path: &str) -> impl FnOnce(opendal::Error) -> StateError + '_ {
+    move |source| StateError::Object {
+        path: path.to_string(),
+        source,
+    }
+}
+
+fn record_name(record: &CheckpointRecord) -> String {
+    format!("{:020}-{}.json", record.checkpoint_id, record.run_id)
+}
+
+/// Checkpoint id of a record file name (`<id:020>-<run>.json`).
+fn record_id(name: &str) -> Option<u64> {
+    name.strip_suffix(".json")
+        .filter(|n| !n.starts_with('.'))
+        .and_then(|n| n.split('-').next())
+        .and_then(|n| n.parse().ok())
+}
+
+fn write_local(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf, StateError> {
+    fs::create_dir_all(dir).map_err(io(dir))?;
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    drop(f);
+    fs::rename(&tmp, &path).map_err(io(&path))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(dir))?;
+    Ok(path)
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
 impl StateStore {
-    /// A store rooted at the pipeline's state location.
-    pub fn new(state_location: &Path) -> Self {
-        Self {
-            dir: state_location.join("checkpoints"),
+    /// A store at `location` (absolute path or `s3://bucket/prefix`); `s3_props` are the
+    /// resolved `s3.*` properties when the location is in S3.
+    pub fn open(location: &str, s3_props: &BTreeMap<String, String>) -> Result<Self, StateError> {
+        let backend = match split_s3(location) {
+            Some((bucket, prefix)) => Backend::S3 {
+                op: s3_operator(bucket, s3_props)?,
+                bucket: bucket.to_string(),
+                prefix: prefix.to_string(),
+            },
+            None => Backend::Local(PathBuf::from(location.trim_start_matches("file://"))),
+        };
+        Ok(Self {
+            backend,
+            s3_props: s3_props.clone(),
+        })
+    }
+
+    /// Where the records live, for messages.
+    pub fn checkpoints_location(&self) -> String {
+        self.location("checkpoints")
+    }
+
+    fn location(&self, sub: &str) -> String {
+        match &self.backend {
+            Backend::Local(root) => root.join(sub).display().to_string(),
+            Backend::S3 { bucket, prefix, .. } => {
+                format!("s3://{bucket}/{}", key(prefix, sub))
+            }
         }
     }
 
-    /// Where the records live.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    async fn put(&self, sub: &str, name: &str, bytes: Vec<u8>) -> Result<String, StateError> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let dir = root.join(sub);
+                let name = name.to_string();
+                let path = blocking(move || write_local(&dir, &name, &bytes)).await?;
+                Ok(path.display().to_string())
+            }
+            Backend::S3 { op, bucket, prefix } => {
+                let k = key(prefix, &format!("{sub}/{name}"));
+                op.write(&k, bytes).await.map_err(obj(&k))?;
+                Ok(format!("s3://{bucket}/{k}"))
+            }
+        }
     }
 
-    fn file_name(record: &CheckpointRecord) -> String {
-        format!("{:020}-{}.json", record.checkpoint_id, record.run_id)
+    /// Names and contents of the files under `sub`.
+    async fn list(&self, sub: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let dir = root.join(sub);
+                blocking(move || {
+                    let entries = match fs::read_dir(&dir) {
+                        Ok(e) => e,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
+                        Err(e) => return Err(io(&dir)(e)),
+                    };
+                    let mut out = Vec::new();
+                    for entry in entries {
+                        let path = entry.map_err(io(&dir))?.path();
+                        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+                            continue;
+                        };
+                        if name.starts_with('.') || !name.ends_with(".json") {
+                            continue;
+                        }
+                        out.push((name.to_string(), fs::read(&path).map_err(io(&path))?));
+                    }
+                    Ok(out)
+                })
+                .await
+            }
+            Backend::S3 { op, prefix, .. } => {
+                let dir = format!("{}/", key(prefix, sub));
+                let entries = match op.list(&dir).await {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(vec![]),
+                    Err(e) => return Err(obj(&dir)(e)),
+                };
+                let mut out = Vec::new();
+                for entry in entries {
+                    let name = entry.name().to_string();
+                    if !name.ends_with(".json") || name.starts_with('.') {
+                        continue;
+                    }
+                    let bytes = op.read(entry.path()).await.map_err(obj(entry.path()))?;
+                    out.push((name, bytes.to_vec()));
+                }
+                Ok(out)
+            }
+        }
     }
 
-    /// Writes a record durably (temp file, fsync, rename, fsync of the directory).
-    pub fn write(&self, record: &CheckpointRecord) -> Result<PathBuf, StateError> {
-        fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
-        let path = self.dir.join(Self::file_name(record));
-        let tmp = self.dir.join(format!(".{}.tmp", Self::file_name(record)));
+    async fn remove(&self, sub: &str, name: &str) -> Result<(), StateError> {
+        match &self.backend {
+            Backend::Local(root) => {
+                let path = root.join(sub).join(name);
+                blocking(move || fs::remove_file(&path).map_err(io(&path))).await
+            }
+            Backend::S3 { op, prefix, .. } => {
+                let k = key(prefix, &format!("{sub}/{name}"));
+                op.delete(&k).await.map_err(obj(&k))
+            }
+        }
+    }
+
+    /// Writes a checkpoint record durably; returns where.
+    pub async fn write(&self, record: &CheckpointRecord) -> Result<String, StateError> {
         let bytes = serde_json::to_vec(record).expect("record serializes");
-        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(&bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        drop(f);
-        fs::rename(&tmp, &path).map_err(io(&path))?;
-        fs::File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(path)
+        self.put("checkpoints", &record_name(record), bytes).await
     }
 
     /// Loads every complete record of `uid` (order unspecified).
-    pub fn load_all(&self, uid: &str) -> Result<Vec<CheckpointRecord>, StateError> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-            Err(e) => return Err(io(&self.dir)(e)),
-        };
+    pub async fn load_all(&self, uid: &str) -> Result<Vec<CheckpointRecord>, StateError> {
         let mut records = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(io(&self.dir))?.path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let bytes = fs::read(&path).map_err(io(&path))?;
+        for (name, bytes) in self.list("checkpoints").await? {
             match serde_json::from_slice::<CheckpointRecord>(&bytes) {
                 Ok(r) if r.pipeline_uid == uid => records.push(r),
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(path = %path.display(), error = %e, "ignoring incomplete checkpoint record")
+                    tracing::warn!(file = %name, error = %e, "ignoring incomplete checkpoint record")
                 }
             }
         }
@@ -97,9 +246,10 @@ impl StateStore {
 
     /// Keeps the `keep` newest complete records of `uid` and deletes every record file
     /// (complete or torn) older than the oldest one kept.
-    pub fn prune(&self, uid: &str, keep: usize) -> Result<usize, StateError> {
+    pub async fn prune(&self, uid: &str, keep: usize) -> Result<usize, StateError> {
         let mut ids: Vec<u64> = self
-            .load_all(uid)?
+            .load_all(uid)
+            .await?
             .iter()
             .map(|r| r.checkpoint_id)
             .collect();
@@ -108,27 +258,51 @@ impl StateStore {
             return Ok(0);
         };
         let mut removed = 0;
-        for entry in fs::read_dir(&self.dir).map_err(io(&self.dir))? {
-            let path = entry.map_err(io(&self.dir))?.path();
-            let id = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .filter(|n| n.ends_with(".json") && !n.starts_with('.'))
-                .and_then(|n| n.split('-').next())
-                .and_then(|n| n.parse::<u64>().ok());
-            if id.is_some_and(|id| id < oldest_kept) {
-                fs::remove_file(&path).map_err(io(&path))?;
+        for (name, _) in self.list("checkpoints").await? {
+            if record_id(&name).is_some_and(|id| id < oldest_kept) {
+                self.remove("checkpoints", &name).await?;
                 removed += 1;
             }
         }
         Ok(removed)
     }
+
+    /// Writes a savepoint durably; returns its path (what `--from-savepoint` takes).
+    pub async fn write_savepoint(&self, savepoint: &SavepointRecord) -> Result<String, StateError> {
+        let bytes = serde_json::to_vec_pretty(savepoint).expect("savepoint serializes");
+        self.put("savepoints", &format!("{}.json", savepoint.id), bytes)
+            .await
+    }
+
+    /// Reads a savepoint from a path or `s3://` URI (any state location, same credentials).
+    pub async fn read_savepoint(&self, path: &str) -> Result<SavepointRecord, StateError> {
+        let bytes = match split_s3(path) {
+            Some((bucket, k)) => {
+                let op = s3_operator(bucket, &self.s3_props)?;
+                op.read(k).await.map_err(obj(path))?.to_vec()
+            }
+            None => {
+                let p = PathBuf::from(path.trim_start_matches("file://"));
+                blocking(move || fs::read(&p).map_err(io(&p))).await?
+            }
+        };
+        serde_json::from_slice(&bytes).map_err(|e| StateError::BadSavepoint {
+            path: path.to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+fn key(prefix: &str, sub: &str) -> String {
+    if prefix.is_empty() {
+        sub.to_string()
+    } else {
+        format!("{prefix}/{sub}")
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn record(id: u64) -> CheckpointRecord {
@@ -141,47 +315,72 @@ mod tests {
             offsets: BTreeMap::new(),
             table_base_offsets: BTreeMap::new(),
             commits: BTreeMap::new(),
+            origin: None,
         }
     }
 
-    #[test]
-    fn writes_loads_ignores_torn_files_and_prunes() {
+    async fn ids(store: &StateStore) -> Vec<u64> {
+        let mut ids: Vec<u64> = store
+            .load_all("uid")
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.checkpoint_id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    #[tokio::test]
+    async fn writes_loads_ignores_torn_files_and_prunes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path());
-        assert!(store.load_all("uid").unwrap().is_empty());
+        let store = StateStore::open(&dir.path().display().to_string(), &BTreeMap::new()).unwrap();
+        assert!(store.load_all("uid").await.unwrap().is_empty());
         for id in 1..=4 {
-            store.write(&record(id)).unwrap();
+            store.write(&record(id)).await.unwrap();
         }
         // A record torn by a crash mid-write, and another pipeline's record.
         fs::write(
-            store.dir().join("00000000000000000005-r1.json"),
+            dir.path().join("checkpoints/00000000000000000005-r1.json"),
             b"{\"version\":1,",
         )
         .unwrap();
         let mut other = record(6);
         other.pipeline_uid = "other".into();
-        store.write(&other).unwrap();
-        let mut ids: Vec<u64> = store
-            .load_all("uid")
-            .unwrap()
-            .iter()
-            .map(|r| r.checkpoint_id)
-            .collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec![1, 2, 3, 4]);
-        assert_eq!(store.prune("uid", 2).unwrap(), 2);
-        let mut ids: Vec<u64> = store
-            .load_all("uid")
-            .unwrap()
-            .iter()
-            .map(|r| r.checkpoint_id)
-            .collect();
-        ids.sort_unstable();
-        assert_eq!(ids, vec![3, 4]);
+        store.write(&other).await.unwrap();
+        assert_eq!(ids(&store).await, vec![1, 2, 3, 4]);
+        assert_eq!(store.prune("uid", 2).await.unwrap(), 2);
+        assert_eq!(ids(&store).await, vec![3, 4]);
         assert_eq!(
-            store.prune("uid", 5).unwrap(),
+            store.prune("uid", 5).await.unwrap(),
             0,
             "fewer records than kept: nothing goes"
         );
+    }
+
+    #[tokio::test]
+    async fn savepoints_round_trip_and_bad_ones_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::open(&dir.path().display().to_string(), &BTreeMap::new()).unwrap();
+        let sp = SavepointRecord {
+            version: 1,
+            id: "sp-1".into(),
+            created_at: "t".into(),
+            pipeline_uid: "uid".into(),
+            table: "a.b".into(),
+            topics: vec!["t".into()],
+            checkpoint: record(7),
+        };
+        let path = store.write_savepoint(&sp).await.unwrap();
+        assert!(path.ends_with("savepoints/sp-1.json"), "{path}");
+        assert_eq!(store.read_savepoint(&path).await.unwrap(), sp);
+        let bad = dir.path().join("bad.json");
+        fs::write(&bad, "{}").unwrap();
+        let e = store
+            .read_savepoint(&bad.display().to_string())
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.json"), "{e}");
     }
 }

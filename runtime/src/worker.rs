@@ -21,7 +21,7 @@ use crate::{
     failpoint,
     kafka::{DeadLetterProducer, consumer_config},
     metrics::{Metrics, ReasonLabels},
-    protocol::{Offsets, ToCoordinator, ToWorker, WorkerAck, set_offset},
+    protocol::{Offsets, ToCoordinator, ToWorker, TopicPartition, WorkerAck, WorkerId, set_offset},
     writer::{TableWriter, WriterFactory},
 };
 
@@ -34,8 +34,8 @@ const DLQ_FLUSH: Duration = Duration::from_secs(30);
 
 /// Everything a worker needs; built by the coordinator.
 pub struct WorkerSetup {
-    /// Worker index, 0-based.
-    pub index: usize,
+    /// Worker id, unique within the coordinator run.
+    pub id: WorkerId,
     /// The pipeline.
     pub config: PipelineConfig,
     /// Writers for the target table.
@@ -53,9 +53,9 @@ pub struct WorkerSetup {
 /// Starts a worker thread.
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
-        .name(format!("worker-{}", setup.index))
+        .name(format!("worker-{}", setup.id))
         .spawn(move || {
-            let index = setup.index;
+            let id = setup.id;
             let events = setup.events.clone();
             // A panic must reach the coordinator as a failure, not as a silent hang until
             // the checkpoint timeout.
@@ -69,11 +69,8 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
                     Err(format!("worker panicked: {what}"))
                 });
             if let Err(reason) = outcome {
-                tracing::error!(worker = index, %reason, "worker failed");
-                let _ = events.send(ToCoordinator::Failed {
-                    worker: index,
-                    reason,
-                });
+                tracing::error!(worker = id, %reason, "worker failed");
+                let _ = events.send(ToCoordinator::Failed { worker: id, reason });
             }
         })
 }
@@ -91,7 +88,7 @@ struct Epoch {
 }
 
 struct State {
-    index: usize,
+    id: WorkerId,
     run_id: String,
     max_record_bytes: usize,
     factory: WriterFactory,
@@ -122,7 +119,7 @@ fn run(setup: WorkerSetup) -> Result<(), String> {
         .build()
         .map_err(|e| format!("worker runtime: {e}"))?;
     let mut state = State {
-        index: setup.index,
+        id: setup.id,
         run_id: setup.run_id,
         max_record_bytes: setup.config.max_record_bytes,
         batcher: RowBatcher::new(setup.factory.arrow_schema())?,
@@ -168,7 +165,7 @@ fn run(setup: WorkerSetup) -> Result<(), String> {
             .or_else(|| consumer.poll(POLL));
         match polled {
             None => state.flush_batch()?,
-            Some(Err(e)) => tracing::warn!(worker = state.index, error = %e, "kafka poll error"),
+            Some(Err(e)) => tracing::warn!(worker = state.id, error = %e, "kafka poll error"),
             Some(Ok(message)) => state.on_message(&message)?,
         }
         if state.batcher.rows() >= BATCH_ROWS {
@@ -180,33 +177,88 @@ fn run(setup: WorkerSetup) -> Result<(), String> {
     }
 }
 
+/// The partitions of `offsets` positioned at their offsets.
+fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, String> {
+    let mut tpl = TopicPartitionList::new();
+    for (topic, parts) in offsets {
+        for (&p, &next) in parts {
+            tpl.add_partition_offset(topic, p, Offset::Offset(next))
+                .map_err(|e| format!("assign {topic}/{p}: {e}"))?;
+        }
+    }
+    Ok(tpl)
+}
+
 impl State {
     /// Returns false when the worker should exit.
     fn handle(&mut self, cmd: ToWorker, consumer: &BaseConsumer) -> Result<bool, String> {
         match cmd {
             ToWorker::Assign { partitions } => {
+                let tpl = partition_list(&partitions)?;
                 for (topic, parts) in partitions {
                     for (p, offset) in parts {
                         set_offset(&mut self.owned, &topic, p, offset);
                     }
                 }
-                let mut tpl = TopicPartitionList::new();
-                for (topic, parts) in &self.owned {
-                    for (&p, &next) in parts {
-                        tpl.add_partition_offset(topic, p, Offset::Offset(next))
-                            .map_err(|e| format!("assign {topic}/{p}: {e}"))?;
-                    }
-                }
-                consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
-                tracing::info!(worker = self.index, partitions = tpl.count(), "assigned");
+                consumer
+                    .incremental_assign(&tpl)
+                    .map_err(|e| format!("assign: {e}"))?;
+                tracing::info!(worker = self.id, added = tpl.count(), "assigned");
                 Ok(true)
             }
-            ToWorker::Barrier { checkpoint_id } => {
+            ToWorker::Barrier {
+                checkpoint_id,
+                release,
+            } => {
                 self.barrier(checkpoint_id)?;
+                if !release.is_empty() {
+                    self.release(&release, consumer)?;
+                }
+                Ok(true)
+            }
+            ToWorker::Reset { partitions } => {
+                // Everything since the last acknowledged barrier is abandoned: the files stay
+                // unreferenced (orphans for maintenance) and the records are read again.
+                self.writer = None;
+                let _ = self.batcher.finish();
+                self.epoch = Epoch::default();
+                self.owned = partitions;
+                let tpl = partition_list(&self.owned)?;
+                consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+                tracing::info!(
+                    worker = self.id,
+                    partitions = tpl.count(),
+                    "reset to the last completed checkpoint"
+                );
                 Ok(true)
             }
             ToWorker::Stop => Ok(false),
         }
+    }
+
+    fn release(
+        &mut self,
+        release: &[TopicPartition],
+        consumer: &BaseConsumer,
+    ) -> Result<(), String> {
+        let mut tpl = TopicPartitionList::new();
+        for tp in release {
+            if let Some(parts) = self.owned.get_mut(&tp.topic)
+                && parts.remove(&tp.partition).is_some()
+            {
+                tpl.add_partition(&tp.topic, tp.partition);
+            }
+        }
+        self.owned.retain(|_, parts| !parts.is_empty());
+        consumer
+            .incremental_unassign(&tpl)
+            .map_err(|e| format!("release: {e}"))?;
+        tracing::info!(
+            worker = self.id,
+            released = tpl.count(),
+            "released partitions"
+        );
+        Ok(())
     }
 
     fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), String> {
@@ -285,7 +337,7 @@ impl State {
             let prefix = format!(
                 "{}-w{}-c{}-{}",
                 self.run_id,
-                self.index,
+                self.id,
                 self.last_barrier + 1,
                 uuid::Uuid::now_v7().simple()
             );
@@ -336,7 +388,7 @@ impl State {
         self.metrics.rows_out.inc_by(self.epoch.rows);
         let epoch = std::mem::take(&mut self.epoch);
         let ack = WorkerAck {
-            worker: self.index,
+            worker: self.id,
             checkpoint_id,
             data_files,
             partition_spec_id: self.factory.partition_spec_id(),

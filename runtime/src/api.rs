@@ -1,0 +1,437 @@
+//! The coordinator's HTTP API (`/v1`, documented in docs/api.md) and the worker link
+//! endpoints. Handlers only read shared state or turn requests into coordinator events; every
+//! decision is the coordinator's.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex, RwLock},
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::{Path, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    hub::{Event, Hub},
+    metrics::Metrics,
+    protocol::{PollRequest, PollResponse, RegisterRequest, RegisterResponse, WorkerId},
+};
+
+/// How long a command poll waits for a command before answering with none.
+pub const LONG_POLL: Duration = Duration::from_secs(1);
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusDoc {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Pipeline uid (fencing identity).
+    pub pipeline_uid: String,
+    /// This coordinator run.
+    pub run_id: String,
+    /// `starting`, `running`, `savepointing`, `stopping`, `finished` or `failed`.
+    pub state: String,
+    /// Target number of workers.
+    pub target_workers: usize,
+    /// Workers known to the coordinator.
+    pub workers: Vec<WorkerStatus>,
+    /// The newest completed checkpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_checkpoint: Option<CheckpointDoc>,
+    /// Every partition read, with its owner, checkpointed offset and lag.
+    pub partitions: Vec<PartitionStatus>,
+    /// Sum of the partitions' lag (records).
+    pub total_lag: i64,
+    /// Rows committed by this run.
+    pub rows_committed: u64,
+    /// Checkpoints aborted by this run (a worker lost mid-checkpoint).
+    pub aborted_checkpoints: u64,
+    /// Why the run failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// One worker in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    /// Worker id within this run.
+    pub id: WorkerId,
+    /// Process name.
+    pub name: String,
+    /// `active`, `idle` (beyond the target) or `leaving`.
+    pub state: String,
+    /// Partitions owned, as `topic/partition`.
+    pub partitions: Vec<String>,
+    /// Seconds since a remote worker was last heard from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_seconds: Option<f64>,
+}
+
+/// A completed checkpoint in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckpointDoc {
+    /// Checkpoint id.
+    pub id: u64,
+    /// Completion time, RFC 3339.
+    pub time: String,
+    /// Committed snapshot per table (tables the checkpoint wrote to).
+    pub snapshots: BTreeMap<String, i64>,
+}
+
+/// One partition in the status.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PartitionStatus {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Owning worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<WorkerId>,
+    /// Next offset as of the newest completed checkpoint.
+    pub offset: i64,
+    /// High watermark minus that offset, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
+
+/// `GET /v1/savepoints/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SavepointStatus {
+    /// Savepoint id.
+    pub id: String,
+    /// `pending`, `completed` or `failed`.
+    pub state: String,
+    /// Whether the job stops after it.
+    pub stop: bool,
+    /// Durable path, once completed (what `--from-savepoint` takes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Checkpoint id it was taken at.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_id: Option<u64>,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// `POST /v1/savepoints` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SavepointRequest {
+    /// Stop the job once the savepoint completed.
+    #[serde(default)]
+    pub stop: bool,
+}
+
+/// `POST /v1/parallelism` body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ParallelismRequest {
+    /// Target number of workers.
+    pub workers: usize,
+}
+
+/// What a worker needs to register; known once the coordinator has recovered.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// Coordinator run id.
+    pub run_id: String,
+    /// The pipeline YAML.
+    pub pipeline_yaml: String,
+    /// Base directory for relative paths.
+    pub base_dir: String,
+    /// Heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+}
+
+/// State shared between the coordinator and the HTTP handlers.
+pub struct Shared {
+    /// Metrics of this process.
+    pub metrics: Arc<Metrics>,
+    /// Links to workers.
+    pub hub: Hub,
+    /// Published status.
+    pub status: RwLock<StatusDoc>,
+    /// Savepoints requested in this run.
+    pub savepoints: Mutex<BTreeMap<String, SavepointStatus>>,
+    /// Set when workers may register.
+    pub registration: RwLock<Option<Registration>>,
+}
+
+impl Shared {
+    /// Shared state before the coordinator starts.
+    pub fn new(metrics: Arc<Metrics>, hub: Hub) -> Self {
+        Self {
+            metrics,
+            hub,
+            status: RwLock::new(StatusDoc {
+                state: "starting".into(),
+                ..StatusDoc::default()
+            }),
+            savepoints: Mutex::new(BTreeMap::new()),
+            registration: RwLock::new(None),
+        }
+    }
+
+    /// Replaces the published status.
+    pub fn publish(&self, status: StatusDoc) {
+        *self
+            .status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = status;
+    }
+
+    /// Changes only the state (and error) of the published status.
+    pub fn set_state(&self, state: &str, error: Option<String>) {
+        let mut s = self
+            .status
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.state = state.into();
+        s.error = error;
+    }
+
+    /// Records a savepoint's progress.
+    pub fn set_savepoint(&self, status: SavepointStatus) {
+        self.savepoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(status.id.clone(), status);
+    }
+
+    fn state(&self) -> String {
+        self.status
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .state
+            .clone()
+    }
+}
+
+fn error(code: StatusCode, message: impl Into<String>) -> Response {
+    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let doc = s
+        .status
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    Json(doc).into_response()
+}
+
+async fn trigger_savepoint(
+    State(s): State<Arc<Shared>>,
+    body: Option<Json<SavepointRequest>>,
+) -> Response {
+    let state = s.state();
+    if state != "running" && state != "savepointing" {
+        return error(
+            StatusCode::CONFLICT,
+            format!("the job is {state}: savepoints are taken only while it runs"),
+        );
+    }
+    let stop = body.is_some_and(|Json(b)| b.stop);
+    let id = format!("sp-{}", uuid::Uuid::now_v7().simple());
+    let status = SavepointStatus {
+        id: id.clone(),
+        state: "pending".into(),
+        stop,
+        ..SavepointStatus::default()
+    };
+    s.set_savepoint(status.clone());
+    s.hub.emit(Event::Savepoint { id, stop });
+    (StatusCode::ACCEPTED, Json(status)).into_response()
+}
+
+async fn savepoint(State(s): State<Arc<Shared>>, Path(id): Path<String>) -> Response {
+    let found = s
+        .savepoints
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&id)
+        .cloned();
+    match found {
+        Some(sp) => Json(sp).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("no savepoint {id} in this run"),
+        ),
+    }
+}
+
+async fn savepoints(State(s): State<Arc<Shared>>) -> Response {
+    let all: Vec<SavepointStatus> = s
+        .savepoints
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .values()
+        .cloned()
+        .collect();
+    Json(all).into_response()
+}
+
+async fn parallelism(
+    State(s): State<Arc<Shared>>,
+    Json(req): Json<ParallelismRequest>,
+) -> Response {
+    if req.workers == 0 {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "workers must be at least 1 (use a savepoint with stop to stop the job)",
+        );
+    }
+    s.hub.emit(Event::Parallelism {
+        workers: req.workers,
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "workers": req.workers })),
+    )
+        .into_response()
+}
+
+async fn register(State(s): State<Arc<Shared>>, Json(req): Json<RegisterRequest>) -> Response {
+    let reg = s
+        .registration
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let Some(reg) = reg else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the coordinator is still recovering",
+        );
+    };
+    if s.state() != "running" && s.state() != "savepointing" {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("the job is {}", s.state()),
+        );
+    }
+    let worker_id = s.hub.register_remote(&req.name);
+    tracing::info!(worker = worker_id, name = %req.name, "worker registered");
+    Json(RegisterResponse {
+        worker_id,
+        run_id: reg.run_id,
+        pipeline_yaml: reg.pipeline_yaml,
+        base_dir: reg.base_dir,
+        heartbeat_timeout_ms: u64::try_from(reg.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX),
+    })
+    .into_response()
+}
+
+fn gone(id: WorkerId) -> Response {
+    error(
+        StatusCode::GONE,
+        format!("worker {id} is not a member of this coordinator run; register again"),
+    )
+}
+
+async fn worker_events(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<WorkerId>,
+    Json(req): Json<PollRequest>,
+) -> Response {
+    match s.hub.take_events(id, req.events) {
+        Ok(received_events) => Json(PollResponse {
+            received_events,
+            commands: vec![],
+        })
+        .into_response(),
+        Err(_) => gone(id),
+    }
+}
+
+async fn worker_commands(
+    State(s): State<Arc<Shared>>,
+    Path(id): Path<WorkerId>,
+    Json(req): Json<PollRequest>,
+) -> Response {
+    let notify = match s.hub.pending_commands(id, req.received_commands) {
+        Err(_) => return gone(id),
+        Ok((commands, _)) if !commands.is_empty() => {
+            return Json(PollResponse {
+                received_events: 0,
+                commands,
+            })
+            .into_response();
+        }
+        Ok((_, notify)) => notify,
+    };
+    let _ = tokio::time::timeout(LONG_POLL, notify.notified()).await;
+    match s.hub.pending_commands(id, req.received_commands) {
+        Ok((commands, _)) => Json(PollResponse {
+            received_events: 0,
+            commands,
+        })
+        .into_response(),
+        Err(_) => gone(id),
+    }
+}
+
+async fn leave(State(s): State<Arc<Shared>>, Path(id): Path<WorkerId>) -> Response {
+    s.hub.emit(Event::Leaving { id });
+    StatusCode::ACCEPTED.into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.metrics.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", s.state())).into_response()
+    }
+}
+
+async fn metrics(State(s): State<Arc<Shared>>) -> Response {
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+/// The coordinator's routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/savepoints", post(trigger_savepoint).get(savepoints))
+        .route("/v1/savepoints/{id}", get(savepoint))
+        .route("/v1/parallelism", post(parallelism))
+        .route("/v1/workers", post(register))
+        .route("/v1/workers/{id}", axum::routing::delete(leave))
+        .route("/v1/workers/{id}/events", post(worker_events))
+        .route("/v1/workers/{id}/commands", post(worker_commands))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+/// Serves `router` on `addr` until the process ends; returns the bound address.
+pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router).await {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    Ok(bound)
+}
