@@ -23,23 +23,51 @@ def pyiceberg_catalog(name, uri, warehouse):
     return SqlCatalog(name, uri=uri, warehouse=warehouse)
 
 
-def duckdb_connection():
+def rest_catalog(name, uri, warehouse, token, s3):
+    from pyiceberg.catalog.rest import RestCatalog
+
+    props = {"uri": uri, "warehouse": warehouse, **s3}
+    if token:
+        props["token"] = token
+    return RestCatalog(name, **props)
+
+
+def s3_props(args):
+    if not args.s3_endpoint:
+        return {}
+    return {"s3.endpoint": args.s3_endpoint, "s3.access-key-id": args.s3_key_id, "s3.secret-access-key": args.s3_secret, "s3.region": "us-east-1", "s3.path-style-access": "true"}
+
+
+def duckdb_connection(args):
     import duckdb
     import duckdb_extension_avro
     import duckdb_extension_iceberg
 
     con = duckdb.connect(config={"allow_unsigned_extensions": "true", "autoinstall_known_extensions": "false", "autoload_known_extensions": "false"})
-    for pkg in (duckdb_extension_avro, duckdb_extension_iceberg):
+    pkgs = [duckdb_extension_avro, duckdb_extension_iceberg]
+    if args.s3_endpoint:
+        import duckdb_extension_httpfs
+
+        pkgs.insert(0, duckdb_extension_httpfs)
+    for pkg in pkgs:
         base = os.path.dirname(pkg.__file__)
         (path,) = glob.glob(os.path.join(base, "extensions", "*", "*.duckdb_extension"))
         con.execute(f"LOAD '{path}'")
+    if args.s3_endpoint:
+        endpoint = args.s3_endpoint.split("://", 1)[1]
+        con.execute(f"CREATE SECRET moto (TYPE s3, KEY_ID '{args.s3_key_id}', SECRET '{args.s3_secret}', ENDPOINT '{endpoint}', URL_STYLE 'path', USE_SSL false, REGION 'us-east-1')")
     return con
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--catalog-name", default="tidewater")
+    ap.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
     ap.add_argument("--catalog-uri", required=True)
+    ap.add_argument("--token")
+    ap.add_argument("--s3-endpoint")
+    ap.add_argument("--s3-key-id")
+    ap.add_argument("--s3-secret")
     ap.add_argument("--warehouse", required=True)
     ap.add_argument("--table", required=True)
     ap.add_argument("--id-column", default="id")
@@ -47,7 +75,10 @@ def main():
     ap.add_argument("--sample", type=int, default=0, help="also return N rows (DuckDB)")
     args = ap.parse_args()
 
-    catalog = pyiceberg_catalog(args.catalog_name, args.catalog_uri, args.warehouse)
+    if args.catalog_type == "rest":
+        catalog = rest_catalog(args.catalog_name, args.catalog_uri, args.warehouse, args.token, s3_props(args))
+    else:
+        catalog = pyiceberg_catalog(args.catalog_name, args.catalog_uri, args.warehouse)
     from pyiceberg.exceptions import NoSuchTableError
 
     try:
@@ -68,7 +99,7 @@ def main():
         ids = arrow.column(args.id_column).to_pylist()
         out["pyiceberg"] = {"rows": len(ids), "distinct": len(set(ids)), "nulls": sum(1 for i in ids if i is None)}
     if "duckdb" in readers:
-        con = duckdb_connection()
+        con = duckdb_connection(args)
         loc = table.metadata_location
         rows, distinct = con.execute(f"SELECT count(*), count(DISTINCT {args.id_column}) FROM iceberg_scan('{loc}')").fetchone()
         out["duckdb"] = {"rows": rows, "distinct": distinct}

@@ -441,6 +441,120 @@ impl Drop for Postgres {
     }
 }
 
+/// Credentials the tests give moto (it accepts any) through the environment, never the spec.
+pub const S3_KEY_ID: &str = "tidewater-test";
+pub const S3_SECRET: &str = "tidewater-test-secret";
+
+/// A child process killed when the handle drops.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_port(port: u16, what: &str) -> Result<()> {
+    wait_for(what, Duration::from_secs(60), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .map(|_| ())
+}
+
+/// An S3-compatible server (moto) on a free port, with one bucket.
+pub struct Moto {
+    _server: Server,
+    pub port: u16,
+    pub bucket: String,
+}
+
+impl Moto {
+    pub fn start(bucket: &str, log: &Path) -> Result<Self> {
+        let port = free_port();
+        let log = std::fs::File::create(log)?;
+        let child = Command::new(repo_root().join(".venv/bin/moto_server"))
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("moto_server (scripts/setup.sh installs it)")?;
+        let server = Server(child);
+        wait_port(port, "moto")?;
+        let mut s = TcpStream::connect(("127.0.0.1", port))?;
+        write!(
+            s,
+            "PUT /{bucket} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        anyhow::ensure!(reply.contains(" 200 "), "create bucket: {reply}");
+        Ok(Self {
+            _server: server,
+            port,
+            bucket: bucket.into(),
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Iceberg `s3.*` properties for readers and the REST server.
+    pub fn props(&self) -> Vec<(String, String)> {
+        vec![
+            ("s3.endpoint".into(), self.endpoint()),
+            ("s3.access-key-id".into(), S3_KEY_ID.into()),
+            ("s3.secret-access-key".into(), S3_SECRET.into()),
+            ("s3.region".into(), "us-east-1".into()),
+            ("s3.path-style-access".into(), "true".into()),
+        ]
+    }
+}
+
+/// The project's REST catalog test server (e2e/servers/rest_catalog.py) on a free port.
+pub struct RestCatalog {
+    _server: Server,
+    pub port: u16,
+    pub token: String,
+}
+
+impl RestCatalog {
+    /// A server over a SQLite SqlCatalog in `dir`, warehouse `warehouse`, requiring `token`.
+    pub fn start(
+        dir: &Path,
+        warehouse: &str,
+        props: &[(String, String)],
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("rest-catalog.log"))?;
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(repo_root().join("e2e/servers/rest_catalog.py"))
+            .args(["--port", &port.to_string()])
+            .arg("--catalog-uri")
+            .arg(format!("sqlite:///{}", dir.join("rest-catalog.db").display()))
+            .args(["--warehouse", warehouse, "--token", token])
+            .args(extra);
+        for (k, v) in props {
+            cmd.arg("--prop").arg(format!("{k}={v}"));
+        }
+        let child = cmd.stdout(log.try_clone()?).stderr(log).spawn()?;
+        let server = Server(child);
+        wait_port(port, "REST catalog")?;
+        Ok(Self {
+            _server: server,
+            port,
+            token: token.into(),
+        })
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
 /// Parameters of a test pipeline file.
 #[derive(Debug, Clone)]
 pub struct PipelineSpec {
@@ -461,6 +575,16 @@ pub struct PipelineSpec {
     pub write_properties: Vec<(String, String)>,
     /// `source.kafka.startingOffsets`.
     pub starting_offsets: String,
+    /// `sql` or `rest`.
+    pub catalog_type: String,
+    /// Overrides `warehouse` (e.g. `s3://bucket/wh`).
+    pub warehouse_uri: Option<String>,
+    /// `spec.storage.s3.endpoint` (path-style, credentials from the environment).
+    pub s3_endpoint: Option<String>,
+    /// REST bearer token file (`spec.sink.catalog.auth.secretFile`).
+    pub token_file: Option<PathBuf>,
+    /// The token, for the readers.
+    pub token: Option<String>,
 }
 
 impl PipelineSpec {
@@ -481,7 +605,31 @@ impl PipelineSpec {
             extra_topics: Vec::new(),
             write_properties: Vec::new(),
             starting_offsets: "earliest".into(),
+            catalog_type: "sql".into(),
+            warehouse_uri: None,
+            s3_endpoint: None,
+            token_file: None,
+            token: None,
         }
+    }
+
+    /// The same pipeline on a REST catalog and S3 (moto): data, metadata and state in S3.
+    pub fn on_rest_and_s3(mut self, dir: &Path, rest: &RestCatalog, moto: &Moto) -> Result<Self> {
+        let token_file = dir.join("catalog-token");
+        std::fs::write(&token_file, &rest.token)?;
+        self.catalog_type = "rest".into();
+        self.catalog_uri = rest.uri();
+        self.warehouse_uri = Some(format!("s3://{}/warehouse", moto.bucket));
+        self.s3_endpoint = Some(moto.endpoint());
+        self.token_file = Some(token_file);
+        self.token = Some(rest.token.clone());
+        Ok(self)
+    }
+
+    fn warehouse_text(&self) -> String {
+        self.warehouse_uri
+            .clone()
+            .unwrap_or_else(|| self.warehouse.display().to_string())
     }
 
     pub fn yaml(&self) -> String {
@@ -520,10 +668,10 @@ spec:
     type: json
 {max}  sink:
     catalog:
-      type: sql
+      type: {catalog_type}
       uri: {uri}
       warehouse: {warehouse}
-    table: {table}
+{auth}    table: {table}
     mode: append
     createTable:
       schema:
@@ -538,7 +686,7 @@ spec:
     interval: {interval}
     timeout: 60s
   parallelism: {parallelism}
-{dl}"#,
+{dl}{storage}"#,
             name = self.name,
             bootstrap = self.bootstrap,
             topics = std::iter::once(&self.topic)
@@ -547,7 +695,23 @@ spec:
                 .collect::<Vec<_>>()
                 .join(", "),
             uri = self.catalog_uri,
-            warehouse = self.warehouse.display(),
+            warehouse = self.warehouse_text(),
+            catalog_type = self.catalog_type,
+            auth = self
+                .token_file
+                .as_ref()
+                .map(|f| format!(
+                    "      auth:\n        type: bearer\n        secretFile: {}\n",
+                    f.display()
+                ))
+                .unwrap_or_default(),
+            storage = self
+                .s3_endpoint
+                .as_ref()
+                .map(|e| format!(
+                    "  storage:\n    s3:\n      endpoint: {e}\n      region: us-east-1\n      pathStyleAccess: true\n"
+                ))
+                .unwrap_or_default(),
             table = self.table,
             interval = self.interval,
             starting = self.starting_offsets,
@@ -563,7 +727,39 @@ spec:
 
     /// What PyIceberg and DuckDB see in the table.
     pub fn inspect(&self) -> Result<TableView> {
-        inspect_table(&self.catalog_uri, &self.warehouse, &self.table)
+        self.read("pyiceberg,duckdb")
+    }
+
+    fn read(&self, readers: &str) -> Result<TableView> {
+        let mut args: Vec<String> = vec![
+            "--catalog-type".into(),
+            self.catalog_type.clone(),
+            "--catalog-uri".into(),
+            self.catalog_uri.clone(),
+            "--table".into(),
+            self.table.clone(),
+            "--readers".into(),
+            readers.into(),
+            "--warehouse".into(),
+            match &self.warehouse_uri {
+                Some(w) => w.clone(),
+                None => format!("file://{}", self.warehouse.display()),
+            },
+        ];
+        if let Some(t) = &self.token {
+            args.extend(["--token".into(), t.clone()]);
+        }
+        if let Some(e) = &self.s3_endpoint {
+            args.extend([
+                "--s3-endpoint".into(),
+                e.clone(),
+                "--s3-key-id".into(),
+                S3_KEY_ID.into(),
+                "--s3-secret".into(),
+                S3_SECRET.into(),
+            ]);
+        }
+        run_reader(&args)
     }
 }
 
@@ -590,18 +786,23 @@ fn read_table(
     table: &str,
     readers: &str,
 ) -> Result<TableView> {
+    let args: Vec<String> = vec![
+        "--catalog-uri".into(),
+        catalog_uri.into(),
+        "--table".into(),
+        table.into(),
+        "--readers".into(),
+        readers.into(),
+        "--warehouse".into(),
+        format!("file://{}", warehouse.display()),
+    ];
+    run_reader(&args)
+}
+
+fn run_reader(args: &[String]) -> Result<TableView> {
     let out = Command::new(venv_python())
         .arg(repo_root().join("e2e/readers/inspect_table.py"))
-        .args([
-            "--catalog-uri",
-            catalog_uri,
-            "--table",
-            table,
-            "--readers",
-            readers,
-        ])
-        .arg("--warehouse")
-        .arg(format!("file://{}", warehouse.display()))
+        .args(args)
         .output()?;
     if out.status.code() == Some(3) {
         return Ok(TableView::default());
@@ -701,6 +902,8 @@ impl Tidewater {
             .arg(addr_flag)
             .arg(format!("127.0.0.1:{metrics_port}"))
             .env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
+            .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
             .stdout(Stdio::null())
             .stderr(log_file);
         match failpoints {
@@ -840,5 +1043,5 @@ pub fn wait_for_rows(spec: &PipelineSpec, rows: u64, timeout: Duration) -> Resul
 }
 
 fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
-    read_table(&spec.catalog_uri, &spec.warehouse, &spec.table, "pyiceberg")
+    spec.read("pyiceberg")
 }
