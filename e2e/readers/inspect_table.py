@@ -73,6 +73,7 @@ def main():
     ap.add_argument("--id-column", default="id")
     ap.add_argument("--readers", default="pyiceberg,duckdb")
     ap.add_argument("--sample", type=int, default=0, help="also return N rows (DuckDB)")
+    ap.add_argument("--files", action="store_true", help="also list the live data files with their Parquet codec")
     args = ap.parse_args()
 
     if args.catalog_type == "rest":
@@ -107,6 +108,15 @@ def main():
             cur = con.execute(f"SELECT * FROM iceberg_scan('{loc}') ORDER BY {args.id_column} LIMIT {args.sample}")
             cols = [d[0] for d in cur.description]
             out["sample"] = [dict(zip(cols, [str(v) for v in row])) for row in cur.fetchall()]
+    if args.files:
+        import pyarrow.parquet as pq
+
+        out["files"] = []
+        for path in table.inspect.files().column("file_path").to_pylist():
+            with table.io.new_input(path).open() as f:
+                meta = pq.ParquetFile(f).metadata
+                codec = meta.row_group(0).column(0).compression if meta.num_row_groups else None
+            out["files"].append({"path": path, "codec": codec})
     print(json.dumps(out))
 
 

@@ -534,7 +534,10 @@ impl RestCatalog {
         cmd.arg(repo_root().join("e2e/servers/rest_catalog.py"))
             .args(["--port", &port.to_string()])
             .arg("--catalog-uri")
-            .arg(format!("sqlite:///{}", dir.join("rest-catalog.db").display()))
+            .arg(format!(
+                "sqlite:///{}",
+                dir.join("rest-catalog.db").display()
+            ))
             .args(["--warehouse", warehouse, "--token", token])
             .args(extra);
         for (k, v) in props {
@@ -730,7 +733,29 @@ spec:
         self.read("pyiceberg,duckdb")
     }
 
+    /// Live data files (path, Parquet codec) as PyIceberg sees them.
+    pub fn data_files(&self) -> Result<Vec<(String, String)>> {
+        let view = self.read_with("pyiceberg", &["--files"])?;
+        Ok(view.raw["files"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| {
+                        (
+                            f["path"].as_str().unwrap_or_default().to_string(),
+                            f["codec"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     fn read(&self, readers: &str) -> Result<TableView> {
+        self.read_with(readers, &[])
+    }
+
+    fn read_with(&self, readers: &str, extra: &[&str]) -> Result<TableView> {
         let mut args: Vec<String> = vec![
             "--catalog-type".into(),
             self.catalog_type.clone(),
@@ -746,6 +771,7 @@ spec:
                 None => format!("file://{}", self.warehouse.display()),
             },
         ];
+        args.extend(extra.iter().map(|a| a.to_string()));
         if let Some(t) = &self.token {
             args.extend(["--token".into(), t.clone()]);
         }
@@ -853,8 +879,20 @@ impl Tidewater {
         Self::spawn(&args, "--metrics-addr", log, failpoints)
     }
 
-    /// `tidewater coordinator -f spec --heartbeat-timeout T EXTRA…` on a free port.
+    /// `tidewater coordinator -f spec EXTRA…` on a free port.
     pub fn coordinator(
+        spec: &Path,
+        log: &Path,
+        failpoints: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::coordinator_at(free_port(), spec, log, failpoints, extra)
+    }
+
+    /// A coordinator on a given port (a restarted coordinator keeps its address, as behind
+    /// a Kubernetes Service).
+    pub fn coordinator_at(
+        port: u16,
         spec: &Path,
         log: &Path,
         failpoints: Option<&str>,
@@ -866,11 +904,21 @@ impl Tidewater {
             spec.display().to_string(),
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        Self::spawn(&args, "--listen", log, failpoints)
+        Self::spawn_on(port, &args, "--listen", log, failpoints)
     }
 
     /// `tidewater worker --coordinator URL --name NAME`.
     pub fn worker(coordinator_url: &str, name: &str, log: &Path) -> Result<Self> {
+        Self::worker_with(coordinator_url, name, log, None)
+    }
+
+    /// A worker with fail points armed.
+    pub fn worker_with(
+        coordinator_url: &str,
+        name: &str,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
         let args: Vec<String> = vec![
             "worker".into(),
             "--coordinator".into(),
@@ -878,7 +926,7 @@ impl Tidewater {
             "--name".into(),
             name.into(),
         ];
-        Self::spawn(&args, "--metrics-addr", log, None)
+        Self::spawn(&args, "--metrics-addr", log, failpoints)
     }
 
     /// The coordinator's base URL (for workers).
@@ -892,7 +940,16 @@ impl Tidewater {
         log: &Path,
         failpoints: Option<&str>,
     ) -> Result<Self> {
-        let metrics_port = free_port();
+        Self::spawn_on(free_port(), args, addr_flag, log, failpoints)
+    }
+
+    fn spawn_on(
+        metrics_port: u16,
+        args: &[String],
+        addr_flag: &str,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use tidewater_e2e::{BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, Tidewater, wait_for_rows};
+use tidewater_e2e::{
+    BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, Tidewater, wait_for_rows,
+};
 
 const HEARTBEAT: &str = "3s";
 
@@ -140,9 +142,15 @@ fn rescale_one_to_three_to_two_workers_during_ingestion() -> Result<()> {
 
     let produced = producer.finish()?;
     wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
-    let pauses = c.metric("tidewater_rescale_pause_seconds_count").unwrap_or(0.0);
-    let pause_sum = c.metric("tidewater_rescale_pause_seconds_sum").unwrap_or(0.0);
-    let aborted = c.metric("tidewater_checkpoints_aborted_total").unwrap_or(-1.0);
+    let pauses = c
+        .metric("tidewater_rescale_pause_seconds_count")
+        .unwrap_or(0.0);
+    let pause_sum = c
+        .metric("tidewater_rescale_pause_seconds_sum")
+        .unwrap_or(0.0);
+    let aborted = c
+        .metric("tidewater_checkpoints_aborted_total")
+        .unwrap_or(-1.0);
     eprintln!(
         "rescale: {pauses} moves, mean pause {:.1} ms, {aborted} aborted checkpoints, {produced} events",
         pause_sum / pauses.max(1.0) * 1000.0
@@ -154,6 +162,284 @@ fn rescale_one_to_three_to_two_workers_during_ingestion() -> Result<()> {
     );
     assert_eq!(aborted, 0.0, "a planned rescale aborts no checkpoint");
     let mut c = c;
-    assert!(c.stop(Duration::from_secs(60))?.success(), "{}", c.log_text());
+    assert!(
+        c.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        c.log_text()
+    );
+    stack.assert_exactly_once(produced)
+}
+
+/// Triggers a savepoint and waits until it completed; returns its path.
+fn savepoint(c: &Tidewater, stop: bool) -> Result<String> {
+    let (code, body) = c.http_post("/v1/savepoints", &format!(r#"{{"stop": {stop}}}"#))?;
+    anyhow::ensure!(code == 202, "savepoint request: {code} {body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body)?["id"]
+        .as_str()
+        .context("savepoint id")?
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = c.http_get(&format!("/v1/savepoints/{id}"))?;
+        anyhow::ensure!(code == 200, "savepoint status: {code} {body}");
+        let sp: serde_json::Value = serde_json::from_str(&body)?;
+        match sp["state"].as_str() {
+            Some("completed") => return Ok(sp["path"].as_str().context("path")?.to_string()),
+            Some("failed") => anyhow::bail!("savepoint failed: {sp}"),
+            _ => {}
+        }
+        anyhow::ensure!(Instant::now() < deadline, "savepoint {id} still pending");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn savepoint_stop_change_and_restore() -> Result<()> {
+    let mut stack = Stack::start(4, 2)?;
+    let producer = BackgroundProducer::start(&stack.broker, "clicks", 4, 1500)?;
+    let mut c = stack.coordinator(&[])?;
+    let mut w1 = stack.worker(&c, "w1")?;
+    let mut w2 = stack.worker(&c, "w2")?;
+    wait_owning_workers(&c, 2, Duration::from_secs(60))?;
+    wait_for_rows(&stack.spec, 1000, Duration::from_secs(60))?;
+    let older = savepoint(&c, false)?;
+    wait_for_rows(&stack.spec, 3000, Duration::from_secs(60))?;
+
+    // Stop with a savepoint: the coordinator and its workers end cleanly.
+    let newest = savepoint(&c, true)?;
+    assert!(newest.starts_with("s3://lake/"), "{newest}");
+    for (name, p) in [("coordinator", &mut c), ("w1", &mut w1), ("w2", &mut w2)] {
+        let exit = p
+            .wait_timeout(Duration::from_secs(30))
+            .with_context(|| format!("{name} did not exit after the stop savepoint"))?;
+        assert!(exit.success(), "{name}: {exit:?}\n{}", p.log_text());
+    }
+    let rows_at_stop = stack.spec.inspect()?.pyiceberg_rows;
+
+    // A new deployment: more workers, another compression codec.
+    stack.spec.parallelism = 3;
+    stack.spec.write_properties = vec![("write.parquet.compression-codec".into(), "snappy".into())];
+    stack.spec.write(&stack.file)?;
+
+    // The older savepoint is behind what the table holds: refused, naming why.
+    let mut refused = Tidewater::coordinator(
+        &stack.file,
+        &stack.log("refused"),
+        None,
+        &["--from-savepoint", &older],
+    )?;
+    let exit = refused
+        .wait_timeout(Duration::from_secs(60))
+        .context("restoring an older savepoint should fail")?;
+    assert!(!exit.success());
+    let log = refused.log_text();
+    assert!(
+        log.contains("already holds checkpoint") && log.contains("twice"),
+        "{log}"
+    );
+
+    let port = tidewater_e2e::free_port();
+    let args = [
+        "--heartbeat-timeout",
+        HEARTBEAT,
+        "--from-savepoint",
+        newest.as_str(),
+    ];
+    let mut c = Tidewater::coordinator_at(port, &stack.file, &stack.log("restored"), None, &args)?;
+    c.wait_healthy(Duration::from_secs(60))
+        .with_context(|| c.log_text())?;
+    let _workers = ["w4", "w5", "w6"].map(|n| stack.worker(&c, n).unwrap());
+    wait_owning_workers(&c, 3, Duration::from_secs(60))?;
+    wait_for_rows(&stack.spec, rows_at_stop + 1000, Duration::from_secs(60))?;
+
+    // A crash after the restore: the same command continues from the newest checkpoint
+    // (the savepoint was already applied) instead of rewinding to it.
+    c.kill9();
+    let mut c = Tidewater::coordinator_at(port, &stack.file, &stack.log("restored"), None, &args)?;
+    c.wait_healthy(Duration::from_secs(60))
+        .with_context(|| c.log_text())?;
+    assert!(
+        c.log_text().contains("already restored"),
+        "{}",
+        c.log_text()
+    );
+    wait_owning_workers(&c, 3, Duration::from_secs(60))?;
+
+    let produced = producer.finish()?;
+    wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
+    assert!(
+        c.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        c.log_text()
+    );
+    stack.assert_exactly_once(produced)?;
+    let codecs: std::collections::BTreeSet<String> = stack
+        .spec
+        .data_files()?
+        .into_iter()
+        .map(|(_, c)| c)
+        .collect();
+    assert!(
+        codecs.contains("SNAPPY") && codecs.contains("ZSTD"),
+        "files before the savepoint are zstd, after it snappy: {codecs:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_worker_cut_off_from_the_coordinator_never_commits() -> Result<()> {
+    let stack = Stack::start(4, 2)?;
+    let producer = BackgroundProducer::start(&stack.broker, "clicks", 4, 1500)?;
+    let mut c = stack.coordinator(&[])?;
+    let _w1 = stack.worker(&c, "w1")?;
+    let w2 = stack.worker(&c, "w2")?;
+    let status = wait_owning_workers(&c, 2, Duration::from_secs(60))?;
+    let stale_id = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == "w2")
+        .context("w2 in status")?["id"]
+        .as_u64()
+        .unwrap();
+    wait_for_rows(&stack.spec, 1000, Duration::from_secs(60))?;
+
+    // Cut w2 off (it stops answering, as behind a network partition) past the timeout.
+    w2.signal("STOP");
+    let status = wait_owning_workers(&c, 1, Duration::from_secs(30))?;
+    let lost_at = status["lastCheckpoint"]["id"].as_u64().unwrap_or(0);
+    let rows_before = stack.spec.inspect()?.pyiceberg_rows;
+    wait_for_rows(&stack.spec, rows_before + 2000, Duration::from_secs(60))?;
+    w2.signal("CONT");
+
+    // Back, it learns it is no longer a member, drops what it wrote and joins afresh.
+    wait_owning_workers(&c, 2, Duration::from_secs(60))?;
+    let log = std::fs::read_to_string(stack.log("w2"))?;
+    assert!(
+        log.contains("no longer knows this worker") || log.contains("unreachable"),
+        "{log}"
+    );
+    assert!(c.metric("tidewater_workers_lost_total").unwrap_or(0.0) >= 1.0);
+
+    let produced = producer.finish()?;
+    wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
+    assert!(
+        c.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        c.log_text()
+    );
+    stack.assert_exactly_once(produced)?;
+    // None of the files the cut-off worker wrote after its last acknowledged barrier is in
+    // the table (file names carry worker id and checkpoint).
+    assert!(
+        c.log_text().contains("checkpoint aborted"),
+        "the barrier in flight when w2 went silent must have been aborted"
+    );
+    let marker = format!("-w{stale_id}-c");
+    let files = stack.spec.data_files()?;
+    let from_stale = files.iter().filter(|(p, _)| p.contains(&marker)).count();
+    eprintln!(
+        "cut-off worker {stale_id}: {from_stale} of {} live files are its (all from checkpoints <= {lost_at})",
+        files.len()
+    );
+    assert!(
+        from_stale > 0,
+        "w2 committed nothing before it was cut off: the check proves nothing"
+    );
+    for (path, _) in files {
+        if let Some(rest) = path.split(&marker).nth(1) {
+            let checkpoint: u64 = rest.split('-').next().unwrap().parse()?;
+            assert!(
+                checkpoint <= lost_at,
+                "{path}: written by the cut-off worker for checkpoint {checkpoint} > {lost_at}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn crash_test_workers_and_coordinator_killed_at_random() -> Result<()> {
+    use rand::Rng;
+    const COORDINATOR_FAILPOINTS: &[&str] = &[
+        "checkpoint.after-record",
+        "commit.before-catalog-update",
+        "commit.after-catalog-update",
+    ];
+    let stack = Stack::start(4, 3)?;
+    let producer = BackgroundProducer::start(&stack.broker, "clicks", 4, 2000)?;
+    let port = tidewater_e2e::free_port();
+    let start_coordinator = |failpoint: Option<&str>| -> Result<Tidewater> {
+        let c = Tidewater::coordinator_at(
+            port,
+            &stack.file,
+            &stack.log("coordinator"),
+            failpoint,
+            &["--heartbeat-timeout", HEARTBEAT],
+        )?;
+        Ok(c)
+    };
+    let mut c = start_coordinator(None)?;
+    c.wait_healthy(Duration::from_secs(60))
+        .with_context(|| c.log_text())?;
+    let names = ["w1", "w2", "w3"];
+    let mut workers: Vec<Tidewater> = names
+        .iter()
+        .map(|n| stack.worker(&c, n))
+        .collect::<Result<_>>()?;
+    let mut rng = rand::rng();
+    let (mut worker_kills, mut coordinator_kills, mut failpoint_aborts) = (0, 0, 0);
+    for i in 0..24 {
+        std::thread::sleep(Duration::from_millis(rng.random_range(500..3000)));
+        if i % 3 == 2 {
+            // The coordinator: kill -9, or (every other time) abort at a fail point.
+            let failpoint = (i % 6 == 5)
+                .then(|| COORDINATOR_FAILPOINTS[(i / 6) % COORDINATOR_FAILPOINTS.len()]);
+            if c.try_wait().is_some() {
+                failpoint_aborts += 1;
+            } else {
+                c.kill9();
+                coordinator_kills += 1;
+            }
+            c = start_coordinator(failpoint.map(|f| format!("{f}@1")).as_deref())?;
+        } else {
+            let w = rng.random_range(0..workers.len());
+            workers[w].kill9();
+            worker_kills += 1;
+            let failpoint = (i % 4 == 0).then_some("worker.mid-write@3");
+            workers[w] =
+                Tidewater::worker_with(&c.url(), names[w], &stack.log(names[w]), failpoint)?;
+        }
+    }
+    // Whatever fail point is still armed goes: an undisturbed coordinator drains the topic.
+    if c.try_wait().is_some() {
+        failpoint_aborts += 1;
+    }
+    c.kill9();
+    let mut c = start_coordinator(None)?;
+    c.wait_healthy(Duration::from_secs(60))
+        .with_context(|| c.log_text())?;
+    for (w, name) in names.iter().enumerate() {
+        if workers[w].try_wait().is_some() {
+            workers[w] = stack.worker(&c, name)?;
+        }
+    }
+    let produced = producer.finish()?;
+    eprintln!(
+        "distributed crash test: {worker_kills} worker kills, {coordinator_kills} coordinator kills, \
+         {failpoint_aborts} coordinator fail-point aborts, {produced} events"
+    );
+    assert!(worker_kills + coordinator_kills + failpoint_aborts >= 20);
+    let log = std::fs::read_to_string(stack.log("coordinator"))?;
+    assert!(
+        log.contains("checkpoint aborted"),
+        "workers killed mid-checkpoint must have aborted checkpoints"
+    );
+    wait_for_rows(&stack.spec, produced, Duration::from_secs(180))?;
+    assert!(
+        c.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        c.log_text()
+    );
     stack.assert_exactly_once(produced)
 }
