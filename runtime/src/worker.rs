@@ -101,6 +101,8 @@ struct State {
     rt: tokio::runtime::Runtime,
     last_barrier: u64,
     epoch: Epoch,
+    /// Partitions assigned but not yet read from, with when: the pause a move causes.
+    awaiting_first: HashMap<(String, i32), std::time::Instant>,
 }
 
 fn run(setup: WorkerSetup) -> Result<(), String> {
@@ -132,6 +134,7 @@ fn run(setup: WorkerSetup) -> Result<(), String> {
         rt,
         last_barrier: 0,
         epoch: Epoch::default(),
+        awaiting_first: HashMap::new(),
     };
     let commands = setup.commands;
     loop {
@@ -195,9 +198,11 @@ impl State {
         match cmd {
             ToWorker::Assign { partitions } => {
                 let tpl = partition_list(&partitions)?;
+                let now = std::time::Instant::now();
                 for (topic, parts) in partitions {
                     for (p, offset) in parts {
                         set_offset(&mut self.owned, &topic, p, offset);
+                        self.awaiting_first.insert((topic.clone(), p), now);
                     }
                 }
                 consumer
@@ -222,6 +227,7 @@ impl State {
                 self.writer = None;
                 let _ = self.batcher.finish();
                 self.epoch = Epoch::default();
+                self.awaiting_first.clear();
                 self.owned = partitions;
                 let tpl = partition_list(&self.owned)?;
                 consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
@@ -246,6 +252,7 @@ impl State {
             if let Some(parts) = self.owned.get_mut(&tp.topic)
                 && parts.remove(&tp.partition).is_some()
             {
+                self.awaiting_first.remove(&(tp.topic.clone(), tp.partition));
                 tpl.add_partition(&tp.topic, tp.partition);
             }
         }
@@ -271,6 +278,19 @@ impl State {
         };
         if m.offset() < *next {
             return Ok(()); // already processed before a re-assignment
+        }
+        if !self.awaiting_first.is_empty()
+            && let Some(at) = self
+                .awaiting_first
+                .remove(&(m.topic().to_string(), m.partition()))
+        {
+            tracing::info!(
+                worker = self.id,
+                topic = m.topic(),
+                partition = m.partition(),
+                ms = at.elapsed().as_secs_f64() * 1000.0,
+                "first record after assignment"
+            );
         }
         let offset = m.offset();
         let payload = m.payload();
