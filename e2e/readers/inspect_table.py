@@ -23,12 +23,17 @@ def pyiceberg_catalog(name, uri, warehouse):
     return SqlCatalog(name, uri=uri, warehouse=warehouse)
 
 
-def rest_catalog(name, uri, warehouse, token, s3):
+def rest_catalog(name, uri, warehouse, token, s3, credential=None, ca_file=None):
     from pyiceberg.catalog.rest import RestCatalog
 
     props = {"uri": uri, "warehouse": warehouse, **s3}
     if token:
         props["token"] = token
+    if credential:
+        props["credential"] = credential
+    if ca_file:
+        # requests (under PyIceberg's REST client) trusts this bundle for the catalog's https.
+        os.environ["REQUESTS_CA_BUNDLE"] = ca_file
     return RestCatalog(name, **props)
 
 
@@ -65,6 +70,8 @@ def main():
     ap.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
     ap.add_argument("--catalog-uri", required=True)
     ap.add_argument("--token")
+    ap.add_argument("--credential", help="OAuth2 client id:secret")
+    ap.add_argument("--ca-file")
     ap.add_argument("--s3-endpoint")
     ap.add_argument("--s3-key-id")
     ap.add_argument("--s3-secret")
@@ -77,7 +84,7 @@ def main():
     args = ap.parse_args()
 
     if args.catalog_type == "rest":
-        catalog = rest_catalog(args.catalog_name, args.catalog_uri, args.warehouse, args.token, s3_props(args))
+        catalog = rest_catalog(args.catalog_name, args.catalog_uri, args.warehouse, args.token, s3_props(args), args.credential, args.ca_file)
     else:
         catalog = pyiceberg_catalog(args.catalog_name, args.catalog_uri, args.warehouse)
     from pyiceberg.exceptions import NoSuchTableError

@@ -161,6 +161,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.server.commits += 1
                 every = self.server.fail_after_commit
                 if every and self.server.commits % every == 0:
+                    print(f"injected failure after commit {self.server.commits}", file=sys.stderr, flush=True)
                     return self.error(500, "ServerError", "injected failure after a successful commit")
                 return self.reply(200, resp.model_dump_json(by_alias=True, exclude_none=True).encode())
             if method == "DELETE":
@@ -204,6 +205,8 @@ def main():
     ap.add_argument("--client-id")
     ap.add_argument("--client-secret")
     ap.add_argument("--fail-after-commit", type=int, default=0)
+    ap.add_argument("--tls-cert", help="serve https with this PEM certificate chain")
+    ap.add_argument("--tls-key")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
     props = dict(p.split("=", 1) for p in args.prop)
@@ -214,6 +217,12 @@ def main():
     server.fail_after_commit = args.fail_after_commit
     server.commits = 0
     server.verbose = args.verbose
+    if args.tls_cert:
+        import ssl
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
     print(f"listening on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

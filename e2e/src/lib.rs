@@ -517,6 +517,84 @@ pub struct RestCatalog {
     _server: Server,
     pub port: u16,
     pub token: String,
+    /// `https` when started with TLS.
+    pub scheme: &'static str,
+    /// The CA that signed the server certificate (TLS only).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The OAuth2 client the TLS test server accepts, and the environment variable that hands
+/// `id:secret` to tidewater processes.
+pub const OAUTH_CLIENT: (&str, &str) = ("tidewater", "client-s3cret");
+pub const OAUTH_ENV: &str = "TW_TEST_CATALOG_CREDENTIAL";
+
+/// A CA and a server certificate for 127.0.0.1 (openssl CLI), in `dir`.
+fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+    let run = |args: &[&str]| -> Result<()> {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tidewater test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ])?;
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ])?;
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ])?;
+    Ok((
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    ))
 }
 
 impl RestCatalog {
@@ -550,11 +628,46 @@ impl RestCatalog {
             _server: server,
             port,
             token: token.into(),
+            scheme: "http",
+            ca_file: None,
         })
     }
 
+    /// A server on https (a CA made for the test) that hands out tokens for the OAuth2 client
+    /// [`OAUTH_CLIENT`]; `extra` as for [`RestCatalog::start`].
+    pub fn start_tls_oauth(
+        dir: &Path,
+        warehouse: &str,
+        props: &[(String, String)],
+        extra: &[&str],
+    ) -> Result<Self> {
+        let (ca, cert, key) = make_certs(dir)?;
+        let cert = cert.display().to_string();
+        let key = key.display().to_string();
+        let mut args = vec![
+            "--client-id",
+            OAUTH_CLIENT.0,
+            "--client-secret",
+            OAUTH_CLIENT.1,
+            "--tls-cert",
+            &cert,
+            "--tls-key",
+            &key,
+        ];
+        args.extend_from_slice(extra);
+        let mut server = Self::start(dir, warehouse, props, "issued-by-oauth", &args)?;
+        server.scheme = "https";
+        server.ca_file = Some(ca);
+        Ok(server)
+    }
+
     pub fn uri(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("{}://127.0.0.1:{}", self.scheme, self.port)
+    }
+
+    /// Lines of the server's log (e.g. injected failures).
+    pub fn log_text(dir: &Path) -> String {
+        std::fs::read_to_string(dir.join("rest-catalog.log")).unwrap_or_default()
     }
 }
 
@@ -588,6 +701,10 @@ pub struct PipelineSpec {
     pub token_file: Option<PathBuf>,
     /// The token, for the readers.
     pub token: Option<String>,
+    /// OAuth2 client credentials from [`OAUTH_ENV`] instead of a token (REST).
+    pub oauth_env: bool,
+    /// `spec.sink.catalog.caFile`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl PipelineSpec {
@@ -613,6 +730,8 @@ impl PipelineSpec {
             s3_endpoint: None,
             token_file: None,
             token: None,
+            oauth_env: false,
+            ca_file: None,
         }
     }
 
@@ -626,6 +745,11 @@ impl PipelineSpec {
         self.s3_endpoint = Some(moto.endpoint());
         self.token_file = Some(token_file);
         self.token = Some(rest.token.clone());
+        if rest.scheme == "https" {
+            self.token_file = None;
+            self.oauth_env = true;
+            self.ca_file = rest.ca_file.clone();
+        }
         Ok(self)
     }
 
@@ -700,14 +824,20 @@ spec:
             uri = self.catalog_uri,
             warehouse = self.warehouse_text(),
             catalog_type = self.catalog_type,
-            auth = self
-                .token_file
-                .as_ref()
-                .map(|f| format!(
+            auth = match (&self.token_file, self.oauth_env) {
+                (_, true) => format!(
+                    "      auth:\n        type: oauth2\n        secretEnv: {OAUTH_ENV}\n{}",
+                    self.ca_file
+                        .as_ref()
+                        .map(|c| format!("      caFile: {}\n", c.display()))
+                        .unwrap_or_default()
+                ),
+                (Some(f), false) => format!(
                     "      auth:\n        type: bearer\n        secretFile: {}\n",
                     f.display()
-                ))
-                .unwrap_or_default(),
+                ),
+                (None, false) => String::new(),
+            },
             storage = self
                 .s3_endpoint
                 .as_ref()
@@ -772,8 +902,16 @@ spec:
             },
         ];
         args.extend(extra.iter().map(|a| a.to_string()));
-        if let Some(t) = &self.token {
+        if self.oauth_env {
+            args.extend([
+                "--credential".into(),
+                format!("{}:{}", OAUTH_CLIENT.0, OAUTH_CLIENT.1),
+            ]);
+        } else if let Some(t) = &self.token {
             args.extend(["--token".into(), t.clone()]);
+        }
+        if let Some(ca) = &self.ca_file {
+            args.extend(["--ca-file".into(), ca.display().to_string()]);
         }
         if let Some(e) = &self.s3_endpoint {
             args.extend([
@@ -961,6 +1099,7 @@ impl Tidewater {
             .env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
             .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env(OAUTH_ENV, format!("{}:{}", OAUTH_CLIENT.0, OAUTH_CLIENT.1))
             .stdout(Stdio::null())
             .stderr(log_file);
         match failpoints {

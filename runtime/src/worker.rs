@@ -252,7 +252,8 @@ impl State {
             if let Some(parts) = self.owned.get_mut(&tp.topic)
                 && parts.remove(&tp.partition).is_some()
             {
-                self.awaiting_first.remove(&(tp.topic.clone(), tp.partition));
+                self.awaiting_first
+                    .remove(&(tp.topic.clone(), tp.partition));
                 tpl.add_partition(&tp.topic, tp.partition);
             }
         }
