@@ -360,6 +360,63 @@ mod tests {
     }
 
     #[test]
+    fn rest_catalogs_s3_and_secrets() {
+        use crate::pipeline::{CatalogAuthSpec, CatalogAuthType, CatalogType, S3Spec, StorageSpec};
+        let mut spec = example().spec;
+        spec.sink.catalog.catalog_type = CatalogType::Rest;
+        assert_eq!(
+            paths(&spec),
+            vec!["spec.sink.catalog.uri"],
+            "sqlite URI on a rest catalog"
+        );
+        spec.sink.catalog.uri = "https://catalog.example.com".into();
+        spec.sink.catalog.warehouse = Some("s3://lake/wh".into());
+        assert_eq!(
+            paths(&spec),
+            vec!["spec.storage.s3"],
+            "s3 warehouse without storage settings"
+        );
+        spec.storage = Some(StorageSpec {
+            s3: Some(S3Spec::default()),
+        });
+        assert_eq!(validate(&spec), vec![]);
+        spec.sink
+            .catalog
+            .properties
+            .insert("s3.secret-access-key".into(), "oops".into());
+        spec.sink
+            .catalog
+            .properties
+            .insert("token".into(), "oops".into());
+        spec.sink.catalog.auth = Some(CatalogAuthSpec {
+            auth_type: CatalogAuthType::Oauth2,
+            secret_file: Some("/secrets/a".into()),
+            secret_env: Some("B".into()),
+            oauth2_server_uri: None,
+            scope: None,
+        });
+        let errors = validate(&spec);
+        assert_eq!(
+            errors.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(),
+            vec![
+                "spec.sink.catalog.properties.s3.secret-access-key",
+                "spec.sink.catalog.properties.token",
+                "spec.sink.catalog.auth",
+            ]
+        );
+        assert!(errors[0].reason.contains("secret"), "{}", errors[0]);
+        assert!(errors[2].reason.contains("exactly one"), "{}", errors[2]);
+
+        let mut sql = example().spec;
+        sql.sink.catalog.auth = spec.sink.catalog.auth.clone();
+        assert!(
+            validate(&sql)
+                .iter()
+                .any(|e| e.path == "spec.sink.catalog.auth" && e.reason.contains("rest")),
+        );
+    }
+
+    #[test]
     fn the_example_is_valid() {
         assert_eq!(validate(&example().spec), vec![]);
     }

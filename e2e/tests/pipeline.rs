@@ -310,3 +310,82 @@ fn starting_offsets_latest_skips_what_was_there_before() -> Result<()> {
     assert_eq!((view.duckdb_rows, view.duckdb_distinct), (50, 50));
     Ok(())
 }
+
+/// Waits until `/v1/status` shows `n` workers owning partitions and none unowned.
+fn wait_local_workers(tw: &Tidewater, n: usize) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = tw.status()?;
+        let owners: std::collections::BTreeSet<String> = status["partitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["worker"].to_string())
+            .collect();
+        if owners.len() == n && !owners.contains("null") {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "never {n} workers: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn run_mode_rescales_live_and_stops_with_a_savepoint() -> Result<()> {
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    spec.parallelism = 1;
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let producer = broker.producer()?;
+    producer.send_events("clicks", 4, 0..2000)?;
+    producer.flush()?;
+    let log = dir.path().join("tw.log");
+    let mut tw = Tidewater::start(&file, &log, None)?;
+    tw.wait_healthy(Duration::from_secs(30))?;
+    wait_local_workers(&tw, 1)?;
+
+    // In one process the coordinator starts and stops worker threads to match the target.
+    let (code, body) = tw.http_post("/v1/parallelism", r#"{"workers": 2}"#)?;
+    assert_eq!(code, 202, "{body}");
+    wait_local_workers(&tw, 2)?;
+    producer.send_events("clicks", 4, 2000..4000)?;
+    producer.flush()?;
+    wait_for_rows(&spec, 4000, LONG)?;
+    let (code, body) = tw.http_post("/v1/parallelism", r#"{"workers": 0}"#)?;
+    assert_eq!(code, 400, "zero workers is refused: {body}");
+
+    let (code, body) = tw.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
+    assert_eq!(code, 202, "{body}");
+    let exit = tw
+        .wait_timeout(Duration::from_secs(30))
+        .expect("a stop savepoint ends the run");
+    assert!(exit.success(), "{}", tw.log_text());
+    let path = tw
+        .log_text()
+        .lines()
+        .find_map(|l| {
+            l.split("path=")
+                .nth(1)
+                .map(|p| p.split_whitespace().next().unwrap().to_string())
+        })
+        .expect("savepoint path in the log");
+    assert!(std::path::Path::new(&path).exists(), "{path}");
+
+    // Restore it with more records waiting: exactly once across the stop.
+    producer.send_events("clicks", 4, 4000..5000)?;
+    producer.flush()?;
+    let mut tw = Tidewater::start_with(&file, &log, None, &["--from-savepoint", &path])?;
+    tw.wait_healthy(Duration::from_secs(30))?;
+    wait_for_rows(&spec, 5000, LONG)?;
+    assert!(tw.stop(Duration::from_secs(30))?.success());
+    let view = spec.inspect()?;
+    assert_eq!((view.pyiceberg_rows, view.pyiceberg_distinct), (5000, 5000));
+    assert_eq!((view.duckdb_rows, view.duckdb_distinct), (5000, 5000));
+    Ok(())
+}
