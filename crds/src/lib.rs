@@ -1,7 +1,9 @@
 //! Tidewater's custom resource types and the contract shared by the operator and the runtime.
 //! No I/O here: types, parsers and pure validation only.
 
+pub mod deploy;
 pub mod pipeline;
+pub mod status;
 pub mod types;
 pub mod validate;
 

@@ -6,6 +6,12 @@
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
+
+use crate::deploy::{
+    Autoscaler, JobState, PodOverrides, PodResources, SavepointHistory, SecretEnv, SecretMount,
+    UpgradeMode,
+};
+pub use crate::status::{CheckpointStatus, IngestionPipelineStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -20,16 +26,33 @@ use serde::{Deserialize, Serialize};
     status = "IngestionPipelineStatus",
     derive = "PartialEq",
     doc = "An exactly-once ingestion pipeline from Kafka topics into Apache Iceberg tables.",
-    printcolumn(name = "Table", type_ = "string", json_path = ".spec.sink.table"),
+    scale(
+        spec_replicas_path = ".spec.parallelism",
+        status_replicas_path = ".status.parallelism",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.lifecycleState"),
     printcolumn(
         name = "Parallelism",
         type_ = "integer",
-        json_path = ".spec.parallelism"
+        json_path = ".status.parallelism"
     ),
+    printcolumn(name = "Lag", type_ = "integer", json_path = ".status.lag"),
     printcolumn(
         name = "Last checkpoint",
-        type_ = "integer",
-        json_path = ".status.lastCheckpoint.id"
+        type_ = "date",
+        json_path = ".status.lastCheckpoint.time"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(
+        name = "Table",
+        type_ = "string",
+        json_path = ".spec.sink.table",
+        priority = 1
     )
 )]
 #[serde(rename_all = "camelCase")]
@@ -56,6 +79,60 @@ pub struct IngestionPipelineSpec {
     /// they come from the environment or from mounted files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage: Option<StorageSpec>,
+
+    /// Runtime container image (operator default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Resources of the coordinator and worker containers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<PodResources>,
+    /// Labels, annotations, scheduling and environment for the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodOverrides>,
+    /// Service account of the pods (the runtime needs no Kubernetes API access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Environment variables from Secrets (S3 keys, catalog token, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_env: Vec<SecretEnv>,
+    /// Secrets mounted as files (credential files, CA bundles, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_mounts: Vec<SecretMount>,
+    /// How changes that need new pods are carried out.
+    #[serde(default)]
+    pub upgrade_mode: UpgradeMode,
+    /// `running` or `suspended` (savepoint, then zero pods).
+    #[serde(default)]
+    pub state: JobState,
+    /// Change to any new value to take one savepoint (the job keeps running).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub savepoint_trigger_nonce: Option<i64>,
+    /// Change to any new value to restart the job once (as its upgrade mode says).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restart_nonce: Option<i64>,
+    /// Savepoint path the first deployment starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial_savepoint: Option<String>,
+    /// Accept a savepoint of another pipeline uid or table, or with topics no longer read.
+    #[serde(default)]
+    pub allow_non_restored_state: bool,
+    /// Savepoints kept in the status.
+    #[serde(default)]
+    pub savepoint_history: SavepointHistory,
+    /// Lag-based autoscaling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<Autoscaler>,
+    /// An upgrade that is not Ready within this time rolls back to the last stable spec.
+    #[serde(default = "default_upgrade_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub upgrade_timeout: String,
+    /// Take a final savepoint before the pipeline is deleted.
+    #[serde(default)]
+    pub savepoint_on_deletion: bool,
+}
+
+fn default_upgrade_timeout() -> String {
+    "5m".into()
 }
 
 /// Object storage settings.
@@ -120,6 +197,7 @@ pub struct KafkaSourceSpec {
     pub starting_offsets: String,
     /// How often to look for new partitions of the subscribed topics (e.g. `30s`).
     #[serde(default = "default_discovery_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub partition_discovery_interval: String,
     /// Extra librdkafka consumer properties (e.g. `security.protocol`, `fetch.max.bytes`).
     /// `enable.auto.commit`, `group.id` and `auto.offset.reset` are managed by Tidewater.
@@ -173,6 +251,10 @@ pub enum FormatType {
 /// The Iceberg side.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.table == oldSelf.table",
+    "message": "sink.table is immutable: a pipeline's exactly-once state belongs to its table; create a new pipeline for another table"
+}]))]
 pub struct SinkSpec {
     /// The Iceberg catalog that owns the table.
     pub catalog: CatalogSpec,
@@ -319,9 +401,11 @@ pub struct CheckpointSpec {
     /// Time between checkpoints (e.g. `10s`, `1m`). Each non-empty checkpoint is one Iceberg
     /// snapshot.
     #[serde(default = "default_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub interval: String,
     /// A checkpoint not acknowledged by every worker within this time is aborted and retried.
     #[serde(default = "default_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub timeout: String,
     /// Where durable checkpoint records are kept. Defaults to
     /// `<warehouse>/_tidewater/<namespace>/<pipeline name>`.
@@ -368,31 +452,6 @@ pub struct DeadLetterSpec {
     /// Brokers for the dead-letter topic; defaults to the source's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_servers: Option<String>,
-}
-
-/// Observed state of a pipeline.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct IngestionPipelineStatus {
-    /// The generation last acted on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// The newest completed checkpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_checkpoint: Option<CheckpointStatus>,
-}
-
-/// A completed checkpoint.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointStatus {
-    /// Checkpoint id (increases by one per checkpoint).
-    pub id: u64,
-    /// Completion time, RFC 3339.
-    pub time: String,
-    /// Committed Iceberg snapshot id per table.
-    #[serde(default)]
-    pub snapshots: BTreeMap<String, i64>,
 }
 
 impl IngestionPipeline {

@@ -202,13 +202,49 @@ fn is_identifier(s: &str) -> bool {
 
 /// Parses a duration such as `10s`, `500ms`, `1m 30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(text.trim())
-        .map_err(|e| format!("`{text}` is not a duration ({e}); use e.g. 10s, 500ms, 1m"))?;
-    if d.is_zero() {
+    let bad = || {
+        format!(
+            "`{text}` is not a duration: use digits and units ms, s, m, h, d (e.g. 500ms, 10s, 1m30s, 7d)"
+        )
+    };
+    let mut total = Duration::ZERO;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else {
+            match rest.as_bytes().first() {
+                Some(b's') => (Duration::from_secs(1), 1),
+                Some(b'm') => (Duration::from_secs(60), 1),
+                Some(b'h') => (Duration::from_secs(3600), 1),
+                Some(b'd') => (Duration::from_secs(86_400), 1),
+                _ => return Err(bad()),
+            }
+        };
+        rest = &rest[len..];
+        let part = u32::try_from(n)
+            .ok()
+            .and_then(|n| unit.checked_mul(n))
+            .ok_or_else(bad)?;
+        total = total.checked_add(part).ok_or_else(bad)?;
+    }
+    if total.is_zero() {
         return Err(format!("`{text}` must be greater than zero"));
     }
-    Ok(d)
+    Ok(total)
 }
+
+/// The OpenAPI pattern matching what [`parse_duration`] accepts.
+pub const DURATION_PATTERN: &str = r"^([0-9]+(ms|s|m|h|d))+$";
 
 /// Where to start reading a partition with no checkpointed offset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,6 +336,11 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("ten").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        for bad in ["", "10", "s", "10 s", "1.5s", "10sec", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} must be refused");
+        }
         assert_eq!(
             StartingOffsets::parse("earliest"),
             Ok(StartingOffsets::Earliest)

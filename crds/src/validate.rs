@@ -221,6 +221,32 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
             format!("{} must be at least 1", spec.parallelism),
         );
     }
+    for (path, value) in [
+        ("spec.upgradeTimeout", &spec.upgrade_timeout),
+        (
+            "spec.savepointHistory.maxAge",
+            &spec.savepoint_history.max_age,
+        ),
+    ] {
+        if let Err(e) = parse_duration(value) {
+            err(path, e);
+        }
+    }
+    if let Some(a) = &spec.autoscaler {
+        if let Err(e) = parse_duration(&a.stabilization_window) {
+            err("spec.autoscaler.stabilizationWindow", e);
+        }
+        if a.max_parallelism.is_some_and(|max| max < a.min_parallelism) {
+            err(
+                "spec.autoscaler",
+                format!(
+                    "minParallelism {} exceeds maxParallelism {}",
+                    a.min_parallelism,
+                    a.max_parallelism.unwrap_or_default()
+                ),
+            );
+        }
+    }
     if let Some(dl) = &spec.dead_letter {
         if dl.topic.trim().is_empty() {
             err("spec.deadLetter.topic", "must not be empty".into());

@@ -447,3 +447,24 @@ fn crash_test_workers_and_coordinator_killed_at_random() -> Result<()> {
     );
     stack.assert_exactly_once(produced)
 }
+
+#[test]
+fn under_a_deployment_a_finished_coordinator_waits_for_sigterm() -> Result<()> {
+    let stack = Stack::start(2, 1)?;
+    let mut c = stack.coordinator(&["--wait-after-finish"])?;
+    let _w = stack.worker(&c, "w1")?;
+    wait_owning_workers(&c, 1, Duration::from_secs(60))?;
+    savepoint(&c, true)?;
+    // An exit would let the Deployment restart the old job from its newest checkpoint.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(c.try_wait().is_none(), "exited: {}", c.log_text());
+    assert_eq!(c.status()?["state"], "finished");
+    let (code, _) = c.http_get("/readyz")?;
+    assert_eq!(code, 503, "a finished job is not ready");
+    assert!(
+        c.stop(Duration::from_secs(10))?.success(),
+        "{}",
+        c.log_text()
+    );
+    Ok(())
+}

@@ -1,5 +1,5 @@
-//! `tidewater-operator`: reconciles IngestionPipeline resources. The controller arrives with
-//! the operator issue; today this binary only prints the CRD it will serve.
+//! `tidewater-operator`: today prints the CRDs it serves (`kubectl apply -f -`); the
+//! controller loop that drives `tidewater_operator::decide` on a cluster is being built.
 
 fn main() {
     print!("{}", tidewater_crds::render_crds());

@@ -98,6 +98,10 @@ enum Command {
         /// After a savepoint with stop, keep answering the API this long before exiting.
         #[arg(long, default_value = "3s", value_parser = parse_duration)]
         linger: Duration,
+        /// After a savepoint with stop, stay up (finished, answering the API) until SIGTERM
+        /// instead of exiting: under a Deployment an exit would restart the old job.
+        #[arg(long)]
+        wait_after_finish: bool,
     },
     /// Run a worker process that takes its pipeline and partitions from a coordinator.
     Worker {
@@ -192,6 +196,7 @@ fn main() -> ExitCode {
             allow_non_restored_state,
             heartbeat_timeout,
             linger,
+            wait_after_finish,
         } => coordinator_main(
             &file,
             listen,
@@ -203,7 +208,11 @@ fn main() -> ExitCode {
                 pipeline_yaml: String::new(),
                 base_dir: PathBuf::new(),
             },
-            linger,
+            if wait_after_finish {
+                Duration::MAX
+            } else {
+                linger
+            },
         ),
         Command::Worker {
             coordinator,
@@ -282,8 +291,15 @@ fn coordinator_main(
             Outcome::Stopped => Ok("stopped cleanly".to_string()),
             Outcome::Finished { savepoint } => {
                 println!("savepoint: {savepoint}");
+                let linger = async {
+                    if linger == Duration::MAX {
+                        std::future::pending::<()>().await;
+                    } else {
+                        tokio::time::sleep(linger).await;
+                    }
+                };
                 tokio::select! {
-                    () = tokio::time::sleep(linger) => {}
+                    () = linger => {}
                     () = shutdown_signal() => {}
                 }
                 Ok(format!("stopped with savepoint {savepoint}"))

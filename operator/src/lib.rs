@@ -1,0 +1,9 @@
+//! Tidewater operator: reconciles `IngestionPipeline` resources into running, upgradable,
+//! rescalable pipelines. Layout: `spec_change` (what a change means, pure), `decide` (the
+//! lifecycle decision, pure), `children` (desired objects, pure). The controller that
+//! observes and acts on a cluster builds on these.
+#![forbid(unsafe_code)]
+
+pub mod children;
+pub mod decide;
+pub mod spec_change;

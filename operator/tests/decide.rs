@@ -1,0 +1,438 @@
+//! The reconciler's decisions, walked through every lifecycle transition from a YAML fixture:
+//! each step feeds the status the previous decision wrote (as the API server would) and what
+//! the job reports, and checks the deployment, the job action, the lifecycle and conditions.
+
+use chrono::{DateTime, Duration as Span, Utc};
+use tidewater_crds::{
+    IngestionPipeline,
+    deploy::{JobState, UpgradeMode},
+    status::{LifecycleState, OperationKind, SavepointTrigger},
+};
+use tidewater_operator::{
+    children::Start,
+    decide::{Decision, JobAction, JobView, Observed, SavepointView, decide},
+};
+
+fn fixture() -> IngestionPipeline {
+    IngestionPipeline::from_yaml(include_str!("fixtures/clicks.yaml")).unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339("2026-11-21T12:00:00Z")
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+fn running_job() -> Option<JobView> {
+    Some(JobView {
+        state: "running".into(),
+        active_workers: 2,
+        last_checkpoint: None,
+        total_lag: 42,
+    })
+}
+
+fn observe(job: Option<JobView>, savepoint: Option<SavepointView>, now: DateTime<Utc>) -> Observed {
+    Observed {
+        job,
+        savepoint,
+        now,
+        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+    }
+}
+
+fn completed(path: &str) -> Option<SavepointView> {
+    Some(SavepointView {
+        state: "completed".into(),
+        path: Some(path.into()),
+        reason: None,
+    })
+}
+
+/// Edits the spec as a user would: the API server bumps the generation.
+fn edit(p: &mut IngestionPipeline, f: impl FnOnce(&mut tidewater_crds::IngestionPipelineSpec)) {
+    f(&mut p.spec);
+    p.metadata.generation = Some(p.metadata.generation.unwrap_or(1) + 1);
+}
+
+/// Applies a decision as the API server would: the status is written back; a savepoint
+/// action gets the id the coordinator answered.
+fn apply(p: &mut IngestionPipeline, d: &Decision, savepoint_id: &str) {
+    let mut status = d.status.clone();
+    if let (Some(JobAction::Savepoint { .. }), Some(op)) = (&d.action, status.operation.as_mut()) {
+        op.savepoint_id = Some(savepoint_id.into());
+    }
+    p.status = Some(status);
+}
+
+fn condition(d: &Decision, kind: &str) -> String {
+    d.status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.status.clone())
+        .unwrap_or_default()
+}
+
+fn lifecycle(d: &Decision) -> LifecycleState {
+    d.status.lifecycle_state.unwrap()
+}
+
+fn start(d: &Decision) -> Start {
+    d.deploy.as_ref().unwrap().1.start.clone()
+}
+
+/// Created → Deploying → Running.
+fn deployed() -> IngestionPipeline {
+    let mut p = fixture();
+    let d = decide(&p, &observe(None, None, t0()));
+    assert_eq!(lifecycle(&d), LifecycleState::Deploying);
+    assert_eq!(start(&d), Start::Latest);
+    assert_eq!(d.deploy.as_ref().unwrap().1.workers, 2);
+    assert_eq!(condition(&d, "Ready"), "False");
+    assert!(d.action.is_none());
+    apply(&mut p, &d, "");
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(20)));
+    assert_eq!(lifecycle(&d), LifecycleState::Running);
+    assert_eq!(condition(&d, "Ready"), "True");
+    assert_eq!(d.status.last_stable_spec, d.status.last_reconciled_spec);
+    assert_eq!(d.status.lag, Some(42));
+    assert_eq!(d.status.parallelism, Some(2));
+    assert!(
+        d.status
+            .selector
+            .as_deref()
+            .unwrap()
+            .contains("app.kubernetes.io/component=worker")
+    );
+    apply(&mut p, &d, "");
+    p
+}
+
+#[test]
+fn create_deploys_and_becomes_ready() {
+    let p = deployed();
+    // Nothing changes: steady state keeps the same deployment and does nothing to the job.
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    assert_eq!(lifecycle(&d), LifecycleState::Running);
+    assert!(d.action.is_none());
+    assert_eq!(start(&d), Start::Latest);
+}
+
+#[test]
+fn an_initial_savepoint_or_stateless_mode_sets_the_first_start() {
+    let mut p = fixture();
+    edit(&mut p, |s| {
+        s.initial_savepoint = Some("s3://lake/sp/sp-1.json".into())
+    });
+    let d = decide(&p, &observe(None, None, t0()));
+    assert_eq!(start(&d), Start::Savepoint("s3://lake/sp/sp-1.json".into()));
+    let mut p = fixture();
+    edit(&mut p, |s| s.upgrade_mode = UpgradeMode::Stateless);
+    let d = decide(&p, &observe(None, None, t0()));
+    assert_eq!(start(&d), Start::Fresh);
+    apply(&mut p, &d, "");
+    // Once running, a restarted pod must not start fresh again.
+    let d = decide(&p, &observe(running_job(), None, t0()));
+    assert_eq!(start(&d), Start::Latest);
+}
+
+#[test]
+fn parallelism_changes_rescale_live_without_new_pods() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.parallelism = 4);
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    assert_eq!(d.action, Some(JobAction::Parallelism(4)));
+    assert_eq!(d.deploy.as_ref().unwrap().1.workers, 4);
+    assert_eq!(start(&d), Start::Latest, "no restart");
+    assert_eq!(lifecycle(&d), LifecycleState::Running);
+    assert_eq!(d.status.parallelism, Some(4));
+    apply(&mut p, &d, "");
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(70)));
+    assert!(d.action.is_none(), "applied once");
+}
+
+#[test]
+fn savepoint_upgrade_stops_with_a_savepoint_then_deploys_from_it() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.checkpoint.interval = "30s".into());
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    assert_eq!(d.action, Some(JobAction::Savepoint { stop: true }));
+    assert_eq!(lifecycle(&d), LifecycleState::Upgrading);
+    let (deployed_spec, _) = d.deploy.as_ref().unwrap();
+    assert_eq!(
+        deployed_spec.checkpoint.interval, "10s",
+        "old spec until the savepoint is done"
+    );
+    assert_eq!(
+        d.status.operation.as_ref().unwrap().kind,
+        OperationKind::SavepointUpgrade
+    );
+    apply(&mut p, &d, "sp-1");
+
+    let pending = Some(SavepointView {
+        state: "pending".into(),
+        path: None,
+        reason: None,
+    });
+    let d = decide(
+        &p,
+        &observe(running_job(), pending, t0() + Span::seconds(61)),
+    );
+    assert!(d.action.is_none() && d.status.operation.is_some());
+    apply(&mut p, &d, "");
+
+    let d = decide(
+        &p,
+        &observe(
+            None,
+            completed("s3://lake/sp/sp-1.json"),
+            t0() + Span::seconds(65),
+        ),
+    );
+    assert_eq!(start(&d), Start::Savepoint("s3://lake/sp/sp-1.json".into()));
+    assert_eq!(d.deploy.as_ref().unwrap().0.checkpoint.interval, "30s");
+    assert_eq!(lifecycle(&d), LifecycleState::Deploying);
+    assert_eq!(
+        d.status.savepoints.last().unwrap().trigger,
+        SavepointTrigger::Upgrade
+    );
+    assert!(d.status.operation.is_none());
+    apply(&mut p, &d, "");
+
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(80)));
+    assert_eq!(lifecycle(&d), LifecycleState::Running);
+    assert!(
+        d.status
+            .last_stable_spec
+            .as_deref()
+            .unwrap()
+            .contains("\"30s\"")
+    );
+}
+
+#[test]
+fn last_state_and_stateless_upgrades_redeploy_at_once() {
+    for (mode, expected) in [
+        (UpgradeMode::LastState, Start::Latest),
+        (UpgradeMode::Stateless, Start::Fresh),
+    ] {
+        let mut p = deployed();
+        edit(&mut p, |s| s.upgrade_mode = mode);
+        edit(&mut p, |s| {
+            s.image = Some("ghcr.io/tidewater/runtime:0.2.0".into())
+        });
+        let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+        assert!(d.action.is_none(), "{mode:?}");
+        assert_eq!(start(&d), expected, "{mode:?}");
+        assert_eq!(
+            d.deploy.as_ref().unwrap().1.image,
+            "ghcr.io/tidewater/runtime:0.2.0"
+        );
+        assert_eq!(lifecycle(&d), LifecycleState::Deploying);
+    }
+}
+
+#[test]
+fn savepoint_mode_without_a_running_job_upgrades_from_the_newest_checkpoint() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.checkpoint.interval = "30s".into());
+    let d = decide(&p, &observe(None, None, t0() + Span::seconds(60)));
+    assert!(d.action.is_none());
+    assert_eq!(start(&d), Start::Latest);
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.reason == "UpgradeWithoutSavepoint" && n.warning)
+    );
+}
+
+#[test]
+fn suspend_takes_a_savepoint_scales_to_zero_and_resume_starts_from_it() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.state = JobState::Suspended);
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    assert_eq!(d.action, Some(JobAction::Savepoint { stop: true }));
+    apply(&mut p, &d, "sp-2");
+    let d = decide(
+        &p,
+        &observe(
+            None,
+            completed("s3://lake/sp/sp-2.json"),
+            t0() + Span::seconds(62),
+        ),
+    );
+    assert_eq!(lifecycle(&d), LifecycleState::Suspended);
+    assert!(!d.deploy.as_ref().unwrap().1.running);
+    assert_eq!(d.status.parallelism, Some(0));
+    assert_eq!(condition(&d, "Stopped"), "True");
+    apply(&mut p, &d, "");
+    // Stays suspended.
+    let d = decide(&p, &observe(None, None, t0() + Span::seconds(90)));
+    assert_eq!(lifecycle(&d), LifecycleState::Suspended);
+    assert!(!d.deploy.as_ref().unwrap().1.running && d.action.is_none());
+    apply(&mut p, &d, "");
+
+    edit(&mut p, |s| s.state = JobState::Running);
+    let d = decide(&p, &observe(None, None, t0() + Span::seconds(120)));
+    assert_eq!(start(&d), Start::Savepoint("s3://lake/sp/sp-2.json".into()));
+    assert!(d.deploy.as_ref().unwrap().1.running);
+    assert_eq!(lifecycle(&d), LifecycleState::Deploying);
+    assert_eq!(condition(&d, "Stopped"), "False");
+}
+
+#[test]
+fn nonces_act_exactly_once_per_new_value() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.savepoint_trigger_nonce = Some(7));
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    assert_eq!(d.action, Some(JobAction::Savepoint { stop: false }));
+    apply(&mut p, &d, "sp-3");
+    let d = decide(
+        &p,
+        &observe(
+            running_job(),
+            completed("s3://lake/sp/sp-3.json"),
+            t0() + Span::seconds(62),
+        ),
+    );
+    assert_eq!(
+        d.status.savepoints.last().unwrap().trigger,
+        SavepointTrigger::Manual
+    );
+    assert_eq!(d.status.last_savepoint_trigger_nonce, Some(7));
+    apply(&mut p, &d, "");
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(70)));
+    assert!(d.action.is_none(), "the same nonce does nothing again");
+
+    edit(&mut p, |s| s.restart_nonce = Some(1));
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(80)));
+    assert_eq!(
+        d.action,
+        Some(JobAction::Savepoint { stop: true }),
+        "restart as upgradeMode says"
+    );
+    assert_eq!(d.status.last_restart_nonce, Some(1));
+}
+
+#[test]
+fn an_upgrade_not_ready_in_time_rolls_back_from_its_savepoint() {
+    let mut p = deployed();
+    edit(&mut p, |s| {
+        s.image = Some("ghcr.io/tidewater/runtime:broken".into())
+    });
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    apply(&mut p, &d, "sp-4");
+    let d = decide(
+        &p,
+        &observe(
+            None,
+            completed("s3://lake/sp/sp-4.json"),
+            t0() + Span::seconds(65),
+        ),
+    );
+    apply(&mut p, &d, "");
+    // Still not running 4 minutes later: keep waiting.
+    let d = decide(&p, &observe(None, None, t0() + Span::seconds(65 + 240)));
+    assert_eq!(lifecycle(&d), LifecycleState::Deploying);
+    apply(&mut p, &d, "");
+    // Past upgradeTimeout (5m): back to the last stable spec, from the upgrade savepoint.
+    let d = decide(&p, &observe(None, None, t0() + Span::seconds(65 + 301)));
+    assert_eq!(lifecycle(&d), LifecycleState::RollingBack);
+    assert_eq!(start(&d), Start::Savepoint("s3://lake/sp/sp-4.json".into()));
+    assert_eq!(
+        d.deploy.as_ref().unwrap().1.image,
+        "ghcr.io/tidewater/runtime:0.1.0"
+    );
+    assert_eq!(condition(&d, "Degraded"), "True");
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.reason == "RollingBack" && n.warning)
+    );
+    apply(&mut p, &d, "");
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(400)));
+    assert_eq!(lifecycle(&d), LifecycleState::Running);
+    assert_eq!(
+        condition(&d, "Degraded"),
+        "True",
+        "the failed upgrade stays visible"
+    );
+    assert!(
+        d.action.is_none(),
+        "the failed spec is not retried by itself"
+    );
+    assert_eq!(
+        d.deploy.as_ref().unwrap().1.image,
+        "ghcr.io/tidewater/runtime:0.1.0"
+    );
+    apply(&mut p, &d, "");
+    // A new spec is tried again.
+    edit(&mut p, |s| {
+        s.image = Some("ghcr.io/tidewater/runtime:0.2.1".into())
+    });
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(500)));
+    assert_eq!(d.action, Some(JobAction::Savepoint { stop: true }));
+}
+
+#[test]
+fn a_failed_savepoint_is_reported_and_retried() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.checkpoint.interval = "30s".into());
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    apply(&mut p, &d, "sp-5");
+    let failed = Some(SavepointView {
+        state: "failed".into(),
+        path: None,
+        reason: Some("checkpoint 9 aborted: worker 2 lost".into()),
+    });
+    let d = decide(
+        &p,
+        &observe(running_job(), failed, t0() + Span::seconds(62)),
+    );
+    assert_eq!(condition(&d, "Degraded"), "True");
+    assert!(d.status.operation.is_none());
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.reason == "SavepointFailed" && n.message.contains("worker 2 lost"))
+    );
+    apply(&mut p, &d, "");
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(75)));
+    assert_eq!(
+        d.action,
+        Some(JobAction::Savepoint { stop: true }),
+        "tried again"
+    );
+}
+
+#[test]
+fn savepoint_history_is_bounded() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.savepoint_history.max_count = 2);
+    for n in 1..=4 {
+        edit(&mut p, |s| s.savepoint_trigger_nonce = Some(n));
+        let d = decide(
+            &p,
+            &observe(running_job(), None, t0() + Span::seconds(60 * n)),
+        );
+        apply(&mut p, &d, &format!("sp-{n}"));
+        let d = decide(
+            &p,
+            &observe(
+                running_job(),
+                completed(&format!("s3://lake/sp/sp-{n}.json")),
+                t0() + Span::seconds(60 * n + 5),
+            ),
+        );
+        apply(&mut p, &d, "");
+    }
+    let ids: Vec<String> = p
+        .status
+        .unwrap()
+        .savepoints
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, vec!["sp-3", "sp-4"]);
+}
