@@ -1,9 +1,12 @@
 //! Tidewater operator: reconciles `IngestionPipeline` resources into running, upgradable,
 //! rescalable pipelines. Layout: `spec_change` (what a change means, pure), `decide` (the
-//! lifecycle decision, pure), `children` (desired objects, pure). The controller that
-//! observes and acts on a cluster builds on these.
+//! lifecycle decision, pure), `children` (desired objects, pure), `job_client` (the
+//! coordinator's HTTP API, I/O only). The controller that observes and acts on a cluster
+//! builds on these.
 #![forbid(unsafe_code)]
 
 pub mod children;
+pub mod controller;
 pub mod decide;
+pub mod job_client;
 pub mod spec_change;

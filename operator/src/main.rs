@@ -1,6 +1,93 @@
-//! `tidewater-operator`: today prints the CRDs it serves (`kubectl apply -f -`); the
-//! controller loop that drives `tidewater_operator::decide` on a cluster is being built.
+//! `tidewater-operator`: runs the IngestionPipeline controller (`run`, the default) or prints
+//! the CRDs it serves (`crd`). Thin edge over the library: arguments, logging, client.
 
-fn main() {
-    print!("{}", tidewater_crds::render_crds());
+use std::{process::ExitCode, sync::Arc};
+
+use clap::{Parser, Subcommand};
+use kube::runtime::events::Reporter;
+use tidewater_operator::controller::{self, Address, Context};
+
+#[derive(Parser)]
+#[command(
+    name = "tidewater-operator",
+    version,
+    about = "Tidewater Kubernetes operator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Reconcile IngestionPipelines (default).
+    Run {
+        /// Runtime image for pipelines that name none.
+        #[arg(
+            long,
+            env = "TIDEWATER_RUNTIME_IMAGE",
+            default_value = "ghcr.io/tidewater/runtime:0.1.0"
+        )]
+        default_image: String,
+        /// How coordinators are reached: `dns` (Service names) or `endpointslice` (pod
+        /// addresses, for clusters without DNS or service routing).
+        #[arg(long, env = "TIDEWATER_COORDINATOR_ADDRESS", default_value = "dns", value_parser = ["dns", "endpointslice"])]
+        coordinator_address: String,
+    },
+    /// Print the CRDs (`tidewater-operator crd | kubectl apply -f -`).
+    Crd,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (default_image, address) = match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", tidewater_crds::render_crds());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Run {
+            default_image,
+            coordinator_address,
+        }) => (default_image, coordinator_address),
+        None => (
+            std::env::var("TIDEWATER_RUNTIME_IMAGE")
+                .unwrap_or_else(|_| "ghcr.io/tidewater/runtime:0.1.0".into()),
+            std::env::var("TIDEWATER_COORDINATOR_ADDRESS").unwrap_or_else(|_| "dns".into()),
+        ),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
+        )
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let client = match kube::Client::try_default().await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("tidewater-operator: no Kubernetes API server: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let ctx = Arc::new(Context {
+            client,
+            default_image,
+            address: if address == "endpointslice" {
+                Address::EndpointSlice
+            } else {
+                Address::Dns
+            },
+            reporter: Reporter {
+                controller: "tidewater-operator".into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+        });
+        tracing::info!("reconciling IngestionPipelines");
+        controller::run(ctx).await;
+        ExitCode::SUCCESS
+    })
 }

@@ -1,0 +1,309 @@
+//! act() against a mock API server (tower-test): the exact requests of a reconcile, in order,
+//! with their bodies. The coordinator is a canned HTTP responder where a job is involved.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response};
+use kube::{Client, client::Body, core::DeserializeGuard, runtime::events::Reporter};
+use serde_json::{Value, json};
+use tidewater_crds::IngestionPipeline;
+use tidewater_operator::controller::{Address, Context, reconcile};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn fixture() -> IngestionPipeline {
+    IngestionPipeline::from_yaml(include_str!("fixtures/clicks.yaml")).unwrap()
+}
+
+fn context(client: Client, address: Address) -> Arc<Context> {
+    Arc::new(Context {
+        client,
+        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+        address,
+        reporter: Reporter {
+            controller: "tidewater-operator".into(),
+            instance: None,
+        },
+    })
+}
+
+/// One request seen by the mock API server.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+/// Answers every request (echoing the applied object) and records it.
+fn serve(mut handle: Handle) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            log.lock().unwrap().push(Seen {
+                method,
+                path: path.clone(),
+                body: body.clone(),
+            });
+            let mut answer = body;
+            if path.ends_with("/status") {
+                // The API server answers with the whole object.
+                let mut whole = serde_json::to_value(fixture()).unwrap();
+                whole["status"] = answer["status"].clone();
+                answer = whole;
+            }
+            if answer.get("metadata").is_none() {
+                answer["metadata"] = json!({"name": "x", "namespace": "analytics"});
+            }
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (task, seen)
+}
+
+/// A coordinator that answers `/v1/status` as running and accepts savepoints and rescales.
+async fn fake_coordinator() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let log = calls.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 8192];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let line = req.lines().next().unwrap_or_default().to_string();
+                let body = req.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
+                log.lock().unwrap().push(format!("{line} {body}"));
+                let (code, answer) = if line.starts_with("GET /v1/status") {
+                    (
+                        "200 OK",
+                        json!({"state": "running", "workers": [{"partitions": ["clicks/0"]}], "totalLag": 5, "lastCheckpoint": {"id": 3, "time": "2026-11-21T12:00:00Z", "snapshots": {"analytics.clicks": 11}}}),
+                    )
+                } else if line.starts_with("POST /v1/savepoints") {
+                    (
+                        "202 Accepted",
+                        json!({"id": "sp-9", "state": "pending", "stop": body.contains("true")}),
+                    )
+                } else if line.starts_with("POST /v1/parallelism") {
+                    ("202 Accepted", json!({"workers": 4}))
+                } else {
+                    ("404 Not Found", json!({"error": "no"}))
+                };
+                let text = answer.to_string();
+                let reply = format!(
+                    "HTTP/1.1 {code}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = s.write_all(reply.as_bytes()).await;
+            });
+        }
+    });
+    (url, calls)
+}
+
+fn paths(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
+}
+
+#[tokio::test]
+async fn create_applies_children_in_order_then_writes_status() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let client = Client::new(service, "analytics");
+    // Nothing answers at this address: the job is not running yet.
+    let ctx = context(client, Address::Fixed("http://127.0.0.1:9".into()));
+    reconcile(Arc::new(DeserializeGuard(Ok(fixture()))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    let p = paths(&seen);
+    let ns = "/namespaces/analytics";
+    assert_eq!(
+        p[..6],
+        [
+            format!("PATCH /api/v1{ns}/configmaps/clicks-config"),
+            format!("PATCH /api/v1{ns}/services/clicks-coordinator"),
+            format!("PATCH /api/v1{ns}/services/clicks-workers"),
+            format!("PATCH /apis/policy/v1{ns}/poddisruptionbudgets/clicks-workers"),
+            format!("PATCH /apis/apps/v1{ns}/deployments/clicks-coordinator"),
+            format!("PATCH /apis/apps/v1{ns}/statefulsets/clicks-workers"),
+        ]
+    );
+    assert!(
+        p[6].contains("/events"),
+        "an Event for the deployment: {p:?}"
+    );
+    assert_eq!(
+        p.last().unwrap(),
+        &format!("PATCH /apis/tidewater.dev/v1alpha1{ns}/ingestionpipelines/clicks/status")
+    );
+    let deployment = &seen[4].body;
+    let args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap();
+    assert!(args.contains(&json!("--from-latest")), "{args:?}");
+    assert_eq!(
+        deployment["metadata"]["ownerReferences"][0]["kind"],
+        "IngestionPipeline"
+    );
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["lifecycleState"], "Deploying");
+    assert_eq!(status["parallelism"], 2);
+    assert!(
+        status["lastReconciledSpec"]
+            .as_str()
+            .unwrap()
+            .contains("analytics.clicks")
+    );
+}
+
+/// A pipeline that went through create and became Running (status as the API server holds it).
+fn running(url: &str) -> IngestionPipeline {
+    use tidewater_operator::decide::{JobView, Observed, decide};
+    let mut p = fixture();
+    let obs = |job| Observed {
+        job,
+        savepoint: None,
+        now: chrono::Utc::now(),
+        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+    };
+    p.status = Some(decide(&p, &obs(None)).status);
+    let job = JobView {
+        state: "running".into(),
+        active_workers: 2,
+        last_checkpoint: None,
+        total_lag: 0,
+    };
+    p.status = Some(decide(&p, &obs(Some(job))).status);
+    let _ = url;
+    p
+}
+
+#[tokio::test]
+async fn rescale_tells_the_coordinator_and_scales_the_workers() {
+    let (url, calls) = fake_coordinator().await;
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(
+        Client::new(service, "analytics"),
+        Address::Fixed(url.clone()),
+    );
+    let mut p = running(&url);
+    p.spec.parallelism = 4;
+    p.metadata.generation = Some(2);
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    let sts = seen
+        .iter()
+        .find(|s| s.path.ends_with("statefulsets/clicks-workers"))
+        .unwrap();
+    assert_eq!(sts.body["spec"]["replicas"], 4);
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("POST /v1/parallelism") && c.contains("\"workers\":4")),
+        "{calls:?}"
+    );
+    assert!(
+        !calls.iter().any(|c| c.starts_with("POST /v1/savepoints")),
+        "no restart: {calls:?}"
+    );
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["parallelism"], 4);
+    assert_eq!(status["lag"], 5);
+    assert_eq!(
+        status["lastCheckpoint"]["snapshots"]["analytics.clicks"],
+        11
+    );
+}
+
+#[tokio::test]
+async fn suspend_requests_a_stop_savepoint_and_records_its_id() {
+    let (url, calls) = fake_coordinator().await;
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(
+        Client::new(service, "analytics"),
+        Address::Fixed(url.clone()),
+    );
+    let mut p = running(&url);
+    p.spec.state = tidewater_crds::deploy::JobState::Suspended;
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let calls = calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .iter()
+            .any(|c| c.starts_with("POST /v1/savepoints") && c.contains("\"stop\":true")),
+        "{calls:?}"
+    );
+    let seen = seen.lock().unwrap().clone();
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["operation"]["kind"], "suspend");
+    assert_eq!(status["operation"]["savepointId"], "sp-9");
+    // The workers keep running until the savepoint completed.
+    let sts = seen
+        .iter()
+        .find(|s| s.path.ends_with("statefulsets/clicks-workers"))
+        .unwrap();
+    assert_eq!(sts.body["spec"]["replicas"], 2);
+}
+
+#[tokio::test]
+async fn a_spec_that_validation_rejects_is_reported_not_deployed() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(
+        Client::new(service, "analytics"),
+        Address::Fixed("http://127.0.0.1:9".into()),
+    );
+    let mut p = fixture();
+    p.spec.checkpoint.interval = "soon".into();
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .all(|s| !s.path.contains("/deployments/") && !s.path.contains("/statefulsets/"))
+    );
+    let status = &seen.last().unwrap().body["status"];
+    let degraded = status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Degraded")
+        .unwrap();
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .contains("spec.checkpoint.interval"),
+        "{degraded}"
+    );
+}
