@@ -76,6 +76,8 @@ pub struct Context {
     pub address: Address,
     /// Event reporter.
     pub reporter: Reporter,
+    /// Reconcile metrics.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 async fn coordinator_url(ctx: &Context, ns: &str, name: &str) -> Option<String> {
@@ -235,10 +237,32 @@ async fn publish(
     }
 }
 
-/// One reconcile of a (possibly malformed) pipeline.
+/// One reconcile of a (possibly malformed) pipeline, measured.
+#[tracing::instrument(skip(guard, ctx), fields(pipeline = %guard.name_any()))]
 pub async fn reconcile(
     guard: Arc<DeserializeGuard<IngestionPipeline>>,
     ctx: Arc<Context>,
+) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&guard, &ctx).await;
+    ctx.metrics
+        .duration
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .failures
+            .get_or_create(&crate::metrics::CategoryLabels {
+                category: e.category().into(),
+            })
+            .inc();
+    }
+    result
+}
+
+async fn reconcile_inner(
+    guard: &DeserializeGuard<IngestionPipeline>,
+    ctx: &Context,
 ) -> Result<Action, Error> {
     let p = match &guard.0 {
         Ok(p) => p,
@@ -259,11 +283,11 @@ pub async fn reconcile(
     };
     let errors = tidewater_crds::validate(&p.spec);
     if !errors.is_empty() {
-        return report_invalid(p, &errors, &ctx).await;
+        return report_invalid(p, &errors, ctx).await;
     }
-    let (obs, job) = observe(p, &ctx).await;
+    let (obs, job) = observe(p, ctx).await;
     let decision = decide(p, &obs);
-    act(p, decision, job.as_ref(), &ctx).await
+    act(p, decision, job.as_ref(), ctx).await
 }
 
 /// What schema and CEL rules cannot check: a `Degraded` condition naming the fields, an

@@ -9,4 +9,5 @@ pub mod children;
 pub mod controller;
 pub mod decide;
 pub mod job_client;
+pub mod metrics;
 pub mod spec_change;

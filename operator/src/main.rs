@@ -33,6 +33,13 @@ enum Command {
         /// addresses, for clusters without DNS or service routing).
         #[arg(long, env = "TIDEWATER_COORDINATOR_ADDRESS", default_value = "dns", value_parser = ["dns", "endpointslice"])]
         coordinator_address: String,
+        /// Address of /metrics and /healthz.
+        #[arg(
+            long,
+            env = "TIDEWATER_OPERATOR_METRICS_ADDR",
+            default_value = "0.0.0.0:9090"
+        )]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Print the CRDs (`tidewater-operator crd | kubectl apply -f -`).
     Crd,
@@ -40,7 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let (default_image, address) = match cli.command {
+    let (default_image, address, metrics_addr) = match cli.command {
         Some(Command::Crd) => {
             print!("{}", tidewater_crds::render_crds());
             return ExitCode::SUCCESS;
@@ -48,12 +55,12 @@ fn main() -> ExitCode {
         Some(Command::Run {
             default_image,
             coordinator_address,
-        }) => (default_image, coordinator_address),
-        None => (
-            std::env::var("TIDEWATER_RUNTIME_IMAGE")
-                .unwrap_or_else(|_| "ghcr.io/tidewater/runtime:0.1.0".into()),
-            std::env::var("TIDEWATER_COORDINATOR_ADDRESS").unwrap_or_else(|_| "dns".into()),
-        ),
+            metrics_addr,
+        }) => (default_image, coordinator_address, metrics_addr),
+        None => {
+            eprintln!("usage: tidewater-operator run | crd (see --help)");
+            return ExitCode::from(2);
+        }
     };
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -73,7 +80,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let metrics = Arc::new(tidewater_operator::metrics::Metrics::default());
+        match tidewater_operator::metrics::serve(metrics_addr, metrics.clone()).await {
+            Ok(bound) => tracing::info!(%bound, "metrics"),
+            Err(e) => {
+                eprintln!("tidewater-operator: metrics endpoint {metrics_addr}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
         let ctx = Arc::new(Context {
+            metrics,
             client,
             default_image,
             address: if address == "endpointslice" {

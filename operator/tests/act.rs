@@ -24,6 +24,7 @@ fn context(client: Client, address: Address) -> Arc<Context> {
             controller: "tidewater-operator".into(),
             instance: None,
         },
+        metrics: Arc::default(),
     })
 }
 
