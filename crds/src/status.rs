@@ -55,9 +55,30 @@ pub struct IngestionPipelineStatus {
     /// spec changes again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rolled_back_generation: Option<i64>,
+    /// What the autoscaler measured and wants.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaler: Option<AutoscalerStatus>,
     /// How the deployed coordinator starts: `latest`, `fresh`, or a savepoint path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_from: Option<String>,
+}
+
+/// The autoscaler's memory between reconciles.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerStatus {
+    /// Rows committed at the last sample.
+    pub rows: u64,
+    /// Time of the last sample, unix milliseconds.
+    pub sampled_at_ms: i64,
+    /// Measured capacity of one worker, rows per second (while lagging).
+    pub rows_per_second_per_worker: f64,
+    /// The parallelism wanted, not yet applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted_parallelism: Option<i32>,
+    /// Since when it is wanted, unix milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wanted_since_ms: Option<i64>,
 }
 
 /// Lifecycle of a pipeline.

@@ -11,13 +11,14 @@ use tidewater_crds::{
     IngestionPipeline, IngestionPipelineSpec, IngestionPipelineStatus,
     deploy::{JobState, UpgradeMode},
     status::{
-        CheckpointStatus, LifecycleState, OperationKind, OperationStatus, SavepointInfo,
-        SavepointTrigger,
+        AutoscalerStatus, CheckpointStatus, LifecycleState, OperationKind, OperationStatus,
+        SavepointInfo, SavepointTrigger,
     },
     types::parse_duration,
 };
 
 use crate::{
+    autoscale,
     children::{Deploy, Start, worker_selector_string},
     spec_change::{SpecChange, classify},
 };
@@ -33,6 +34,10 @@ pub struct JobView {
     pub last_checkpoint: Option<CheckpointStatus>,
     /// Total lag.
     pub total_lag: i64,
+    /// Rows committed by this coordinator run.
+    pub rows_committed: u64,
+    /// Partitions read.
+    pub partitions: i32,
 }
 
 /// The savepoint of the operation in progress (`GET /v1/savepoints/{id}`).
@@ -134,15 +139,56 @@ impl Ctx<'_> {
     }
 
     fn deploy(&self, spec: &IngestionPipelineSpec, start: Start, running: bool) -> Deploy {
+        // With the autoscaler on, the spec's parallelism is the initial one.
+        let autoscaled = spec.autoscaler.as_ref().is_some_and(|a| a.enabled);
+        let workers = match self.status.parallelism {
+            Some(n) if autoscaled && n > 0 => n,
+            _ => spec.parallelism,
+        };
         Deploy {
             image: spec
                 .image
                 .clone()
                 .unwrap_or_else(|| self.obs.default_image.clone()),
             start,
-            workers: spec.parallelism,
+            workers,
             running,
         }
+    }
+
+    /// One autoscaler step; returns the parallelism to apply now.
+    fn autoscale(&mut self, spec: &IngestionPipelineSpec, current: i32) -> Option<i32> {
+        let a = spec.autoscaler.as_ref().filter(|a| a.enabled)?;
+        let job = self.obs.job.as_ref()?;
+        let memory = self.status.autoscaler.clone().unwrap_or_default();
+        let memory = autoscale::Memory {
+            rows: memory.rows,
+            at_ms: memory.sampled_at_ms,
+            capacity: memory.rows_per_second_per_worker,
+            wanted: memory.wanted_parallelism.zip(memory.wanted_since_ms),
+        };
+        let sample = autoscale::Sample {
+            rows: job.rows_committed,
+            lag: job.total_lag,
+            now_ms: self.obs.now.timestamp_millis(),
+            parallelism: current,
+            partitions: job.partitions,
+        };
+        let policy = autoscale::Policy {
+            min: a.min_parallelism,
+            max: a.max_parallelism.unwrap_or(i32::MAX),
+            target: Duration::from_secs(u64::from(a.target_lag_seconds)),
+            window: parse_duration(&a.stabilization_window).unwrap_or(Duration::ZERO),
+        };
+        let (apply, next) = autoscale::recommend(&memory, sample, policy);
+        self.status.autoscaler = Some(AutoscalerStatus {
+            rows: next.rows,
+            sampled_at_ms: next.at_ms,
+            rows_per_second_per_worker: next.capacity,
+            wanted_parallelism: next.wanted.map(|w| w.0),
+            wanted_since_ms: next.wanted.map(|w| w.1),
+        });
+        apply
     }
 
     /// Sets a condition, keeping `lastTransitionTime` when the status does not change.
@@ -236,9 +282,9 @@ pub fn decide(p: &IngestionPipeline, obs: &Observed) -> Decision {
         }
     }
     let (deploy, action, requeue) = step(&mut cx);
-    if let Some((spec, d)) = &deploy {
+    if let Some((_, d)) = &deploy {
         cx.status.started_from = Some(start_text(&d.start));
-        cx.status.parallelism = Some(if d.running { spec.parallelism } else { 0 });
+        cx.status.parallelism = Some(if d.running { d.workers } else { 0 });
     }
     Decision {
         deploy,
@@ -369,7 +415,8 @@ fn step(cx: &mut Ctx<'_>) -> Step {
         spec.restart_nonce.is_some() && spec.restart_nonce != cx.status.last_restart_nonce;
     let rolled_back = cx.status.rolled_back_generation.is_some()
         && cx.status.rolled_back_generation == cx.p.metadata.generation;
-    let change = match classify(&running_spec, &spec) {
+    let raw_change = classify(&running_spec, &spec);
+    let change = match raw_change {
         // The spec that failed stays failed until it is changed again.
         SpecChange::Upgrade if rolled_back => SpecChange::Ignore,
         other => other,
@@ -382,9 +429,17 @@ fn step(cx: &mut Ctx<'_>) -> Step {
 
     // Ready, rollback and steady state.
     let mut deploy_spec = running_spec.clone();
+    if raw_change == SpecChange::Ignore && cx.status.last_reconciled_spec != Some(spec_json(&spec))
+    {
+        // Only operator-side fields changed (nonces, autoscaler, history...): adopt them.
+        cx.status.last_reconciled_spec = Some(spec_json(&spec));
+        deploy_spec = spec.clone();
+    }
     let mut action = None;
     if let SpecChange::Scale { from, to } = change {
         cx.status.last_reconciled_spec = Some(spec_json(&spec));
+        // An explicit parallelism wins over the autoscaler's until it decides again.
+        cx.status.parallelism = Some(to);
         cx.note(
             "Rescaling",
             format!("parallelism {from} → {to} (live, no restart)"),
@@ -466,7 +521,21 @@ fn step(cx: &mut Ctx<'_>) -> Step {
         }
         _ => {}
     }
-    let deploy = cx.deploy(&deploy_spec, start, true);
+    let mut deploy = cx.deploy(&deploy_spec, start, true);
+    if action.is_none()
+        && job_running
+        && cx.status.lifecycle_state == Some(LifecycleState::Running)
+        && let Some(n) = cx.autoscale(&spec, deploy.workers)
+    {
+        let lag = cx.obs.job.as_ref().map_or(0, |j| j.total_lag);
+        cx.note(
+            "Autoscaled",
+            format!("parallelism {} → {n} (lag {lag} records)", deploy.workers),
+            false,
+        );
+        deploy.workers = n;
+        action = Some(JobAction::Parallelism(n));
+    }
     let requeue = if action.is_some() || cx.status.lifecycle_state != Some(LifecycleState::Running)
     {
         QUICK

@@ -48,6 +48,10 @@ struct StatusDoc {
     last_checkpoint: Option<CheckpointStatus>,
     #[serde(default)]
     total_lag: i64,
+    #[serde(default)]
+    rows_committed: u64,
+    #[serde(default)]
+    partitions: Vec<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -125,6 +129,8 @@ impl JobClient {
             .unwrap_or(i32::MAX),
             last_checkpoint: doc.last_checkpoint,
             total_lag: doc.total_lag,
+            rows_committed: doc.rows_committed,
+            partitions: i32::try_from(doc.partitions.len()).unwrap_or(i32::MAX),
         })
     }
 

@@ -5,6 +5,7 @@
 //! builds on these.
 #![forbid(unsafe_code)]
 
+pub mod autoscale;
 pub mod children;
 pub mod controller;
 pub mod decide;

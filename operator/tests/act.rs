@@ -191,6 +191,8 @@ fn running(url: &str) -> IngestionPipeline {
         active_workers: 2,
         last_checkpoint: None,
         total_lag: 0,
+        rows_committed: 0,
+        partitions: 4,
     };
     p.status = Some(decide(&p, &obs(Some(job))).status);
     let _ = url;

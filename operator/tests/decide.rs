@@ -29,6 +29,8 @@ fn running_job() -> Option<JobView> {
         active_workers: 2,
         last_checkpoint: None,
         total_lag: 42,
+        rows_committed: 0,
+        partitions: 6,
     })
 }
 
@@ -435,4 +437,61 @@ fn savepoint_history_is_bounded() {
         .map(|s| s.id)
         .collect();
     assert_eq!(ids, vec!["sp-3", "sp-4"]);
+}
+
+#[test]
+fn the_autoscaler_rescales_live_within_bounds_after_its_window() {
+    let mut p = deployed();
+    edit(&mut p, |s| {
+        s.autoscaler = Some(tidewater_crds::deploy::Autoscaler {
+            enabled: true,
+            min_parallelism: 1,
+            max_parallelism: Some(5),
+            target_lag_seconds: 60,
+            stabilization_window: "1m".into(),
+        });
+    });
+    let job = |rows: u64, lag: i64| {
+        Some(JobView {
+            state: "running".into(),
+            active_workers: 2,
+            last_checkpoint: None,
+            total_lag: lag,
+            rows_committed: rows,
+            partitions: 6,
+        })
+    };
+    let mut action = None;
+    for (i, (rows, lag)) in [
+        (0u64, 3_000_000i64),
+        (200_000, 3_000_000),
+        (800_000, 2_900_000),
+        (1_400_000, 2_800_000),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = t0() + Span::seconds(100 + 30 * i64::try_from(i).unwrap());
+        let d = decide(&p, &observe(job(rows, lag), None, at));
+        action = action.or(d.action);
+        if d.action.is_some() {
+            // Applied live: workers scale, no savepoint, bounded by maxParallelism.
+            assert_eq!(d.action, Some(JobAction::Parallelism(5)));
+            assert_eq!(d.deploy.as_ref().unwrap().1.workers, 5);
+            assert_eq!(d.status.parallelism, Some(5));
+            assert!(d.notes.iter().any(|n| n.reason == "Autoscaled"));
+        }
+        apply(&mut p, &d, "");
+    }
+    assert_eq!(
+        action,
+        Some(JobAction::Parallelism(5)),
+        "decided after the window"
+    );
+    // The new parallelism sticks (no return to spec.parallelism on the next reconcile).
+    let d = decide(
+        &p,
+        &observe(job(2_000_000, 2_700_000), None, t0() + Span::seconds(300)),
+    );
+    assert_eq!(d.deploy.as_ref().unwrap().1.workers, 5);
 }
