@@ -172,4 +172,6 @@ pub enum OperationKind {
     ManualSavepoint,
     /// Back to the last stable spec.
     Rollback,
+    /// Final savepoint before the pipeline is deleted.
+    Delete,
 }

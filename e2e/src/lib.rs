@@ -703,6 +703,8 @@ pub struct PipelineSpec {
     pub token: Option<String>,
     /// OAuth2 client credentials from [`OAUTH_ENV`] instead of a token (REST).
     pub oauth_env: bool,
+    /// `checkpoint.timeout`.
+    pub checkpoint_timeout: String,
     /// `spec.sink.catalog.caFile`.
     pub ca_file: Option<PathBuf>,
 }
@@ -732,6 +734,7 @@ impl PipelineSpec {
             token: None,
             oauth_env: false,
             ca_file: None,
+            checkpoint_timeout: "60s".into(),
         }
     }
 
@@ -811,7 +814,7 @@ spec:
     writeProperties:
 {props}  checkpoint:
     interval: {interval}
-    timeout: 60s
+    timeout: {timeout}
   parallelism: {parallelism}
 {dl}{storage}"#,
             name = self.name,
@@ -847,6 +850,7 @@ spec:
                 .unwrap_or_default(),
             table = self.table,
             interval = self.interval,
+            timeout = self.checkpoint_timeout,
             starting = self.starting_offsets,
             parallelism = self.parallelism,
         )

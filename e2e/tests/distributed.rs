@@ -439,11 +439,27 @@ fn crash_test_workers_and_coordinator_killed_at_random() -> Result<()> {
         log.contains("checkpoint aborted"),
         "workers killed mid-checkpoint must have aborted checkpoints"
     );
-    wait_for_rows(&stack.spec, produced, Duration::from_secs(180))?;
+    let logs = || {
+        names
+            .iter()
+            .map(|n| {
+                let text = std::fs::read_to_string(stack.log(n)).unwrap_or_default();
+                let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                format!(
+                    "--- {n} (last lines)\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    wait_for_rows(&stack.spec, produced, Duration::from_secs(180))
+        .with_context(|| format!("{}\n{}", c.log_text(), logs()))?;
     assert!(
         c.stop(Duration::from_secs(60))?.success(),
-        "{}",
-        c.log_text()
+        "{}\n{}",
+        c.log_text(),
+        logs()
     );
     stack.assert_exactly_once(produced)
 }
@@ -467,4 +483,45 @@ fn under_a_deployment_a_finished_coordinator_waits_for_sigterm() -> Result<()> {
         c.log_text()
     );
     Ok(())
+}
+
+#[test]
+fn a_worker_alive_but_stuck_is_dropped_at_the_checkpoint_timeout() -> Result<()> {
+    let mut stack = Stack::start(4, 2)?;
+    stack.spec.checkpoint_timeout = "5s".into();
+    stack.spec.write(&stack.file)?;
+    let producer = BackgroundProducer::start(&stack.broker, "clicks", 4, 1000)?;
+    let mut c = stack.coordinator(&[])?;
+    let _w1 = stack.worker(&c, "w1")?;
+    // w2's worker thread hangs at its third barrier while its process keeps polling.
+    let w2 = Tidewater::worker_with(
+        &c.url(),
+        "w2",
+        &stack.log("w2"),
+        Some("worker.barrier@3:hang"),
+    )?;
+    wait_owning_workers(&c, 2, Duration::from_secs(60))?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !c.log_text().contains("not acknowledged within") {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no checkpoint timeout: {}",
+            c.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // It is forgotten, abandons the stuck thread and joins again; the job never stopped.
+    wait_owning_workers(&c, 2, Duration::from_secs(60))?;
+    assert!(c.try_wait().is_none(), "the coordinator must keep running");
+    let log = std::fs::read_to_string(stack.log("w2"))?;
+    assert!(log.contains("no longer knows this worker"), "{log}");
+    let produced = producer.finish()?;
+    wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
+    assert!(
+        c.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        c.log_text()
+    );
+    drop(w2);
+    stack.assert_exactly_once(produced)
 }

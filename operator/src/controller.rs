@@ -30,7 +30,7 @@ use tidewater_crds::IngestionPipeline;
 
 use crate::{
     children::{API_PORT, Names, children},
-    decide::{Decision, JobAction, Observed, decide},
+    decide::{Decision, FINALIZER, JobAction, Observed, decide},
     job_client::JobClient,
 };
 
@@ -211,6 +211,23 @@ pub async fn act(
         &Patch::Apply(patch),
     )
     .await?;
+    // The finalizer last: removing it lets a deletion complete.
+    if let Some(want) = d.finalizer {
+        let mut finalizers: Vec<String> = p
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
+        if want {
+            finalizers.push(FINALIZER.into());
+        }
+        let patch = serde_json::json!({
+            "metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}
+        });
+        api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
     Ok(Action::requeue(d.requeue))
 }
 

@@ -101,7 +101,13 @@ pub struct Decision {
     pub notes: Vec<Note>,
     /// When to look again.
     pub requeue: Duration,
+    /// The deletion finalizer: `Some(true)` ensure it is present, `Some(false)` remove it
+    /// (deletion may proceed), `None` leave it.
+    pub finalizer: Option<bool>,
 }
+
+/// Finalizer that holds a deletion until the final savepoint is taken.
+pub const FINALIZER: &str = "tidewater.dev/final-savepoint";
 
 const QUICK: Duration = Duration::from_secs(2);
 const STEADY: Duration = Duration::from_secs(15);
@@ -281,6 +287,12 @@ pub fn decide(p: &IngestionPipeline, obs: &Observed) -> Decision {
             cx.status.last_checkpoint.clone_from(&job.last_checkpoint);
         }
     }
+    if p.metadata.deletion_timestamp.is_some() {
+        return deleting(cx);
+    }
+    let has_finalizer = p.finalizers().iter().any(|f| f == FINALIZER);
+    let finalizer =
+        (p.spec.savepoint_on_deletion != has_finalizer).then_some(p.spec.savepoint_on_deletion);
     let (deploy, action, requeue) = step(&mut cx);
     if let Some((_, d)) = &deploy {
         cx.status.started_from = Some(start_text(&d.start));
@@ -292,6 +304,80 @@ pub fn decide(p: &IngestionPipeline, obs: &Observed) -> Decision {
         status: cx.status,
         notes: cx.notes,
         requeue,
+        finalizer,
+    }
+}
+
+/// Deletion: a final savepoint when `savepointOnDeletion` and the job runs, then the
+/// finalizer goes and the children are garbage-collected with the pipeline.
+fn deleting(mut cx: Ctx<'_>) -> Decision {
+    let done = |mut cx: Ctx<'_>| {
+        cx.status.operation = None;
+        Decision {
+            deploy: None,
+            action: None,
+            status: cx.status,
+            notes: cx.notes,
+            requeue: STEADY,
+            finalizer: Some(false),
+        }
+    };
+    let wants_savepoint =
+        cx.p.spec.savepoint_on_deletion && cx.p.finalizers().iter().any(|f| f == FINALIZER);
+    if !wants_savepoint {
+        return done(cx);
+    }
+    cx.status.lifecycle_state = Some(LifecycleState::Deleting);
+    let op = cx
+        .status
+        .operation
+        .clone()
+        .filter(|o| o.kind == OperationKind::Delete);
+    let job_running = cx.obs.job.as_ref().is_some_and(|j| j.state == "running");
+    match (op.and_then(|o| o.savepoint_id), &cx.obs.savepoint) {
+        (None, _) if job_running => {
+            cx.operation(OperationKind::Delete);
+            cx.note(
+                "Deleting",
+                "taking a final savepoint before deletion".into(),
+                false,
+            );
+            Decision {
+                deploy: None,
+                action: Some(JobAction::Savepoint { stop: true }),
+                status: cx.status,
+                notes: cx.notes,
+                requeue: QUICK,
+                finalizer: None,
+            }
+        }
+        (Some(id), Some(sp)) if sp.state == "completed" => {
+            let path = sp.path.clone().unwrap_or_default();
+            cx.push_savepoint(&id, &path, SavepointTrigger::Deletion);
+            cx.note(
+                "FinalSavepoint",
+                format!("savepoint {path}; deleting"),
+                false,
+            );
+            done(cx)
+        }
+        (Some(_), Some(sp)) if sp.state == "pending" => Decision {
+            deploy: None,
+            action: None,
+            status: cx.status,
+            notes: cx.notes,
+            requeue: QUICK,
+            finalizer: None,
+        },
+        _ => {
+            // No running job, or the savepoint failed or was lost: deletion must not hang.
+            cx.note(
+                "DeletedWithoutSavepoint",
+                "no final savepoint could be taken (job not running or savepoint failed); the newest checkpoint remains in the state location".into(),
+                true,
+            );
+            done(cx)
+        }
     }
 }
 
@@ -668,8 +754,8 @@ fn continue_operation(cx: &mut Ctx<'_>, op: &OperationStatus) -> Step {
             cx.note("SavepointCompleted", format!("savepoint {path}"), false);
             (keep(cx), None, STEADY)
         }
-        OperationKind::LastStateUpgrade | OperationKind::StatelessUpgrade => {
-            (keep(cx), None, QUICK)
-        }
+        OperationKind::LastStateUpgrade
+        | OperationKind::StatelessUpgrade
+        | OperationKind::Delete => (keep(cx), None, QUICK),
     }
 }

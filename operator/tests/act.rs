@@ -52,10 +52,15 @@ fn serve(mut handle: Handle) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Seen
                 body: body.clone(),
             });
             let mut answer = body;
-            if path.ends_with("/status") {
+            if path.contains("/ingestionpipelines/") {
                 // The API server answers with the whole object.
                 let mut whole = serde_json::to_value(fixture()).unwrap();
-                whole["status"] = answer["status"].clone();
+                if let Some(status) = answer.get("status") {
+                    whole["status"] = status.clone();
+                }
+                if let Some(f) = answer.pointer("/metadata/finalizers") {
+                    whole["metadata"]["finalizers"] = f.clone();
+                }
                 answer = whole;
             }
             if answer.get("metadata").is_none() {
@@ -308,5 +313,41 @@ async fn a_spec_that_validation_rejects_is_reported_not_deployed() {
             .unwrap()
             .contains("spec.checkpoint.interval"),
         "{degraded}"
+    );
+}
+
+#[tokio::test]
+async fn deletion_removes_the_finalizer_after_the_status() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(
+        Client::new(service, "analytics"),
+        Address::Fixed("http://127.0.0.1:9".into()),
+    );
+    let mut p = fixture();
+    p.metadata.finalizers = Some(vec![
+        tidewater_operator::decide::FINALIZER.into(),
+        "other/keep".into(),
+    ]);
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).unwrap(),
+    ));
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    let ns = "/namespaces/analytics";
+    assert_eq!(
+        paths(&seen),
+        vec![
+            format!("PATCH /apis/tidewater.dev/v1alpha1{ns}/ingestionpipelines/clicks/status"),
+            format!("PATCH /apis/tidewater.dev/v1alpha1{ns}/ingestionpipelines/clicks"),
+        ],
+        "nothing is deployed while deleting"
+    );
+    assert_eq!(
+        seen[1].body["metadata"]["finalizers"],
+        json!(["other/keep"])
     );
 }

@@ -495,3 +495,51 @@ fn the_autoscaler_rescales_live_within_bounds_after_its_window() {
     );
     assert_eq!(d.deploy.as_ref().unwrap().1.workers, 5);
 }
+
+#[test]
+fn deletion_takes_a_final_savepoint_then_lets_go() {
+    use tidewater_operator::decide::FINALIZER;
+    let mut p = deployed();
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    assert_eq!(d.finalizer, None, "no finalizer unless savepointOnDeletion");
+    edit(&mut p, |s| s.savepoint_on_deletion = true);
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(70)));
+    assert_eq!(d.finalizer, Some(true));
+    apply(&mut p, &d, "");
+    p.metadata.finalizers = Some(vec![FINALIZER.into()]);
+
+    p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).unwrap(),
+    ));
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(80)));
+    assert_eq!(d.action, Some(JobAction::Savepoint { stop: true }));
+    assert_eq!(lifecycle(&d), LifecycleState::Deleting);
+    assert!(d.deploy.is_none() && d.finalizer.is_none());
+    apply(&mut p, &d, "sp-final");
+    let d = decide(
+        &p,
+        &observe(
+            None,
+            completed("s3://lake/sp/sp-final.json"),
+            t0() + Span::seconds(85),
+        ),
+    );
+    assert_eq!(d.finalizer, Some(false), "deletion proceeds");
+    assert_eq!(
+        d.status.savepoints.last().unwrap().trigger,
+        SavepointTrigger::Deletion
+    );
+
+    // Without a running job the deletion must not hang.
+    let mut q = deployed();
+    edit(&mut q, |s| s.savepoint_on_deletion = true);
+    q.metadata.finalizers = Some(vec![FINALIZER.into()]);
+    q.metadata.deletion_timestamp = p.metadata.deletion_timestamp.clone();
+    let d = decide(&q, &observe(None, None, t0() + Span::seconds(90)));
+    assert_eq!(d.finalizer, Some(false));
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.reason == "DeletedWithoutSavepoint" && n.warning)
+    );
+}

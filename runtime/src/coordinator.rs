@@ -66,9 +66,6 @@ pub enum RunError {
         /// Its reason.
         reason: String,
     },
-    /// A checkpoint was not acknowledged in time.
-    #[error("checkpoint {0} timed out waiting for workers")]
-    CheckpointTimeout(u64),
     /// The requested start is refused.
     #[error("cannot start from savepoint: {0}")]
     Restore(String),
@@ -716,7 +713,22 @@ impl Coordinator {
         let mut acks: BTreeMap<WorkerId, WorkerAck> = BTreeMap::new();
         while acks.len() < participants.len() {
             let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Err(_) => return Err(RunError::CheckpointTimeout(checkpoint_id)),
+                Err(_) => {
+                    // A worker that is alive but does not answer (stuck I/O) is treated as
+                    // lost: it gets "gone" on its next request and starts over.
+                    let silent: Vec<WorkerId> = participants
+                        .iter()
+                        .filter(|w| !acks.contains_key(w))
+                        .copied()
+                        .collect();
+                    for &w in &silent {
+                        self.forget(w, "no acknowledgement within checkpoint.timeout");
+                    }
+                    return Ok(Collected::Aborted(format!(
+                        "checkpoint {checkpoint_id} not acknowledged within {:?} by worker(s) {silent:?}",
+                        self.config.checkpoint_timeout
+                    )));
+                }
                 Ok(None) => return Err(RunError::Setup("event stream closed".into())),
                 Ok(Some(e)) => e,
             };

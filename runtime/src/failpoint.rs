@@ -1,6 +1,7 @@
 //! Fail points for crash tests: `TIDEWATER_FAILPOINTS="name@N,other"` aborts the process
 //! (like `kill -9`: no cleanup, no final checkpoint) the Nth time `name` is reached (N = 1
-//! when omitted). Unset, each check is one relaxed atomic load.
+//! when omitted); `name@N:hang` blocks the thread that reaches it forever instead (a worker
+//! stuck in I/O while its process stays alive). Unset, each check is one relaxed atomic load.
 
 use std::{
     collections::HashMap,
@@ -20,12 +21,21 @@ pub mod points {
     pub const MID_COMMIT: &str = "commit.before-catalog-update";
     /// The table commit landed; consumer-group offsets are not yet written.
     pub const AFTER_COMMIT: &str = "commit.after-catalog-update";
+    /// A worker received a barrier and has not closed its files yet.
+    pub const WORKER_BARRIER: &str = "worker.barrier";
+}
+
+/// What a fail point does when it fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Abort,
+    Hang,
 }
 
 static ARMED: AtomicBool = AtomicBool::new(true);
-static CONFIG: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+static CONFIG: OnceLock<Mutex<HashMap<String, (u64, Action)>>> = OnceLock::new();
 
-fn config() -> &'static Mutex<HashMap<String, u64>> {
+fn config() -> &'static Mutex<HashMap<String, (u64, Action)>> {
     CONFIG.get_or_init(|| {
         let spec = std::env::var("TIDEWATER_FAILPOINTS").unwrap_or_default();
         let map = parse(&spec);
@@ -36,13 +46,19 @@ fn config() -> &'static Mutex<HashMap<String, u64>> {
     })
 }
 
-fn parse(spec: &str) -> HashMap<String, u64> {
+fn parse(spec: &str) -> HashMap<String, (u64, Action)> {
     spec.split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| match s.split_once('@') {
-            Some((name, n)) => (name.to_string(), n.parse().unwrap_or(1)),
-            None => (s.to_string(), 1),
+        .map(|s| {
+            let (s, action) = match s.strip_suffix(":hang") {
+                Some(rest) => (rest, Action::Hang),
+                None => (s, Action::Abort),
+            };
+            match s.split_once('@') {
+                Some((name, n)) => (name.to_string(), (n.parse().unwrap_or(1), action)),
+                None => (s.to_string(), (1, action)),
+            }
         })
         .collect()
 }
@@ -52,12 +68,29 @@ pub fn hit(name: &str) {
     if !ARMED.load(Ordering::Relaxed) {
         return;
     }
-    let mut map = config().lock().expect("failpoint lock");
-    if let Some(remaining) = map.get_mut(name) {
+    let action = {
+        let mut map = config().lock().expect("failpoint lock");
+        let Some((remaining, action)) = map.get_mut(name) else {
+            return;
+        };
         *remaining = remaining.saturating_sub(1);
-        if *remaining == 0 {
+        if *remaining > 0 {
+            return;
+        }
+        let action = *action;
+        map.remove(name);
+        action
+    };
+    match action {
+        Action::Abort => {
             eprintln!("tidewater: fail point {name} reached, aborting");
             std::process::abort();
+        }
+        Action::Hang => {
+            eprintln!("tidewater: fail point {name} reached, hanging this thread");
+            loop {
+                std::thread::park();
+            }
         }
     }
 }
@@ -66,10 +99,12 @@ pub fn hit(name: &str) {
 mod tests {
     #[test]
     fn parses_names_and_counts() {
-        let m = super::parse("a@3, b ,,c@x");
-        assert_eq!(m.get("a"), Some(&3));
-        assert_eq!(m.get("b"), Some(&1));
-        assert_eq!(m.get("c"), Some(&1));
-        assert_eq!(m.len(), 3);
+        use super::Action::{Abort, Hang};
+        let m = super::parse("a@3, b ,,c@x,d@2:hang");
+        assert_eq!(m.get("a"), Some(&(3, Abort)));
+        assert_eq!(m.get("b"), Some(&(1, Abort)));
+        assert_eq!(m.get("c"), Some(&(1, Abort)));
+        assert_eq!(m.get("d"), Some(&(2, Hang)));
+        assert_eq!(m.len(), 4);
     }
 }

@@ -229,7 +229,19 @@ async fn session(
     };
     stop_thread(&commands);
     drop(commands);
-    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    // A thread stuck in I/O must not keep this process from registering again: it can never
+    // commit anything (only the coordinator commits, and it forgot this session).
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || thread.join()),
+    )
+    .await;
+    if joined.is_err() {
+        tracing::warn!(
+            worker = id,
+            "worker thread did not stop within 10 s; leaving it behind"
+        );
+    }
     // Let the last events (e.g. a failure report) go out before the link is dropped.
     let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
     Ok(end)

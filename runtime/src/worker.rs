@@ -394,6 +394,7 @@ impl State {
     }
 
     fn barrier(&mut self, checkpoint_id: u64) -> Result<(), String> {
+        failpoint::hit(failpoint::points::WORKER_BARRIER);
         self.flush_batch()?;
         let (data_files, bytes) = match self.writer.take() {
             Some(w) => self
