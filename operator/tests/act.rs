@@ -104,6 +104,11 @@ async fn fake_coordinator() -> (String, Arc<Mutex<Vec<String>>>) {
                         "202 Accepted",
                         json!({"id": "sp-9", "state": "pending", "stop": body.contains("true")}),
                     )
+                } else if line.starts_with("GET /v1/savepoints/sp-9") {
+                    (
+                        "200 OK",
+                        json!({"id": "sp-9", "state": "completed", "stop": true, "path": "s3://lake/sp/sp-9.json", "checkpointId": 12}),
+                    )
                 } else if line.starts_with("POST /v1/parallelism") {
                     ("202 Accepted", json!({"workers": 4}))
                 } else {
@@ -350,4 +355,154 @@ async fn deletion_removes_the_finalizer_after_the_status() {
         seen[1].body["metadata"]["finalizers"],
         json!(["other/keep"])
     );
+}
+
+fn container_args(seen: &[Seen]) -> Vec<String> {
+    let dep = seen
+        .iter()
+        .find(|s| s.path.ends_with("deployments/clicks-coordinator"))
+        .unwrap();
+    dep.body["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+fn rendered_config(seen: &[Seen]) -> String {
+    let cm = seen
+        .iter()
+        .find(|s| s.path.ends_with("configmaps/clicks-config"))
+        .unwrap();
+    cm.body["data"]["pipeline.yaml"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test]
+async fn savepoint_upgrade_stops_with_a_savepoint_then_redeploys_from_it() {
+    let (url, calls) = fake_coordinator().await;
+    let mut p = running(&url);
+    p.spec.checkpoint.interval = "30s".into();
+    p.metadata.generation = Some(2);
+
+    // First reconcile: the old spec stays deployed, a savepoint with stop is requested.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(
+        Client::new(service, "analytics"),
+        Address::Fixed(url.clone()),
+    );
+    reconcile(Arc::new(DeserializeGuard(Ok(p.clone()))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let first = seen.lock().unwrap().clone();
+    assert!(
+        rendered_config(&first).contains("interval: 10s"),
+        "old spec until the savepoint"
+    );
+    assert!(container_args(&first).contains(&"--from-latest".to_string()));
+    let status = first.last().unwrap().body["status"].clone();
+    assert_eq!(status["operation"]["kind"], "savepoint-upgrade");
+    assert_eq!(status["operation"]["savepointId"], "sp-9");
+    assert!(
+        calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|c| c.starts_with("POST /v1/savepoints") && c.contains("\"stop\":true"))
+    );
+
+    // Second reconcile: the savepoint completed; the new spec is deployed from it.
+    p.status = Some(serde_json::from_value(status).unwrap());
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(Client::new(service, "analytics"), Address::Fixed(url));
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let second = seen.lock().unwrap().clone();
+    assert!(rendered_config(&second).contains("interval: 30s"));
+    let args = container_args(&second);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--from-savepoint", "s3://lake/sp/sp-9.json"]),
+        "{args:?}"
+    );
+    let status = &second.last().unwrap().body["status"];
+    assert_eq!(status["lifecycleState"], "Deploying");
+    assert_eq!(status["savepoints"][0]["trigger"], "upgrade");
+    assert!(status.get("operation").is_none() || status["operation"].is_null());
+}
+
+#[tokio::test]
+async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
+    use tidewater_operator::decide::{Observed, SavepointView, decide};
+    let (url, _calls) = fake_coordinator().await;
+    // Walk: running → upgrade (savepoint sp-9) → deployed from it, never Ready.
+    let mut p = running(&url);
+    p.spec.image = Some("ghcr.io/tidewater/runtime:broken".into());
+    p.metadata.generation = Some(2);
+    let start = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let obs = |job, savepoint, now| Observed {
+        job,
+        savepoint,
+        now,
+        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+    };
+    let running_job = Some(tidewater_operator::decide::JobView {
+        state: "running".into(),
+        active_workers: 2,
+        last_checkpoint: None,
+        total_lag: 0,
+        rows_committed: 0,
+        partitions: 4,
+    });
+    let mut d = decide(&p, &obs(running_job, None, start));
+    d.status.operation.as_mut().unwrap().savepoint_id = Some("sp-9".into());
+    p.status = Some(d.status);
+    let done = Some(SavepointView {
+        state: "completed".into(),
+        path: Some("s3://lake/sp/sp-9.json".into()),
+        reason: None,
+    });
+    p.status = Some(decide(&p, &obs(None, done, start + chrono::Duration::seconds(5))).status);
+
+    // Now (10 minutes later, upgradeTimeout 5m) the controller rolls back.
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    // The broken job never answers.
+    let ctx = context(
+        Client::new(service, "analytics"),
+        Address::Fixed("http://127.0.0.1:9".into()),
+    );
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    let seen = seen.lock().unwrap().clone();
+    let dep = seen
+        .iter()
+        .find(|s| s.path.ends_with("deployments/clicks-coordinator"))
+        .unwrap();
+    assert_eq!(
+        dep.body["spec"]["template"]["spec"]["containers"][0]["image"],
+        "ghcr.io/tidewater/runtime:0.1.0"
+    );
+    let args = container_args(&seen);
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--from-savepoint", "s3://lake/sp/sp-9.json"]),
+        "{args:?}"
+    );
+    let event = seen.iter().find(|s| s.path.contains("/events")).unwrap();
+    assert_eq!(event.body["type"], "Warning");
+    assert_eq!(event.body["reason"], "RollingBack");
+    let status = &seen.last().unwrap().body["status"];
+    assert_eq!(status["lifecycleState"], "RollingBack");
+    assert_eq!(status["rolledBackGeneration"], 2);
 }
