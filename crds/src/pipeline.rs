@@ -183,6 +183,10 @@ pub struct SourceSpec {
 /// Kafka source settings.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.topics) && size(self.topics) > 0) != has(self.topicPattern)",
+    "message": "set exactly one of topics and topicPattern"
+}]))]
 pub struct KafkaSourceSpec {
     /// Comma-separated `host:port` list of brokers.
     #[schemars(length(min = 1))]
@@ -190,6 +194,11 @@ pub struct KafkaSourceSpec {
     /// Topics to read. New partitions of these topics are picked up without a restart.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub topics: Vec<String>,
+    /// Instead of `topics`: a regular expression that whole topic names must match (Kafka's
+    /// pattern subscription); matching topics created later are read from `earliest` without
+    /// a restart. Internal topics (`__…`) and the dead-letter topic are never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_pattern: Option<String>,
     /// Where to start in partitions that have no checkpointed offset: `earliest`, `latest`,
     /// or an RFC 3339 timestamp (the first record at or after it). Partitions discovered while
     /// running always start at `earliest`, so nothing produced to them is missed.

@@ -53,6 +53,12 @@ const SECRET_PROPERTIES: &[&str] = &[
     "client.secret",
 ];
 
+/// Compiles a `topicPattern`, anchored: the whole topic name must match.
+pub fn topic_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    regex::Regex::new(&format!("^(?:{pattern})$"))
+        .map_err(|e| format!("`{pattern}` is not a regular expression: {e}"))
+}
+
 /// Checks a pipeline spec; an empty list means valid.
 pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
     let mut errors = Vec::new();
@@ -70,8 +76,21 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
             "must not be empty".into(),
         );
     }
-    if kafka.topics.is_empty() {
-        err("spec.source.kafka.topics", "list at least one topic".into());
+    match (&kafka.topic_pattern, kafka.topics.is_empty()) {
+        (None, true) => err(
+            "spec.source.kafka.topics",
+            "list at least one topic (or set topicPattern)".into(),
+        ),
+        (Some(_), false) => err(
+            "spec.source.kafka.topicPattern",
+            "set exactly one of topics and topicPattern".into(),
+        ),
+        (Some(pattern), true) => {
+            if let Err(e) = topic_pattern(pattern) {
+                err("spec.source.kafka.topicPattern", e);
+            }
+        }
+        (None, false) => {}
     }
     let mut seen = HashSet::new();
     for (i, topic) in kafka.topics.iter().enumerate() {
@@ -250,7 +269,13 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
     if let Some(dl) = &spec.dead_letter {
         if dl.topic.trim().is_empty() {
             err("spec.deadLetter.topic", "must not be empty".into());
-        } else if kafka.topics.contains(&dl.topic) {
+        } else if kafka.topics.contains(&dl.topic)
+            || kafka
+                .topic_pattern
+                .as_deref()
+                .and_then(|p| topic_pattern(p).ok())
+                .is_some_and(|re| re.is_match(&dl.topic))
+        {
             err(
                 "spec.deadLetter.topic",
                 format!(
@@ -440,6 +465,27 @@ mod tests {
                 .iter()
                 .any(|e| e.path == "spec.sink.catalog.auth" && e.reason.contains("rest")),
         );
+    }
+
+    #[test]
+    fn exactly_one_of_topics_and_a_valid_pattern() {
+        let mut spec = example().spec;
+        spec.source.kafka.topic_pattern = Some("clicks\\..*".into());
+        assert_eq!(paths(&spec), vec!["spec.source.kafka.topicPattern"]);
+        spec.source.kafka.topics.clear();
+        assert_eq!(validate(&spec), vec![]);
+        spec.source.kafka.topic_pattern = Some("clicks(".into());
+        let e = validate(&spec);
+        assert_eq!(e[0].path, "spec.source.kafka.topicPattern");
+        assert!(e[0].reason.contains("not a regular expression"), "{}", e[0]);
+        spec.source.kafka.topic_pattern = None;
+        assert_eq!(paths(&spec), vec!["spec.source.kafka.topics"]);
+        // The dead-letter topic must not match the pattern (bad records would loop).
+        spec.source.kafka.topic_pattern = Some("clicks.*".into());
+        let e = validate(&spec);
+        assert_eq!(e[0].path, "spec.deadLetter.topic", "{e:?}");
+        assert!(topic_pattern("a|b").unwrap().is_match("b"));
+        assert!(!topic_pattern("a|b").unwrap().is_match("ab"), "anchored");
     }
 
     #[test]

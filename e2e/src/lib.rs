@@ -705,6 +705,8 @@ pub struct PipelineSpec {
     pub oauth_env: bool,
     /// `checkpoint.timeout`.
     pub checkpoint_timeout: String,
+    /// `source.kafka.topicPattern` instead of the topic list.
+    pub topic_pattern: Option<String>,
     /// `spec.sink.catalog.caFile`.
     pub ca_file: Option<PathBuf>,
 }
@@ -735,6 +737,7 @@ impl PipelineSpec {
             oauth_env: false,
             ca_file: None,
             checkpoint_timeout: "60s".into(),
+            topic_pattern: None,
         }
     }
 
@@ -791,7 +794,7 @@ spec:
   source:
     kafka:
       bootstrapServers: {bootstrap}
-      topics: [{topics}]
+      {topics}
       startingOffsets: "{starting}"
       partitionDiscoveryInterval: 2s
   format:
@@ -819,11 +822,17 @@ spec:
 {dl}{storage}"#,
             name = self.name,
             bootstrap = self.bootstrap,
-            topics = std::iter::once(&self.topic)
-                .chain(&self.extra_topics)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", "),
+            topics = match &self.topic_pattern {
+                Some(p) => format!("topicPattern: '{p}'"),
+                None => format!(
+                    "topics: [{}]",
+                    std::iter::once(&self.topic)
+                        .chain(&self.extra_topics)
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
             uri = self.catalog_uri,
             warehouse = self.warehouse_text(),
             catalog_type = self.catalog_type,

@@ -389,3 +389,45 @@ fn run_mode_rescales_live_and_stops_with_a_savepoint() -> Result<()> {
     assert_eq!((view.duckdb_rows, view.duckdb_distinct), (5000, 5000));
     Ok(())
 }
+
+#[test]
+fn a_topic_pattern_reads_matching_topics_including_new_ones() -> Result<()> {
+    let broker = Broker::start()?;
+    broker.create_topic("clicks.web", 2)?;
+    broker.create_topic("views", 1)?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "unused");
+    spec.topic_pattern = Some(r"clicks\..*".into());
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let producer = broker.producer()?;
+    producer.send_events("clicks.web", 2, 0..300)?;
+    producer.send_events("views", 1, 300..400)?;
+    producer.flush()?;
+    let mut tw = Tidewater::start(&file, &dir.path().join("tw.log"), None)?;
+    tw.wait_healthy(Duration::from_secs(30))?;
+    wait_for_rows(&spec, 300, LONG)?;
+    // A matching topic created while running is picked up without a restart.
+    broker.create_topic("clicks.app", 2)?;
+    producer.send_events("clicks.app", 2, 400..600)?;
+    producer.flush()?;
+    wait_for_rows(&spec, 500, LONG)?;
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        tw.stop(Duration::from_secs(30))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    let view = spec.inspect()?;
+    assert_eq!(
+        (
+            view.pyiceberg_rows,
+            view.pyiceberg_distinct,
+            view.duckdb_rows,
+            view.duckdb_distinct
+        ),
+        (500, 500, 500, 500),
+        "all of clicks.web and clicks.app, nothing of views"
+    );
+    Ok(())
+}

@@ -62,8 +62,10 @@ pub struct PipelineConfig {
     pub uid: String,
     /// Source brokers.
     pub bootstrap_servers: String,
-    /// Subscribed topics.
+    /// Subscribed topics (empty with a pattern).
     pub topics: Vec<String>,
+    /// Pattern subscription, anchored.
+    pub topic_pattern: Option<regex::Regex>,
     /// Start position for partitions without a checkpoint.
     pub starting_offsets: StartingOffsets,
     /// How often to look for new partitions.
@@ -206,6 +208,10 @@ impl PipelineConfig {
             uid: resource.pipeline_uid(),
             bootstrap_servers: kafka.bootstrap_servers.clone(),
             topics: kafka.topics.clone(),
+            topic_pattern: kafka
+                .topic_pattern
+                .as_deref()
+                .map(|p| tidewater_crds::validate::topic_pattern(p).expect("validated")),
             starting_offsets: StartingOffsets::parse(&kafka.starting_offsets).expect("validated"),
             discovery_interval: parse_duration(&kafka.partition_discovery_interval)
                 .expect("validated"),
@@ -252,6 +258,18 @@ impl PipelineConfig {
             name,
             resource,
         })
+    }
+
+    /// Whether `topic` is read: listed, or matching the pattern (never internal topics or the
+    /// dead-letter topic).
+    pub fn reads(&self, topic: &str) -> bool {
+        if self.dead_letter.as_ref().is_some_and(|d| d.topic == topic) {
+            return false;
+        }
+        match &self.topic_pattern {
+            Some(re) => !topic.starts_with("__") && re.is_match(topic),
+            None => self.topics.iter().any(|t| t == topic),
+        }
     }
 
     /// `namespace.table` as written.

@@ -179,6 +179,8 @@ pub struct Coordinator {
     lag: BTreeMap<TopicPartition, i64>,
     rows_committed: u64,
     aborted: u64,
+    /// Whether a discovery has completed (topics matching a pattern later start at earliest).
+    discovered: bool,
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -279,6 +281,7 @@ impl Coordinator {
             lag: BTreeMap::new(),
             rows_committed: 0,
             aborted: 0,
+            discovered: false,
             config,
         };
         if coordinator.options.local_workers {
@@ -358,10 +361,24 @@ impl Coordinator {
                     tracing::info!(savepoint = %savepoint.id, "savepoint already restored by an earlier run of this deployment: continuing from the newest checkpoint");
                     return Ok(latest(records));
                 }
+                // With a pattern, the topics read are those of the savepoint that still match.
+                let topics: Vec<String> = config
+                    .topics
+                    .iter()
+                    .cloned()
+                    .chain(
+                        savepoint
+                            .checkpoint
+                            .offsets
+                            .keys()
+                            .filter(|t| config.reads(t))
+                            .cloned(),
+                    )
+                    .collect();
                 let target = RestoreTarget {
                     uid: &config.uid,
                     table: table_key,
-                    topics: &config.topics,
+                    topics: &topics,
                     allow_non_restored_state: options.allow_non_restored_state,
                 };
                 let restored =
@@ -668,24 +685,26 @@ impl Coordinator {
     /// was already checkpointed start at `earliest`.
     async fn discover(&mut self) -> Result<(), RunError> {
         let found = {
-            let (admin, topics) = (self.admin.clone(), self.config.topics.clone());
-            blocking(move || kafka::discover_partitions(&admin, &topics))
-                .await
-                .map_err(|e| RunError::Kafka(format!("metadata: {e}")))?
+            let (admin, config) = (self.admin.clone(), self.config.clone());
+            blocking(move || {
+                kafka::discover_partitions(&admin, &config.topics, |t| config.reads(t))
+            })
+            .await
+            .map_err(|e| RunError::Kafka(format!("metadata: {e}")))?
         };
         let new: Vec<TopicPartition> = found
             .into_iter()
             .filter(|tp| !self.partitions.contains(tp))
             .collect();
         if new.is_empty() {
+            self.discovered = true;
             return Ok(());
         }
         for tp in &new {
             if get_offset(&self.offsets, &tp.topic, tp.partition).is_none() {
-                let policy = start_policy(
-                    self.offsets.contains_key(&tp.topic),
-                    self.config.starting_offsets,
-                );
+                let known = self.offsets.contains_key(&tp.topic)
+                    || (self.config.topic_pattern.is_some() && self.discovered);
+                let policy = start_policy(known, self.config.starting_offsets);
                 let (admin, tp2) = (self.admin.clone(), tp.clone());
                 let start = blocking(move || kafka::resolve_start(&admin, &tp2, policy))
                     .await
@@ -699,6 +718,7 @@ impl Coordinator {
             }
             self.partitions.insert(tp.clone());
         }
+        self.discovered = true;
         self.assign_unowned()?;
         self.publish_current();
         Ok(())
@@ -966,7 +986,13 @@ impl Coordinator {
                 created_at: chrono::Utc::now().to_rfc3339(),
                 pipeline_uid: self.config.uid.clone(),
                 table: self.table_key.clone(),
-                topics: self.config.topics.clone(),
+                topics: self
+                    .partitions
+                    .iter()
+                    .map(|tp| tp.topic.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
                 checkpoint: record,
             };
             match self.store.write_savepoint(&savepoint).await {

@@ -53,15 +53,23 @@ pub fn admin_consumer(config: &PipelineConfig) -> Result<BaseConsumer, KafkaErro
     consumer_config(config).create()
 }
 
-/// All partitions of the subscribed topics that exist now (missing topics are skipped).
+/// All partitions of the subscribed topics that exist now (missing topics are skipped); with
+/// a pattern, of every topic `reads` accepts.
 pub fn discover_partitions(
     consumer: &BaseConsumer,
     topics: &[String],
+    reads: impl Fn(&str) -> bool,
 ) -> Result<Vec<TopicPartition>, KafkaError> {
     let mut out = Vec::new();
-    for topic in topics {
-        let metadata = consumer.fetch_metadata(Some(topic), META_TIMEOUT)?;
-        for t in metadata.topics() {
+    let queries: Vec<Option<&str>> = if topics.is_empty() {
+        vec![None]
+    } else {
+        topics.iter().map(|t| Some(t.as_str())).collect()
+    };
+    for topic in queries {
+        let metadata = consumer.fetch_metadata(topic, META_TIMEOUT)?;
+        for t in metadata.topics().iter().filter(|t| reads(t.name())) {
+            let topic = t.name();
             if t.error().is_some() {
                 tracing::debug!(topic, error = ?t.error(), "topic not available yet");
                 continue;
