@@ -470,7 +470,7 @@ mod tests {
     #[test]
     fn exactly_one_of_topics_and_a_valid_pattern() {
         let mut spec = example().spec;
-        spec.source.kafka.topic_pattern = Some("clicks\\..*".into());
+        spec.source.kafka.topic_pattern = Some("clicks\\.(web|app)".into());
         assert_eq!(paths(&spec), vec!["spec.source.kafka.topicPattern"]);
         spec.source.kafka.topics.clear();
         assert_eq!(validate(&spec), vec![]);
