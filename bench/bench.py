@@ -13,12 +13,9 @@ measures in the same run:
 import argparse
 import json
 import os
-import re
 import signal
 import socket
-import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -60,6 +57,14 @@ def metric(port, name):
         if line.startswith(name + " "):
             return float(line.split()[-1])
     return None
+
+
+def start_broker():
+    """A Tansu memory broker on a free port: (process, bootstrap address)."""
+    bootstrap = f"127.0.0.1:{free_port()}"
+    url = f"tcp://{bootstrap}"
+    broker = subprocess.Popen([str(ROOT / "bin/tansu"), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return broker, bootstrap
 
 
 def pct(values, p):
@@ -154,10 +159,7 @@ def main():
     args = ap.parse_args()
     bins = args.bin
     work = Path(tempfile.mkdtemp(prefix="tw-bench-"))
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    url = f"tcp://{bootstrap}"
-    broker = subprocess.Popen([str(ROOT / "bin/tansu"), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker, bootstrap = start_broker()
     results = {"events": args.events, "machine": {"cores": os.cpu_count()}}
     try:
         time.sleep(1.0)

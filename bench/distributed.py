@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import ROOT, PY, free_port, metric, pct, proc_cpu, spec_yaml
+from bench import ROOT, PY, free_port, metric, pct, proc_cpu, spec_yaml, start_broker
 
 HEARTBEAT = "3s"
 
@@ -260,10 +260,7 @@ def main():
     args = ap.parse_args()
     bins = args.bin
     work = Path(tempfile.mkdtemp(prefix="tw-dbench-"))
-    port = free_port()
-    bootstrap = f"127.0.0.1:{port}"
-    url = f"tcp://{bootstrap}"
-    broker = subprocess.Popen([str(ROOT / "bin/tansu"), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker, bootstrap = start_broker()
     results = {"events": args.events}
     try:
         time.sleep(1.0)

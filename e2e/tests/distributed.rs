@@ -67,6 +67,20 @@ impl Stack {
         Tidewater::worker(&coordinator.url(), name, &self.log(name))
     }
 
+    /// Stops the producer, waits until everything landed, stops the coordinator cleanly and
+    /// checks exactly-once; returns how many events were produced.
+    fn finish(&self, producer: BackgroundProducer, c: &mut Tidewater) -> Result<u64> {
+        let produced = producer.finish()?;
+        wait_for_rows(&self.spec, produced, Duration::from_secs(120))?;
+        assert!(
+            c.stop(Duration::from_secs(60))?.success(),
+            "{}",
+            c.log_text()
+        );
+        self.assert_exactly_once(produced)?;
+        Ok(produced)
+    }
+
     fn assert_exactly_once(&self, produced: u64) -> Result<()> {
         let view = self.spec.inspect()?;
         assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
@@ -265,14 +279,7 @@ fn savepoint_stop_change_and_restore() -> Result<()> {
     );
     wait_owning_workers(&c, 3, Duration::from_secs(60))?;
 
-    let produced = producer.finish()?;
-    wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
-    assert!(
-        c.stop(Duration::from_secs(60))?.success(),
-        "{}",
-        c.log_text()
-    );
-    stack.assert_exactly_once(produced)?;
+    stack.finish(producer, &mut c)?;
     let codecs: std::collections::BTreeSet<String> = stack
         .spec
         .data_files()?
@@ -321,14 +328,7 @@ fn a_worker_cut_off_from_the_coordinator_never_commits() -> Result<()> {
     );
     assert!(c.metric("tidewater_workers_lost_total").unwrap_or(0.0) >= 1.0);
 
-    let produced = producer.finish()?;
-    wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
-    assert!(
-        c.stop(Duration::from_secs(60))?.success(),
-        "{}",
-        c.log_text()
-    );
-    stack.assert_exactly_once(produced)?;
+    stack.finish(producer, &mut c)?;
     // None of the files the cut-off worker wrote after its last acknowledged barrier is in
     // the table (file names carry worker id and checkpoint).
     assert!(
@@ -515,13 +515,7 @@ fn a_worker_alive_but_stuck_is_dropped_at_the_checkpoint_timeout() -> Result<()>
     assert!(c.try_wait().is_none(), "the coordinator must keep running");
     let log = std::fs::read_to_string(stack.log("w2"))?;
     assert!(log.contains("no longer knows this worker"), "{log}");
-    let produced = producer.finish()?;
-    wait_for_rows(&stack.spec, produced, Duration::from_secs(120))?;
-    assert!(
-        c.stop(Duration::from_secs(60))?.success(),
-        "{}",
-        c.log_text()
-    );
+    stack.finish(producer, &mut c)?;
     drop(w2);
-    stack.assert_exactly_once(produced)
+    Ok(())
 }

@@ -126,6 +126,18 @@ async fn fake_coordinator() -> (String, Arc<Mutex<Vec<String>>>) {
     (url, calls)
 }
 
+/// One reconcile of `p` against the mock API server; returns the requests it made.
+async fn reconcile_against(p: IngestionPipeline, coordinator: Address) -> Vec<Seen> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let (task, seen) = serve(handle);
+    let ctx = context(Client::new(service, "analytics"), coordinator);
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
+        .await
+        .unwrap();
+    task.abort();
+    seen.lock().unwrap().clone()
+}
+
 fn paths(seen: &[Seen]) -> Vec<String> {
     seen.iter()
         .map(|s| format!("{} {}", s.method, s.path))
@@ -134,16 +146,8 @@ fn paths(seen: &[Seen]) -> Vec<String> {
 
 #[tokio::test]
 async fn create_applies_children_in_order_then_writes_status() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let client = Client::new(service, "analytics");
     // Nothing answers at this address: the job is not running yet.
-    let ctx = context(client, Address::Fixed("http://127.0.0.1:9".into()));
-    reconcile(Arc::new(DeserializeGuard(Ok(fixture()))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let seen = seen.lock().unwrap().clone();
+    let seen = reconcile_against(fixture(), Address::Fixed("http://127.0.0.1:9".into())).await;
     let p = paths(&seen);
     let ns = "/namespaces/analytics";
     assert_eq!(
@@ -186,7 +190,7 @@ async fn create_applies_children_in_order_then_writes_status() {
 }
 
 /// A pipeline that went through create and became Running (status as the API server holds it).
-fn running(url: &str) -> IngestionPipeline {
+fn running() -> IngestionPipeline {
     use tidewater_operator::decide::{JobView, Observed, decide};
     let mut p = fixture();
     let obs = |job| Observed {
@@ -205,27 +209,16 @@ fn running(url: &str) -> IngestionPipeline {
         partitions: 4,
     };
     p.status = Some(decide(&p, &obs(Some(job))).status);
-    let _ = url;
     p
 }
 
 #[tokio::test]
 async fn rescale_tells_the_coordinator_and_scales_the_workers() {
     let (url, calls) = fake_coordinator().await;
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let ctx = context(
-        Client::new(service, "analytics"),
-        Address::Fixed(url.clone()),
-    );
-    let mut p = running(&url);
+    let mut p = running();
     p.spec.parallelism = 4;
     p.metadata.generation = Some(2);
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let seen = seen.lock().unwrap().clone();
+    let seen = reconcile_against(p, Address::Fixed(url)).await;
     let sts = seen
         .iter()
         .find(|s| s.path.ends_with("statefulsets/clicks-workers"))
@@ -254,18 +247,9 @@ async fn rescale_tells_the_coordinator_and_scales_the_workers() {
 #[tokio::test]
 async fn suspend_requests_a_stop_savepoint_and_records_its_id() {
     let (url, calls) = fake_coordinator().await;
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let ctx = context(
-        Client::new(service, "analytics"),
-        Address::Fixed(url.clone()),
-    );
-    let mut p = running(&url);
+    let mut p = running();
     p.spec.state = tidewater_crds::deploy::JobState::Suspended;
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
-        .await
-        .unwrap();
-    task.abort();
+    let seen = reconcile_against(p, Address::Fixed(url)).await;
     let calls = calls.lock().unwrap().clone();
     assert!(
         calls
@@ -273,7 +257,6 @@ async fn suspend_requests_a_stop_savepoint_and_records_its_id() {
             .any(|c| c.starts_with("POST /v1/savepoints") && c.contains("\"stop\":true")),
         "{calls:?}"
     );
-    let seen = seen.lock().unwrap().clone();
     let status = &seen.last().unwrap().body["status"];
     assert_eq!(status["operation"]["kind"], "suspend");
     assert_eq!(status["operation"]["savepointId"], "sp-9");
@@ -287,19 +270,9 @@ async fn suspend_requests_a_stop_savepoint_and_records_its_id() {
 
 #[tokio::test]
 async fn a_spec_that_validation_rejects_is_reported_not_deployed() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let ctx = context(
-        Client::new(service, "analytics"),
-        Address::Fixed("http://127.0.0.1:9".into()),
-    );
     let mut p = fixture();
     p.spec.checkpoint.interval = "soon".into();
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let seen = seen.lock().unwrap().clone();
+    let seen = reconcile_against(p, Address::Fixed("http://127.0.0.1:9".into())).await;
     assert!(
         seen.iter()
             .all(|s| !s.path.contains("/deployments/") && !s.path.contains("/statefulsets/"))
@@ -323,12 +296,6 @@ async fn a_spec_that_validation_rejects_is_reported_not_deployed() {
 
 #[tokio::test]
 async fn deletion_removes_the_finalizer_after_the_status() {
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let ctx = context(
-        Client::new(service, "analytics"),
-        Address::Fixed("http://127.0.0.1:9".into()),
-    );
     let mut p = fixture();
     p.metadata.finalizers = Some(vec![
         tidewater_operator::decide::FINALIZER.into(),
@@ -337,11 +304,7 @@ async fn deletion_removes_the_finalizer_after_the_status() {
     p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
         k8s_openapi::jiff::Timestamp::from_second(1_790_000_000).unwrap(),
     ));
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let seen = seen.lock().unwrap().clone();
+    let seen = reconcile_against(p, Address::Fixed("http://127.0.0.1:9".into())).await;
     let ns = "/namespaces/analytics";
     assert_eq!(
         paths(&seen),
@@ -384,22 +347,12 @@ fn rendered_config(seen: &[Seen]) -> String {
 #[tokio::test]
 async fn savepoint_upgrade_stops_with_a_savepoint_then_redeploys_from_it() {
     let (url, calls) = fake_coordinator().await;
-    let mut p = running(&url);
+    let mut p = running();
     p.spec.checkpoint.interval = "30s".into();
     p.metadata.generation = Some(2);
 
     // First reconcile: the old spec stays deployed, a savepoint with stop is requested.
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let ctx = context(
-        Client::new(service, "analytics"),
-        Address::Fixed(url.clone()),
-    );
-    reconcile(Arc::new(DeserializeGuard(Ok(p.clone()))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let first = seen.lock().unwrap().clone();
+    let first = reconcile_against(p.clone(), Address::Fixed(url.clone())).await;
     assert!(
         rendered_config(&first).contains("interval: 10s"),
         "old spec until the savepoint"
@@ -418,14 +371,7 @@ async fn savepoint_upgrade_stops_with_a_savepoint_then_redeploys_from_it() {
 
     // Second reconcile: the savepoint completed; the new spec is deployed from it.
     p.status = Some(serde_json::from_value(status).unwrap());
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
-    let ctx = context(Client::new(service, "analytics"), Address::Fixed(url));
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let second = seen.lock().unwrap().clone();
+    let second = reconcile_against(p, Address::Fixed(url)).await;
     assert!(rendered_config(&second).contains("interval: 30s"));
     let args = container_args(&second);
     assert!(
@@ -442,9 +388,8 @@ async fn savepoint_upgrade_stops_with_a_savepoint_then_redeploys_from_it() {
 #[tokio::test]
 async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
     use tidewater_operator::decide::{Observed, SavepointView, decide};
-    let (url, _calls) = fake_coordinator().await;
     // Walk: running → upgrade (savepoint sp-9) → deployed from it, never Ready.
-    let mut p = running(&url);
+    let mut p = running();
     p.spec.image = Some("ghcr.io/tidewater/runtime:broken".into());
     p.metadata.generation = Some(2);
     let start = chrono::Utc::now() - chrono::Duration::minutes(10);
@@ -473,18 +418,8 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
     p.status = Some(decide(&p, &obs(None, done, start + chrono::Duration::seconds(5))).status);
 
     // Now (10 minutes later, upgradeTimeout 5m) the controller rolls back.
-    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
     // The broken job never answers.
-    let ctx = context(
-        Client::new(service, "analytics"),
-        Address::Fixed("http://127.0.0.1:9".into()),
-    );
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
-        .await
-        .unwrap();
-    task.abort();
-    let seen = seen.lock().unwrap().clone();
+    let seen = reconcile_against(p, Address::Fixed("http://127.0.0.1:9".into())).await;
     let dep = seen
         .iter()
         .find(|s| s.path.ends_with("deployments/clicks-coordinator"))

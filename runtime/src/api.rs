@@ -315,10 +315,11 @@ async fn register(State(s): State<Arc<Shared>>, Json(req): Json<RegisterRequest>
             "the coordinator is still recovering",
         );
     };
-    if s.state() != "running" && s.state() != "savepointing" {
+    let state = s.state();
+    if state != "running" && state != "savepointing" {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("the job is {}", s.state()),
+            format!("the job is {state}"),
         );
     }
     let worker_id = s.hub.register_remote(&req.name);

@@ -184,6 +184,16 @@ pub struct Recovery {
     pub origin: Option<String>,
 }
 
+/// The highest checkpoint id in the records or the table (0 when none): ids are never reused.
+pub fn max_checkpoint_id(records: &[CheckpointRecord], last: Option<&CommittedState>) -> u64 {
+    records
+        .iter()
+        .map(|r| r.checkpoint_id)
+        .chain(last.map(|l| l.checkpoint_id))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Chooses the restart point from the durable records (any order) and the table's newest
 /// commit of this pipeline. The table is the truth: a record that contradicts it (written by
 /// a stale writer) is skipped.
@@ -194,12 +204,7 @@ pub fn decide_recovery(
 ) -> Recovery {
     let mut sorted: Vec<&CheckpointRecord> = records.iter().collect();
     sorted.sort_by_key(|r| std::cmp::Reverse(r.checkpoint_id));
-    let max_seen = records
-        .iter()
-        .map(|r| r.checkpoint_id)
-        .chain(last.map(|l| l.checkpoint_id))
-        .max()
-        .unwrap_or(0);
+    let max_seen = max_checkpoint_id(records, last);
     let table_offsets = last.map(|l| l.offsets.clone()).unwrap_or_default();
     let mut skipped = Vec::new();
     for record in sorted {

@@ -24,7 +24,7 @@ use crate::{
     assignment::plan_assignment,
     checkpoint::{
         CheckpointRecord, CommittedState, Recovery, TableCommitPlan, decide_recovery,
-        render_offsets,
+        max_checkpoint_id, render_offsets,
     },
     config::PipelineConfig,
     failpoint,
@@ -335,12 +335,7 @@ impl Coordinator {
                 origin,
             }
         };
-        let max_seen = records
-            .iter()
-            .map(|r| r.checkpoint_id)
-            .chain(last.map(|l| l.checkpoint_id))
-            .max()
-            .unwrap_or(0);
+        let max_seen = max_checkpoint_id(records, last);
         match &options.start {
             StartMode::Latest => Ok(latest(records)),
             StartMode::Fresh => {
@@ -633,35 +628,31 @@ impl Coordinator {
                 start,
             );
         }
-        for (w, partitions) in per_worker {
-            tracing::info!(worker = w, partitions = %render_offsets(&partitions), "assigning");
-            if self
-                .hub
-                .send(
-                    w,
-                    ToWorker::Assign {
-                        partitions: partitions.clone(),
-                    },
-                )
-                .is_ok()
-            {
-                for (topic, parts) in &partitions {
-                    for &p in parts.keys() {
-                        self.owner.insert(
-                            TopicPartition {
-                                topic: topic.clone(),
-                                partition: p,
-                            },
-                            w,
-                        );
-                    }
-                }
-            }
-        }
+        self.give(per_worker, "assigning");
         if self.owner.iter().any(|(tp, w)| plan.get(tp) != Some(w)) {
             self.rebalance = true;
         }
         Ok(())
+    }
+
+    /// Tells each worker to start reading these partitions at these offsets and records it as
+    /// their owner (a worker that is gone owns nothing: the partitions stay unowned).
+    fn give(&mut self, per_worker: BTreeMap<WorkerId, Offsets>, what: &str) {
+        for (w, partitions) in per_worker {
+            tracing::info!(worker = w, partitions = %render_offsets(&partitions), "{what}");
+            let tps: Vec<TopicPartition> = partitions
+                .iter()
+                .flat_map(|(topic, parts)| {
+                    parts.keys().map(|&partition| TopicPartition {
+                        topic: topic.clone(),
+                        partition,
+                    })
+                })
+                .collect();
+            if self.hub.send(w, ToWorker::Assign { partitions }).is_ok() {
+                self.owner.extend(tps.into_iter().map(|tp| (tp, w)));
+            }
+        }
     }
 
     /// Sends Stop to every member and waits for local threads and for remote workers to
@@ -1051,31 +1042,7 @@ impl Coordinator {
             self.rebalance = false;
             return;
         }
-        for (w, partitions) in per_worker {
-            tracing::info!(worker = w, partitions = %render_offsets(&partitions), "moving partitions");
-            if self
-                .hub
-                .send(
-                    w,
-                    ToWorker::Assign {
-                        partitions: partitions.clone(),
-                    },
-                )
-                .is_ok()
-            {
-                for (topic, parts) in &partitions {
-                    for &p in parts.keys() {
-                        self.owner.insert(
-                            TopicPartition {
-                                topic: topic.clone(),
-                                partition: p,
-                            },
-                            w,
-                        );
-                    }
-                }
-            }
-        }
+        self.give(per_worker, "moving partitions");
         let pause = barrier_sent.elapsed();
         self.metrics.rescale_pause.observe(pause.as_secs_f64());
         tracing::info!(pause_ms = pause.as_secs_f64() * 1000.0, "partitions moved");

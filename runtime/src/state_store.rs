@@ -231,36 +231,50 @@ impl StateStore {
 
     /// Loads every complete record of `uid` (order unspecified).
     pub async fn load_all(&self, uid: &str) -> Result<Vec<CheckpointRecord>, StateError> {
-        let mut records = Vec::new();
+        Ok(self
+            .listed(uid)
+            .await?
+            .into_iter()
+            .filter_map(|(_, r)| r)
+            .collect())
+    }
+
+    /// Every record file with its record when it is a complete one of `uid`.
+    async fn listed(
+        &self,
+        uid: &str,
+    ) -> Result<Vec<(String, Option<CheckpointRecord>)>, StateError> {
+        let mut out = Vec::new();
         for (name, bytes) in self.list("checkpoints").await? {
-            match serde_json::from_slice::<CheckpointRecord>(&bytes) {
-                Ok(r) if r.pipeline_uid == uid => records.push(r),
-                Ok(_) => {}
+            let record = match serde_json::from_slice::<CheckpointRecord>(&bytes) {
+                Ok(r) if r.pipeline_uid == uid => Some(r),
+                Ok(_) => None,
                 Err(e) => {
-                    tracing::warn!(file = %name, error = %e, "ignoring incomplete checkpoint record")
+                    tracing::warn!(file = %name, error = %e, "ignoring incomplete checkpoint record");
+                    None
                 }
-            }
+            };
+            out.push((name, record));
         }
-        Ok(records)
+        Ok(out)
     }
 
     /// Keeps the `keep` newest complete records of `uid` and deletes every record file
     /// (complete or torn) older than the oldest one kept.
     pub async fn prune(&self, uid: &str, keep: usize) -> Result<usize, StateError> {
-        let mut ids: Vec<u64> = self
-            .load_all(uid)
-            .await?
+        let listed = self.listed(uid).await?;
+        let mut ids: Vec<u64> = listed
             .iter()
-            .map(|r| r.checkpoint_id)
+            .filter_map(|(_, r)| r.as_ref().map(|r| r.checkpoint_id))
             .collect();
         ids.sort_unstable();
         let Some(&oldest_kept) = ids.len().checked_sub(keep.max(1)).and_then(|i| ids.get(i)) else {
             return Ok(0);
         };
         let mut removed = 0;
-        for (name, _) in self.list("checkpoints").await? {
-            if record_id(&name).is_some_and(|id| id < oldest_kept) {
-                self.remove("checkpoints", &name).await?;
+        for (name, _) in &listed {
+            if record_id(name).is_some_and(|id| id < oldest_kept) {
+                self.remove("checkpoints", name).await?;
                 removed += 1;
             }
         }
