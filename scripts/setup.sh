@@ -12,6 +12,8 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 apt_pkgs=()
 command -v mold >/dev/null 2>&1 || apt_pkgs+=(mold)
 command -v cc >/dev/null 2>&1 || apt_pkgs+=(build-essential)
+# OpenSSL headers for librdkafka's TLS and SASL/SCRAM support (rdkafka feature `ssl`).
+[ -f /usr/include/openssl/ssl.h ] || apt_pkgs+=(libssl-dev pkg-config)
 # PostgreSQL server binaries for the Postgres catalog test.
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_pkgs+=(postgresql)

@@ -208,10 +208,142 @@ pub struct KafkaSourceSpec {
     #[serde(default = "default_discovery_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub partition_discovery_interval: String,
-    /// Extra librdkafka consumer properties (e.g. `security.protocol`, `fetch.max.bytes`).
-    /// `enable.auto.commit`, `group.id` and `auto.offset.reset` are managed by Tidewater.
+    /// How to connect: TLS and SASL, with secrets read from mounted files or the environment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security: Option<KafkaSecuritySpec>,
+    /// Extra librdkafka consumer properties (e.g. `fetch.max.bytes`). `enable.auto.commit`,
+    /// `group.id` and `auto.offset.reset` are managed by Tidewater; secrets (`sasl.password`,
+    /// `ssl.key.password` ...) are refused: use `security`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+}
+
+/// Kafka connection security (the dead-letter producer uses the same).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.sasl) == (self.protocol == 'SASL_PLAINTEXT' || self.protocol == 'SASL_SSL')",
+        "message": "sasl is required with protocol SASL_PLAINTEXT or SASL_SSL and not allowed otherwise"
+    },
+    {
+        "rule": "!has(self.tls) || self.protocol == 'SSL' || self.protocol == 'SASL_SSL'",
+        "message": "tls needs protocol SSL or SASL_SSL"
+    }
+]))]
+pub struct KafkaSecuritySpec {
+    /// `PLAINTEXT`, `SSL`, `SASL_PLAINTEXT` or `SASL_SSL` (Kafka's `security.protocol`).
+    pub protocol: KafkaProtocol,
+    /// TLS settings (with `SSL` / `SASL_SSL`); without them the system trust store is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<KafkaTlsSpec>,
+    /// SASL authentication (with `SASL_PLAINTEXT` / `SASL_SSL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sasl: Option<KafkaSaslSpec>,
+}
+
+/// Kafka's `security.protocol` values.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum KafkaProtocol {
+    /// No encryption, no authentication.
+    #[serde(rename = "PLAINTEXT")]
+    Plaintext,
+    /// TLS.
+    #[serde(rename = "SSL")]
+    Ssl,
+    /// SASL without TLS.
+    #[serde(rename = "SASL_PLAINTEXT")]
+    SaslPlaintext,
+    /// SASL over TLS.
+    #[serde(rename = "SASL_SSL")]
+    SaslSsl,
+}
+
+impl KafkaProtocol {
+    /// The librdkafka spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plaintext => "PLAINTEXT",
+            Self::Ssl => "SSL",
+            Self::SaslPlaintext => "SASL_PLAINTEXT",
+            Self::SaslSsl => "SASL_SSL",
+        }
+    }
+
+    /// Whether the protocol authenticates with SASL.
+    pub fn uses_sasl(self) -> bool {
+        matches!(self, Self::SaslPlaintext | Self::SaslSsl)
+    }
+
+    /// Whether the protocol encrypts with TLS.
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Self::Ssl | Self::SaslSsl)
+    }
+}
+
+/// TLS files (PEM), e.g. from a mounted Strimzi cluster-CA or KafkaUser Secret.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.certFile) == has(self.keyFile)",
+    "message": "set both certFile and keyFile (client certificate) or neither"
+}]))]
+pub struct KafkaTlsSpec {
+    /// CA certificates that verify the brokers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    /// Client certificate for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<String>,
+    /// Client private key for mutual TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<String>,
+}
+
+/// SASL credentials; the password comes from a file or an environment variable.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.passwordFile) != has(self.passwordEnv)",
+    "message": "set exactly one of passwordFile and passwordEnv"
+}]))]
+pub struct KafkaSaslSpec {
+    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
+    pub mechanism: SaslMechanism,
+    /// User name.
+    #[schemars(length(min = 1))]
+    pub username: String,
+    /// File holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<String>,
+    /// Environment variable holding the password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_env: Option<String>,
+}
+
+/// SASL mechanisms.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum SaslMechanism {
+    /// Username and password in the clear (use with TLS).
+    #[serde(rename = "PLAIN")]
+    Plain,
+    /// SCRAM with SHA-256.
+    #[serde(rename = "SCRAM-SHA-256")]
+    ScramSha256,
+    /// SCRAM with SHA-512.
+    #[serde(rename = "SCRAM-SHA-512")]
+    ScramSha512,
+}
+
+impl SaslMechanism {
+    /// The librdkafka spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
+            Self::ScramSha512 => "SCRAM-SHA-512",
+        }
+    }
 }
 
 fn default_starting_offsets() -> String {

@@ -4,7 +4,7 @@
 use std::{collections::HashSet, fmt};
 
 use crate::{
-    pipeline::{CatalogType, IngestionPipelineSpec},
+    pipeline::{CatalogType, IngestionPipelineSpec, KafkaSecuritySpec},
     types::{
         ColumnType, PartitionField, StartingOffsets, Transform, parse_duration, parse_table_ident,
     },
@@ -52,6 +52,61 @@ const SECRET_PROPERTIES: &[&str] = &[
     "s3.session-token",
     "client.secret",
 ];
+
+/// librdkafka properties that hold secrets and are therefore refused in the spec.
+const KAFKA_SECRET_PROPERTIES: &[&str] = &[
+    "sasl.password",
+    "sasl.jaas.config",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.password",
+    "ssl.key.pem",
+    "ssl.keystore.password",
+];
+
+/// The rules the CRD's CEL checks on `spec.source.kafka.security`, for files that never pass
+/// an API server.
+fn validate_kafka_security(security: &KafkaSecuritySpec, err: &mut impl FnMut(&str, String)) {
+    let protocol = security.protocol.as_str();
+    match (&security.sasl, security.protocol.uses_sasl()) {
+        (None, true) => err(
+            "spec.source.kafka.security.sasl",
+            format!("is required with protocol {protocol}"),
+        ),
+        (Some(_), false) => err(
+            "spec.source.kafka.security.sasl",
+            format!("is not used with protocol {protocol}"),
+        ),
+        (Some(sasl), true) => {
+            if sasl.username.is_empty() {
+                err(
+                    "spec.source.kafka.security.sasl.username",
+                    "must not be empty".into(),
+                );
+            }
+            if sasl.password_file.is_some() == sasl.password_env.is_some() {
+                err(
+                    "spec.source.kafka.security.sasl",
+                    "set exactly one of passwordFile and passwordEnv".into(),
+                );
+            }
+        }
+        (None, false) => {}
+    }
+    if let Some(tls) = &security.tls {
+        if !security.protocol.uses_tls() {
+            err(
+                "spec.source.kafka.security.tls",
+                format!("is not used with protocol {protocol}"),
+            );
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            err(
+                "spec.source.kafka.security.tls",
+                "set both certFile and keyFile (client certificate) or neither".into(),
+            );
+        }
+    }
+}
 
 /// Compiles a `topicPattern`, anchored: the whole topic name must match.
 pub fn topic_pattern(pattern: &str) -> Result<regex::Regex, String> {
@@ -121,7 +176,24 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
                 &format!("spec.source.kafka.properties.{key}"),
                 "is managed by Tidewater and cannot be set".into(),
             );
+        } else if KAFKA_SECRET_PROPERTIES.contains(&key.as_str()) {
+            err(
+                &format!("spec.source.kafka.properties.{key}"),
+                "is a secret: it must not be written in the spec (use \
+                 spec.source.kafka.security with a passwordFile or passwordEnv)"
+                    .into(),
+            );
+        } else if kafka.security.is_some()
+            && (key == "security.protocol" || key.starts_with("sasl.") || key.starts_with("ssl."))
+        {
+            err(
+                &format!("spec.source.kafka.properties.{key}"),
+                "conflicts with spec.source.kafka.security (set it there)".into(),
+            );
         }
+    }
+    if let Some(security) = &kafka.security {
+        validate_kafka_security(security, &mut err);
     }
 
     if spec.format.max_record_bytes == 0 {
@@ -547,5 +619,58 @@ mod tests {
             paths(&spec),
             vec!["spec.source.kafka.properties.enable.auto.commit"]
         );
+    }
+
+    #[test]
+    fn kafka_security_rules_and_secret_properties() {
+        let mut spec = example().spec;
+        let props = &mut spec.source.kafka.properties;
+        props.insert("sasl.password".into(), "oops".into());
+        props.insert(
+            "ssl.endpoint.identification.algorithm".into(),
+            "none".into(),
+        );
+        spec.source.kafka.security = Some(
+            serde_yaml::from_str(
+                "protocol: SSL\n\
+                 sasl: {mechanism: SCRAM-SHA-512, username: u, passwordFile: /p, passwordEnv: P}\n\
+                 tls: {certFile: /c}\n",
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            paths(&spec),
+            vec![
+                "spec.source.kafka.properties.sasl.password",
+                "spec.source.kafka.properties.ssl.endpoint.identification.algorithm",
+                "spec.source.kafka.security.sasl",
+                "spec.source.kafka.security.tls",
+            ]
+        );
+        let errors = validate(&spec);
+        assert!(errors[0].reason.contains("secret"), "{}", errors[0]);
+        assert!(
+            errors[2].reason.contains("not used with protocol SSL"),
+            "{}",
+            errors[2]
+        );
+
+        spec.source.kafka.properties.clear();
+        spec.source.kafka.security =
+            Some(serde_yaml::from_str("protocol: SASL_SSL\ntls: {caFile: /ca.crt}\n").unwrap());
+        let errors = validate(&spec);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "spec.source.kafka.security.sasl");
+        assert!(errors[0].reason.contains("required with protocol SASL_SSL"));
+
+        spec.source.kafka.security = Some(
+            serde_yaml::from_str(
+                "protocol: SASL_SSL\n\
+                 tls: {caFile: /ca.crt}\n\
+                 sasl: {mechanism: SCRAM-SHA-256, username: u, passwordEnv: KAFKA_PASSWORD}\n",
+            )
+            .unwrap(),
+        );
+        assert!(validate(&spec).is_empty());
     }
 }

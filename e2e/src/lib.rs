@@ -83,12 +83,82 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
 pub struct Broker {
     child: Child,
     pub bootstrap: String,
+    /// librdkafka properties every client of this broker needs (TLS / SASL).
+    pub client_properties: Vec<(String, String)>,
+    _gateway: Option<Server>,
+}
+
+/// TLS and SASL in front of the test broker ([`Broker::start_secured`]).
+#[derive(Debug, Clone, Default)]
+pub struct KafkaSecurity {
+    /// Serve TLS with a certificate from [`make_certs`]'s CA.
+    pub tls: bool,
+    /// Also require a client certificate (mutual TLS).
+    pub client_certificate: bool,
+    /// SASL users (`name`, `password`); none: no SASL.
+    pub users: Vec<(String, String)>,
+}
+
+/// What clients need to reach a secured broker (files under the test directory).
+#[derive(Debug, Clone)]
+pub struct KafkaClientFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 impl Broker {
     pub fn start() -> Result<Self> {
         let port = free_port();
+        Self::launch(port, port, Vec::new(), None)
+    }
+
+    /// A broker reachable only through the TLS/SASL gateway (e2e/servers/kafka_gateway.py):
+    /// Tansu advertises the gateway's address. `client` is the librdkafka security of the
+    /// harness's own clients (producer, topic admin, readers).
+    pub fn start_secured(
+        dir: &Path,
+        security: &KafkaSecurity,
+        client: Vec<(String, String)>,
+    ) -> Result<(Self, KafkaClientFiles)> {
+        let certs = dir.join("kafka-certs");
+        std::fs::create_dir_all(&certs)?;
+        let (ca, cert, key) = make_certs(&certs)?;
+        let files = KafkaClientFiles {
+            ca_file: ca.clone(),
+            cert_file: cert.clone(),
+            key_file: key.clone(),
+        };
+        let port = free_port();
+        let gateway_port = free_port();
+        let log = std::fs::File::create(dir.join("kafka-gateway.log"))?;
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(repo_root().join("e2e/servers/kafka_gateway.py"))
+            .args(["--port", &gateway_port.to_string()])
+            .args(["--upstream", &format!("127.0.0.1:{port}")]);
+        if security.tls {
+            cmd.arg("--cert").arg(&cert).arg("--key").arg(&key);
+            if security.client_certificate {
+                cmd.arg("--client-ca").arg(&ca);
+            }
+        }
+        for (user, password) in &security.users {
+            cmd.args(["--user", &format!("{user}:{password}")]);
+        }
+        let gateway = Server(cmd.stdout(log.try_clone()?).stderr(log).spawn()?);
+        wait_port(gateway_port, "kafka gateway")?;
+        let broker = Self::launch(port, gateway_port, client, Some(gateway))?;
+        Ok((broker, files))
+    }
+
+    fn launch(
+        port: u16,
+        advertised_port: u16,
+        client_properties: Vec<(String, String)>,
+        gateway: Option<Server>,
+    ) -> Result<Self> {
         let url = format!("tcp://127.0.0.1:{port}");
+        let advertised = format!("tcp://127.0.0.1:{advertised_port}");
         let bin = repo_root().join("bin/tansu");
         let child = Command::new(&bin)
             .args([
@@ -96,7 +166,7 @@ impl Broker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .env("RUST_LOG", "warn")
@@ -106,23 +176,31 @@ impl Broker {
             .with_context(|| format!("start {} (run scripts/setup.sh)", bin.display()))?;
         let broker = Self {
             child,
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: format!("127.0.0.1:{advertised_port}"),
+            client_properties,
+            _gateway: gateway,
         };
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &broker.bootstrap)
-            .create()?;
+        let consumer: BaseConsumer = broker.client_config().create()?;
         wait_for("broker metadata", Duration::from_secs(20), || {
             consumer.fetch_metadata(None, Duration::from_secs(1)).ok()
         })?;
         Ok(broker)
     }
 
+    /// A client configuration for this broker (bootstrap servers and security).
+    pub fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.client_properties {
+            c.set(k, v);
+        }
+        c
+    }
+
     /// Creates a topic and waits until its partitions are visible.
     pub fn create_topic(&self, topic: &str, partitions: i32) -> Result<()> {
-        create_topic(&self.bootstrap, topic, partitions, false)?;
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .create()?;
+        create_topic_with(self.client_config(), topic, partitions, false)?;
+        let consumer: BaseConsumer = self.client_config().create()?;
         wait_for("topic partitions", Duration::from_secs(20), || {
             let md = consumer
                 .fetch_metadata(Some(topic), Duration::from_secs(1))
@@ -134,7 +212,7 @@ impl Broker {
 
     /// A producer to this broker.
     pub fn producer(&self) -> Result<EventProducer> {
-        EventProducer::new(&self.bootstrap)
+        EventProducer::with_config(self.client_config())
     }
 
     /// Reads every record of `topic` until `expected` are seen or `timeout` passes.
@@ -144,8 +222,8 @@ impl Broker {
         expected: usize,
         timeout: Duration,
     ) -> Result<Vec<ConsumedRecord>> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
+        let consumer: BaseConsumer = self
+            .client_config()
             .set("group.id", format!("e2e-reader-{}", free_port()))
             .set("auto.offset.reset", "earliest")
             .set("enable.auto.commit", "false")
@@ -197,9 +275,18 @@ impl Drop for Broker {
 
 /// Creates a topic; with `exist_ok`, a topic that already exists is fine.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32, exist_ok: bool) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .create()?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    create_topic_with(config, topic, partitions, exist_ok)
+}
+
+fn create_topic_with(
+    config: ClientConfig,
+    topic: &str,
+    partitions: i32,
+    exist_ok: bool,
+) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = config.create()?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -248,8 +335,14 @@ pub struct EventProducer {
 
 impl EventProducer {
     pub fn new(bootstrap: &str) -> Result<Self> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", bootstrap);
+        Self::with_config(config)
+    }
+
+    /// A producer with `config` (bootstrap servers, security) and the harness's batching.
+    pub fn with_config(mut config: ClientConfig) -> Result<Self> {
+        let producer = config
             .set("linger.ms", "20")
             .set("batch.size", "1000000")
             .set("message.max.bytes", "10485760")
@@ -571,7 +664,7 @@ fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     ])?;
     std::fs::write(
         dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\n",
     )?;
     run(&[
         "x509",
@@ -709,6 +802,8 @@ pub struct PipelineSpec {
     pub topic_pattern: Option<String>,
     /// `spec.sink.catalog.caFile`.
     pub ca_file: Option<PathBuf>,
+    /// `spec.source.kafka.security`, as YAML lines indented for that key.
+    pub kafka_security: Option<String>,
 }
 
 impl PipelineSpec {
@@ -738,6 +833,7 @@ impl PipelineSpec {
             ca_file: None,
             checkpoint_timeout: "60s".into(),
             topic_pattern: None,
+            kafka_security: None,
         }
     }
 
@@ -797,7 +893,7 @@ spec:
       {topics}
       startingOffsets: "{starting}"
       partitionDiscoveryInterval: 2s
-  format:
+{security}  format:
     type: json
 {max}  sink:
     catalog:
@@ -833,6 +929,11 @@ spec:
                         .join(", ")
                 ),
             },
+            security = self
+                .kafka_security
+                .as_ref()
+                .map(|y| format!("      security:\n{y}"))
+                .unwrap_or_default(),
             uri = self.catalog_uri,
             warehouse = self.warehouse_text(),
             catalog_type = self.catalog_type,

@@ -9,7 +9,7 @@ use std::{
 
 use tidewater_crds::{
     FieldError, IngestionPipeline,
-    pipeline::{CatalogAuthSpec, CatalogType, S3Spec},
+    pipeline::{CatalogAuthSpec, CatalogType, KafkaSecuritySpec, S3Spec},
     types::{StartingOffsets, parse_duration, parse_table_ident},
     validate,
 };
@@ -72,6 +72,8 @@ pub struct PipelineConfig {
     pub discovery_interval: Duration,
     /// Extra consumer properties.
     pub consumer_properties: BTreeMap<String, String>,
+    /// TLS / SASL settings (file paths absolute; secrets are read when a client is made).
+    pub kafka_security: Option<KafkaSecuritySpec>,
     /// Consumer group that receives committed offsets (progress reporting only).
     pub consumer_group: String,
     /// Checkpoint interval.
@@ -117,6 +119,8 @@ pub struct DeadLetter {
     pub topic: String,
     /// Brokers.
     pub bootstrap_servers: String,
+    /// The source's TLS / SASL settings, used for the dead-letter producer too.
+    pub security: Option<KafkaSecuritySpec>,
 }
 
 impl PipelineConfig {
@@ -204,6 +208,17 @@ impl PipelineConfig {
             f.as_deref()
                 .map(|f| absolute(f, base).display().to_string())
         };
+        let kafka_security = kafka.security.clone().map(|mut sec| {
+            if let Some(tls) = &mut sec.tls {
+                tls.ca_file = file(&tls.ca_file);
+                tls.cert_file = file(&tls.cert_file);
+                tls.key_file = file(&tls.key_file);
+            }
+            if let Some(sasl) = &mut sec.sasl {
+                sasl.password_file = file(&sasl.password_file);
+            }
+            sec
+        });
         Ok(Self {
             uid: resource.pipeline_uid(),
             bootstrap_servers: kafka.bootstrap_servers.clone(),
@@ -216,6 +231,7 @@ impl PipelineConfig {
             discovery_interval: parse_duration(&kafka.partition_discovery_interval)
                 .expect("validated"),
             consumer_properties: kafka.properties.clone(),
+            kafka_security: kafka_security.clone(),
             consumer_group: format!("tidewater.{name}"),
             checkpoint_interval: parse_duration(&spec.checkpoint.interval).expect("validated"),
             checkpoint_timeout: parse_duration(&spec.checkpoint.timeout).expect("validated"),
@@ -253,6 +269,7 @@ impl PipelineConfig {
                     .bootstrap_servers
                     .clone()
                     .unwrap_or_else(|| kafka.bootstrap_servers.clone()),
+                security: kafka_security,
             }),
             max_record_bytes: usize::try_from(spec.format.max_record_bytes).unwrap_or(usize::MAX),
             name,

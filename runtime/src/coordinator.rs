@@ -12,7 +12,6 @@ use std::{
 };
 
 use iceberg::{Catalog, TableIdent};
-use rdkafka::consumer::BaseConsumer;
 use tidewater_crds::types::StartingOffsets;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -163,7 +162,7 @@ pub struct Coordinator {
     store: StateStore,
     metrics: Arc<Metrics>,
     run_id: String,
-    admin: Arc<BaseConsumer>,
+    admin: Arc<kafka::KafkaConsumer>,
     factory: WriterFactory,
     members: BTreeMap<WorkerId, Member>,
     target: usize,
@@ -679,6 +678,7 @@ impl Coordinator {
             let (admin, config) = (self.admin.clone(), self.config.clone());
             blocking(move || {
                 kafka::discover_partitions(&admin, &config.topics, |t| config.reads(t))
+                    .map_err(|e| kafka::with_cause(&admin, e))
             })
             .await
             .map_err(|e| RunError::Kafka(format!("metadata: {e}")))?

@@ -9,17 +9,13 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::{
-    Message, Offset, TopicPartitionList,
-    consumer::{BaseConsumer, Consumer},
-    message::BorrowedMessage,
-};
+use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::BorrowedMessage};
 
 use crate::{
     config::PipelineConfig,
     convert::RowBatcher,
     failpoint,
-    kafka::{DeadLetterProducer, consumer_config},
+    kafka::{self, DeadLetterProducer, KafkaConsumer},
     metrics::{Metrics, ReasonLabels},
     protocol::{Offsets, ToCoordinator, ToWorker, TopicPartition, WorkerAck, WorkerId, set_offset},
     writer::{TableWriter, WriterFactory},
@@ -106,9 +102,7 @@ struct State {
 }
 
 fn run(setup: WorkerSetup) -> Result<(), String> {
-    let consumer: BaseConsumer = consumer_config(&setup.config)
-        .create()
-        .map_err(|e| format!("kafka consumer: {e}"))?;
+    let consumer = kafka::consumer(&setup.config).map_err(|e| format!("kafka consumer: {e}"))?;
     let dlq = setup
         .config
         .dead_letter
@@ -194,7 +188,7 @@ fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, String> {
 
 impl State {
     /// Returns false when the worker should exit.
-    fn handle(&mut self, cmd: ToWorker, consumer: &BaseConsumer) -> Result<bool, String> {
+    fn handle(&mut self, cmd: ToWorker, consumer: &KafkaConsumer) -> Result<bool, String> {
         match cmd {
             ToWorker::Assign { partitions } => {
                 let tpl = partition_list(&partitions)?;
@@ -245,7 +239,7 @@ impl State {
     fn release(
         &mut self,
         release: &[TopicPartition],
-        consumer: &BaseConsumer,
+        consumer: &KafkaConsumer,
     ) -> Result<(), String> {
         let mut tpl = TopicPartitionList::new();
         for tp in release {
