@@ -13,3 +13,8 @@ echo "== generated CRDs"; bash scripts/gen-crds.sh --check
 echo "== helm chart"; bash scripts/check-chart.sh
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"; cargo nextest run --workspace
+if [ -z "${KUBECONFIG:-}" ]; then
+  echo "== kubernetes e2e: SKIPPED (KUBECONFIG is not set; see docs/operator.md, \"Kubernetes end-to-end suite\")"
+else
+  echo "== kubernetes e2e ran against $KUBECONFIG (e2e/tests/kubernetes.rs)"
+fi

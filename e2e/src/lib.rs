@@ -4,6 +4,8 @@
 //! stopped when its handle drops.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
+pub mod kubelet;
+
 use std::{
     collections::BTreeMap,
     io::{Read, Write},
@@ -32,6 +34,14 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// The `tidewater` binary built in the same target directory as the running test.
+/// The operator binary next to [`tidewater_bin`] (`TIDEWATER_OPERATOR_BIN` overrides).
+pub fn operator_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("TIDEWATER_OPERATOR_BIN") {
+        return PathBuf::from(p);
+    }
+    tidewater_bin().with_file_name("tidewater-operator")
+}
+
 pub fn tidewater_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TIDEWATER_BIN") {
         return PathBuf::from(p);

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use k8s_openapi::{
     api::{
         apps::v1::{Deployment, StatefulSet},
-        core::v1::{ConfigMap, ObjectReference, Service},
+        core::v1::{ConfigMap, ObjectReference, Pod, Service},
         discovery::v1::EndpointSlice,
         policy::v1::PodDisruptionBudget,
     },
@@ -29,7 +29,7 @@ use serde::Serialize;
 use tidewater_crds::IngestionPipeline;
 
 use crate::{
-    children::{API_PORT, Names, children},
+    children::{API_PORT, Names, children, selector},
     decide::{Decision, FINALIZER, JobAction, Observed, decide},
     job_client::JobClient,
 };
@@ -62,6 +62,9 @@ pub enum Address {
     /// The first ready address of the coordinator Service's EndpointSlice (clusters without
     /// DNS or service routing, e.g. tests with only an API server).
     EndpointSlice,
+    /// The pod IP of the ready coordinator pod (no Service at all: clusters whose pods have
+    /// addresses EndpointSlices refuse, such as the e2e suite's local node on 127.0.0.0/8).
+    PodIp,
     /// A fixed URL for every pipeline (tests).
     Fixed(String),
 }
@@ -96,6 +99,30 @@ async fn coordinator_url(ctx: &Context, ns: &str, name: &str) -> Option<String> 
                 .flat_map(|s| s.endpoints.iter())
                 .find(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
                 .and_then(|e| e.addresses.first().cloned())
+                .map(|ip| format!("http://{ip}:{API_PORT}"))
+        }
+        Address::PodIp => {
+            let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+            let selector = selector(name, "coordinator")
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            let pods = api
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            pods.items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.status.as_ref())
+                .find(|s| {
+                    s.conditions
+                        .iter()
+                        .flatten()
+                        .any(|c| c.type_ == "Ready" && c.status == "True")
+                })
+                .and_then(|s| s.pod_ip.clone())
                 .map(|ip| format!("http://{ip}:{API_PORT}"))
         }
     }

@@ -29,9 +29,10 @@ enum Command {
             default_value = "ghcr.io/tidewater/runtime:0.1.0"
         )]
         default_image: String,
-        /// How coordinators are reached: `dns` (Service names) or `endpointslice` (pod
-        /// addresses, for clusters without DNS or service routing).
-        #[arg(long, env = "TIDEWATER_COORDINATOR_ADDRESS", default_value = "dns", value_parser = ["dns", "endpointslice"])]
+        /// How coordinators are reached: `dns` (Service names), `endpointslice` (pod
+        /// addresses, for clusters without DNS or service routing) or `podip` (the ready
+        /// coordinator pod's IP, without EndpointSlices).
+        #[arg(long, env = "TIDEWATER_COORDINATOR_ADDRESS", default_value = "dns", value_parser = ["dns", "endpointslice", "podip"])]
         coordinator_address: String,
         /// Address of /metrics and /healthz.
         #[arg(
@@ -92,10 +93,10 @@ fn main() -> ExitCode {
             metrics,
             client,
             default_image,
-            address: if address == "endpointslice" {
-                Address::EndpointSlice
-            } else {
-                Address::Dns
+            address: match address.as_str() {
+                "endpointslice" => Address::EndpointSlice,
+                "podip" => Address::PodIp,
+                _ => Address::Dns,
             },
             reporter: Reporter {
                 controller: "tidewater-operator".into(),
