@@ -14,7 +14,7 @@ trap 'rm -f "$rendered"' EXIT
 import glob, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 kinds = sorted(d["kind"] for d in docs)
-want = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+want = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
 assert kinds == want, f"rendered kinds {kinds}, expected {want}"
 generated = {}
 for f in glob.glob(f"{sys.argv[2]}/*.yaml"):

@@ -202,6 +202,14 @@ fn is_identifier(s: &str) -> bool {
 
 /// Parses a duration such as `10s`, `500ms`, `1m 30s`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let total = parse_span(text)?;
+    if total.is_zero() {
+        return Err(format!("`{text}` must be greater than zero"));
+    }
+    Ok(total)
+}
+
+fn parse_span(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
             "`{text}` is not a duration: use digits and units ms, s, m, h, d (e.g. 500ms, 10s, 1m30s, 7d)"
@@ -237,10 +245,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             .ok_or_else(bad)?;
         total = total.checked_add(part).ok_or_else(bad)?;
     }
-    if total.is_zero() {
-        return Err(format!("`{text}` must be greater than zero"));
-    }
     Ok(total)
+}
+
+/// Like [`parse_duration`], but zero is allowed (ages and thresholds: `0s` means "any").
+pub fn parse_age(text: &str) -> Result<Duration, String> {
+    parse_span(text)
 }
 
 /// The OpenAPI pattern matching what [`parse_duration`] accepts.

@@ -53,6 +53,11 @@ const SECRET_PROPERTIES: &[&str] = &[
     "client.secret",
 ];
 
+/// Whether a catalog property holds a secret (refused in specs).
+pub fn is_secret_property(key: &str) -> bool {
+    SECRET_PROPERTIES.contains(&key) || key.starts_with("header.authorization")
+}
+
 /// librdkafka properties that hold secrets and are therefore refused in the spec.
 const KAFKA_SECRET_PROPERTIES: &[&str] = &[
     "sasl.password",
@@ -234,7 +239,7 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
         }
     }
     for key in catalog.properties.keys() {
-        if SECRET_PROPERTIES.contains(&key.as_str()) || key.starts_with("header.authorization") {
+        if is_secret_property(key) {
             err(
                 &format!("spec.sink.catalog.properties.{key}"),
                 "is a secret: it must not be written in the spec (use spec.sink.catalog.auth or \

@@ -119,11 +119,20 @@ def main():
         import pyarrow.parquet as pq
 
         out["files"] = []
-        for path in table.inspect.files().column("file_path").to_pylist():
+        files = table.inspect.files()
+        for row in files.select(["file_path", "partition", "file_size_in_bytes", "content"]).to_pylist():
+            if row["content"] != 0:
+                continue
+            path = row["file_path"]
             with table.io.new_input(path).open() as f:
                 meta = pq.ParquetFile(f).metadata
                 codec = meta.row_group(0).column(0).compression if meta.num_row_groups else None
-            out["files"].append({"path": path, "codec": codec})
+            out["files"].append({
+                "path": path,
+                "codec": codec,
+                "partition": json.dumps(row["partition"], sort_keys=True, default=str),
+                "size": row["file_size_in_bytes"],
+            })
     print(json.dumps(out))
 
 

@@ -57,6 +57,11 @@ pub fn tidewater_bin() -> PathBuf {
     bin
 }
 
+/// The Python of the project's venv (PyIceberg, DuckDB).
+pub fn venv_python_path() -> PathBuf {
+    venv_python()
+}
+
 fn venv_python() -> PathBuf {
     let p = repo_root().join(".venv/bin/python");
     assert!(
@@ -988,6 +993,25 @@ spec:
     }
 
     /// Live data files (path, Parquet codec) as PyIceberg sees them.
+    /// Live data files as PyIceberg sees them: path, partition (JSON), size in bytes.
+    pub fn data_files_by_partition(&self) -> Result<Vec<(String, String, u64)>> {
+        let view = self.read_with("pyiceberg", &["--files"])?;
+        Ok(view.raw["files"]
+            .as_array()
+            .map(|fs| {
+                fs.iter()
+                    .map(|f| {
+                        (
+                            f["path"].as_str().unwrap_or_default().to_string(),
+                            f["partition"].as_str().unwrap_or_default().to_string(),
+                            f["size"].as_u64().unwrap_or_default(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     pub fn data_files(&self) -> Result<Vec<(String, String)>> {
         let view = self.read_with("pyiceberg", &["--files"])?;
         Ok(view.raw["files"]

@@ -102,25 +102,28 @@ async fn walk_in(client: &Client, ns: &str, dir: &Path) -> Result<()> {
 
 async fn install_crds(client: &Client) -> Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let text = std::fs::read_to_string(repo_root().join("crds/ingestionpipeline.yaml"))?;
-    let crd: CustomResourceDefinition = serde_yaml::from_str(&text)?;
-    let name = crd.name_any();
-    crds.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .context("install the CRD")?;
-    wait("CRD established", Duration::from_secs(60), || async {
-        let crd = crds.get(&name).await.ok()?;
-        crd.status?
-            .conditions?
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-            .then_some(())
-    })
-    .await
+    for file in ["ingestionpipeline.yaml", "compactionpolicy.yaml"] {
+        let text = std::fs::read_to_string(repo_root().join("crds").join(file))?;
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)?;
+        let name = crd.name_any();
+        crds.patch(
+            &name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await
+        .with_context(|| format!("install the CRD {file}"))?;
+        wait("CRD established", Duration::from_secs(60), || async {
+            let crd = crds.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> Result<()> {

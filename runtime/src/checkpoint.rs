@@ -20,6 +20,9 @@ pub const SUMMARY_CHECKPOINT_ID: &str = "tidewater.checkpoint-id";
 pub const SUMMARY_OFFSETS: &str = "tidewater.offsets";
 /// Snapshot summary key: the coordinator run that made the commit.
 pub const SUMMARY_RUN_ID: &str = "tidewater.run-id";
+/// Snapshot summary key: where the committing pipeline keeps its checkpoint records (so table
+/// maintenance can protect the files they reference).
+pub const SUMMARY_STATE_LOCATION: &str = "tidewater.state-location";
 
 /// A completed checkpoint, written durably before any table commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

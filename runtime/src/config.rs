@@ -9,7 +9,7 @@ use std::{
 
 use tidewater_crds::{
     FieldError, IngestionPipeline,
-    pipeline::{CatalogAuthSpec, CatalogType, KafkaSecuritySpec, S3Spec},
+    pipeline::{CatalogAuthSpec, CatalogSpec, CatalogType, KafkaSecuritySpec, S3Spec},
     types::{StartingOffsets, parse_duration, parse_table_ident},
     validate,
 };
@@ -123,7 +123,88 @@ pub struct DeadLetter {
     pub security: Option<KafkaSecuritySpec>,
 }
 
+/// How to reach a catalog, resolved against a base directory (paths absolute; secrets are
+/// read only when the catalog is opened).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CatalogConnection {
+    /// Catalog kind.
+    pub catalog_type: CatalogType,
+    /// SQL URI (SQLite path absolute) or REST base URL.
+    pub uri: String,
+    /// Catalog name.
+    pub name: String,
+    /// Warehouse URI (`file:///…`, `s3://…`, or a REST catalog's logical name).
+    pub warehouse: String,
+    /// Extra catalog properties.
+    pub properties: BTreeMap<String, String>,
+    /// REST authentication (secret file path absolute).
+    pub auth: Option<CatalogAuthSpec>,
+    /// Extra CA certificates for https.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl CatalogConnection {
+    /// Resolves a catalog spec; relative paths are taken from `base`.
+    pub fn resolve(catalog: &CatalogSpec, base: &Path) -> Self {
+        let warehouse_raw = catalog
+            .warehouse
+            .clone()
+            .unwrap_or_else(|| ".tidewater/warehouse".into());
+        let warehouse = match catalog.catalog_type {
+            // A REST catalog's warehouse may be a logical name (Polaris, S3 Tables).
+            CatalogType::Rest if !warehouse_raw.contains("://") && catalog.warehouse.is_some() => {
+                warehouse_raw
+            }
+            _ => to_uri(&warehouse_raw, base),
+        };
+        Self {
+            catalog_type: catalog.catalog_type,
+            uri: match catalog.catalog_type {
+                CatalogType::Sql => sql_uri(&catalog.uri, base),
+                CatalogType::Rest => catalog.uri.trim_end_matches('/').to_string(),
+            },
+            name: catalog.name.clone(),
+            warehouse,
+            properties: catalog.properties.clone(),
+            auth: catalog.auth.clone().map(|mut a| {
+                a.secret_file = a
+                    .secret_file
+                    .as_deref()
+                    .map(|f| absolute(f, base).display().to_string());
+                a
+            }),
+            ca_file: catalog.ca_file.as_deref().map(|f| absolute(f, base)),
+        }
+    }
+}
+
+/// `spec.storage.s3` with credential file paths made absolute.
+pub fn resolve_s3(s3: &S3Spec, base: &Path) -> S3Spec {
+    let file = |f: &Option<String>| {
+        f.as_deref()
+            .map(|f| absolute(f, base).display().to_string())
+    };
+    let mut s3 = s3.clone();
+    s3.access_key_id_file = file(&s3.access_key_id_file);
+    s3.secret_access_key_file = file(&s3.secret_access_key_file);
+    s3.session_token_file = file(&s3.session_token_file);
+    s3
+}
+
 impl PipelineConfig {
+    /// The catalog this pipeline writes to.
+    pub fn catalog_connection(&self) -> CatalogConnection {
+        CatalogConnection {
+            catalog_type: self.catalog_type,
+            uri: self.catalog_uri.clone(),
+            name: self.catalog_name.clone(),
+            warehouse: self.warehouse.clone(),
+            properties: self.catalog_properties.clone(),
+            auth: self.catalog_auth.clone(),
+            ca_file: self.catalog_ca_file.clone(),
+        }
+    }
+
     /// Reads, parses and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

@@ -211,7 +211,7 @@ impl Coordinator {
             Some(s3) => storage::s3_properties(s3)?,
             None => BTreeMap::new(),
         };
-        let catalog = table::open_catalog(&config, &storage_props).await?;
+        let catalog = table::open_catalog(&config.catalog_connection(), &storage_props).await?;
         let table = table::load_or_create(catalog.as_ref(), &config).await?;
         let ident = table::table_ident(&config)?;
         let table_key = config.table_display();
@@ -228,8 +228,14 @@ impl Coordinator {
         )
         .await?;
         if let Some(record) = &begin.pending {
-            let outcome =
-                table::commit_checkpoint(catalog.as_ref(), &ident, &table_key, record).await?;
+            let outcome = table::commit_checkpoint(
+                catalog.as_ref(),
+                &ident,
+                &table_key,
+                record,
+                &config.state_location,
+            )
+            .await?;
             tracing::info!(
                 checkpoint = record.checkpoint_id,
                 snapshot = outcome.snapshot_id(),
@@ -1102,6 +1108,7 @@ impl Coordinator {
                 &self.ident,
                 &self.table_key,
                 record,
+                &self.config.state_location,
             )
             .await
             {

@@ -18,6 +18,7 @@ pub mod coordinator;
 pub mod failpoint;
 pub mod hub;
 pub mod kafka;
+pub mod maintenance;
 pub mod metrics;
 pub mod partition;
 pub mod protocol;

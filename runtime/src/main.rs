@@ -14,6 +14,7 @@ use tidewater_runtime::{
     config::PipelineConfig,
     coordinator::{Coordinator, Options, Outcome, StartMode},
     hub::Hub,
+    maintenance,
     metrics::{self, Metrics},
     remote,
 };
@@ -115,6 +116,20 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9465", env = "TIDEWATER_METRICS_ADDR")]
         metrics_addr: SocketAddr,
     },
+    /// Maintain the tables of a CompactionPolicy: bin-pack compaction of cold partitions,
+    /// snapshot expiry, orphan removal, manifest merging. Follows `spec.schedule` unless
+    /// `--once`.
+    Compact {
+        /// CompactionPolicy YAML file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+        /// Run one pass now and exit (0 when it succeeded, also when there was nothing to do).
+        #[arg(long)]
+        once: bool,
+        /// Also write the run's report (JSON) to this file, e.g. /dev/termination-log.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Check a pipeline file and report every invalid field.
     Validate {
         /// IngestionPipeline YAML file.
@@ -214,6 +229,7 @@ fn main() -> ExitCode {
                 linger
             },
         ),
+        Command::Compact { file, once, report } => compact_main(&file, once, report.as_deref()),
         Command::Worker {
             coordinator,
             name,
@@ -233,6 +249,100 @@ fn main() -> ExitCode {
             finish(result.map(|()| "worker stopped".to_string()))
         }
     }
+}
+
+/// `tidewater compact`: one pass (`--once`) or a pass at every time the schedule fires.
+fn compact_main(file: &Path, once: bool, report_file: Option<&Path>) -> ExitCode {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tidewater: cannot read {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    let policy = match tidewater_crds::compaction::parse_policy(&text) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{} has {} invalid field(s):", file.display(), errors.len());
+            for e in errors {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let base = file
+        .parent()
+        .map(Path::to_path_buf)
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| PathBuf::from("."));
+    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    let schedule = match (&policy.spec.schedule, once) {
+        (_, true) => None,
+        (Some(s), false) => {
+            Some(tidewater_crds::cron::Schedule::parse(s).expect("validated by parse_policy"))
+        }
+        (None, false) => {
+            eprintln!(
+                "tidewater: {} has no spec.schedule: use --once",
+                file.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime().block_on(async move {
+        let m = maintenance::Maintenance::open(policy, &base)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            if let Some(s) = &schedule {
+                let next = s
+                    .next_after(chrono::Utc::now())
+                    .ok_or("the schedule never fires")?;
+                tracing::info!(next = %next.to_rfc3339(), "waiting for the schedule");
+                let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown_signal() => return Ok("stopped".to_string()),
+                }
+            }
+            let start = chrono::Utc::now();
+            let reports = m.run_once().await.map_err(|e| e.to_string())?;
+            let failed: Vec<String> = reports
+                .iter()
+                .filter_map(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.table)))
+                .collect();
+            let did_work = reports.iter().any(|r| {
+                r.files_rewritten + r.snapshots_expired + r.orphans_removed + r.manifests_merged > 0
+            });
+            let summary = tidewater_crds::compaction::RunSummary {
+                start: start.to_rfc3339(),
+                end: chrono::Utc::now().to_rfc3339(),
+                result: if !failed.is_empty() {
+                    "Failed"
+                } else if did_work {
+                    "Succeeded"
+                } else {
+                    "NothingToDo"
+                }
+                .into(),
+                message: (!failed.is_empty()).then(|| failed.join("; ")),
+            };
+            let json = serde_json::json!({"run": summary, "tables": reports});
+            println!("{json}");
+            if let Some(path) = report_file {
+                std::fs::write(path, json.to_string())
+                    .map_err(|e| format!("report {}: {e}", path.display()))?;
+            }
+            if schedule.is_none() {
+                return if failed.is_empty() {
+                    Ok(format!("compaction: {}", summary.result))
+                } else {
+                    Err(format!("compaction failed: {}", failed.join("; ")))
+                };
+            }
+        }
+    });
+    finish(result)
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -27,9 +27,9 @@ use tidewater_crds::{
 use crate::{
     checkpoint::{
         CheckpointRecord, CommitDecision, CommittedState, SUMMARY_CHECKPOINT_ID, SUMMARY_OFFSETS,
-        SUMMARY_PIPELINE_UID, SUMMARY_RUN_ID, decide_commit,
+        SUMMARY_PIPELINE_UID, SUMMARY_RUN_ID, SUMMARY_STATE_LOCATION, decide_commit,
     },
-    config::PipelineConfig,
+    config::{CatalogConnection, PipelineConfig},
     failpoint,
 };
 
@@ -59,13 +59,13 @@ pub enum TableError {
 /// Opens the catalog of the spec (creating a SQLite file when missing). `storage_props` are
 /// the resolved `s3.*` properties, handed to the catalog's file IO.
 pub async fn open_catalog(
-    config: &PipelineConfig,
+    config: &CatalogConnection,
     storage_props: &BTreeMap<String, String>,
 ) -> Result<Arc<dyn Catalog>, TableError> {
     let mut props: HashMap<String, String> = storage_props
         .clone()
         .into_iter()
-        .chain(config.catalog_properties.clone())
+        .chain(config.properties.clone())
         .collect();
     if let Some(local) = config.warehouse.strip_prefix("file://") {
         std::fs::create_dir_all(local)
@@ -75,23 +75,23 @@ pub async fn open_catalog(
     let storage = Arc::new(OpenDalResolvingStorageFactory::new());
     match config.catalog_type {
         CatalogType::Sql => {
-            props.insert("uri".into(), sqlite_create_mode(&config.catalog_uri)?);
+            props.insert("uri".into(), sqlite_create_mode(&config.uri)?);
             let catalog = SqlCatalogBuilder::default()
                 .with_storage_factory(storage)
-                .load(&config.catalog_name, props)
+                .load(&config.name, props)
                 .await?;
             Ok(Arc::new(catalog))
         }
         CatalogType::Rest => {
-            props.insert("uri".into(), config.catalog_uri.clone());
-            if let Some(auth) = &config.catalog_auth {
+            props.insert("uri".into(), config.uri.clone());
+            if let Some(auth) = &config.auth {
                 rest_auth(auth, &mut props)?;
             }
             let mut builder = RestCatalogBuilder::default().with_storage_factory(storage);
-            if let Some(ca) = &config.catalog_ca_file {
+            if let Some(ca) = &config.ca_file {
                 builder = builder.with_client(client_trusting(ca)?);
             }
-            let catalog = builder.load(&config.catalog_name, props).await?;
+            let catalog = builder.load(&config.name, props).await?;
             Ok(Arc::new(catalog))
         }
     }
@@ -118,12 +118,9 @@ fn sqlite_create_mode(uri: &str) -> Result<String, TableError> {
     Ok(uri)
 }
 
-/// Reads the REST catalog secret from its file or variable into the catalog properties.
-fn rest_auth(
-    auth: &CatalogAuthSpec,
-    props: &mut HashMap<String, String>,
-) -> Result<(), TableError> {
-    let secret = match (&auth.secret_file, &auth.secret_env) {
+/// Reads the REST catalog secret from its file or variable.
+pub(crate) fn read_catalog_secret(auth: &CatalogAuthSpec) -> Result<String, TableError> {
+    Ok(match (&auth.secret_file, &auth.secret_env) {
         (Some(f), _) => std::fs::read_to_string(f)
             .map(|s| s.trim().to_string())
             .map_err(|e| {
@@ -141,7 +138,15 @@ fn rest_auth(
                 "spec.sink.catalog.auth: no secretFile or secretEnv".into(),
             ));
         }
-    };
+    })
+}
+
+/// Reads the REST catalog secret from its file or variable into the catalog properties.
+fn rest_auth(
+    auth: &CatalogAuthSpec,
+    props: &mut HashMap<String, String>,
+) -> Result<(), TableError> {
+    let secret = read_catalog_secret(auth)?;
     match auth.auth_type {
         CatalogAuthType::Bearer => {
             props.insert("token".into(), secret);
@@ -160,7 +165,7 @@ fn rest_auth(
 }
 
 /// An HTTP client that also trusts the PEM certificates in `ca_file`.
-fn client_trusting(ca_file: &std::path::Path) -> Result<reqwest::Client, TableError> {
+pub(crate) fn client_trusting(ca_file: &std::path::Path) -> Result<reqwest::Client, TableError> {
     let bad = |e: String| {
         TableError::Definition(format!(
             "spec.sink.catalog.caFile {}: {e}",
@@ -356,6 +361,7 @@ pub async fn commit_checkpoint(
     ident: &TableIdent,
     table_key: &str,
     record: &CheckpointRecord,
+    state_location: &str,
 ) -> Result<CommitOutcome, TableError> {
     let plan = record
         .commits
@@ -407,6 +413,10 @@ pub async fn commit_checkpoint(
                 serde_json::to_string(&record.offsets).expect("offsets serialize"),
             ),
             (SUMMARY_RUN_ID.to_string(), record.run_id.clone()),
+            (
+                SUMMARY_STATE_LOCATION.to_string(),
+                state_location.to_string(),
+            ),
         ]);
         let tx = Transaction::new(&table);
         let tx = tx

@@ -213,6 +213,14 @@ impl TableWriter {
     /// checkpoint record never references data that a power loss could take away; object
     /// stores are durable when the upload completes.
     pub async fn close(self) -> iceberg::Result<(Vec<String>, u64)> {
+        let factory = self.factory.clone();
+        let files = self.close_files().await?;
+        let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
+        Ok((factory.to_json(files)?, bytes))
+    }
+
+    /// Closes all files (fsynced when local) and returns them.
+    pub async fn close_files(self) -> iceberg::Result<Vec<DataFile>> {
         let files = match self.inner {
             Inner::Unpartitioned(mut w) => w.close().await?,
             Inner::Partitioned(p) => p.0.close().await?,
@@ -223,8 +231,7 @@ impl TableWriter {
                 format!("fsync data file: {e}"),
             )
         })?;
-        let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
-        Ok((self.factory.to_json(files)?, bytes))
+        Ok(files)
     }
 }
 

@@ -1,0 +1,321 @@
+//! `tidewater compact -f policy.yaml --once` against live tables: compaction running
+//! repeatedly while a pipeline ingests (cold partitions packed, the hot one untouched, every
+//! streaming commit lands, exactly once by PyIceberg and DuckDB), orphan removal with a zero
+//! age threshold while a pipeline is killed between its checkpoint record and its commit, and
+//! a table written by another engine (PyIceberg).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::Path,
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use tidewater_e2e::{
+    BackgroundProducer, Broker, PipelineSpec, Tidewater, event_json, tidewater_bin,
+    venv_python_path, wait_for_rows,
+};
+
+const DAY_MS: i64 = 86_400_000;
+const MIB: u64 = 1024 * 1024;
+
+/// Runs `tidewater compact -f policy --once`; returns the JSON report.
+fn compact_once(policy: &Path) -> Result<serde_json::Value> {
+    let out = Command::new(tidewater_bin())
+        .args(["compact", "-f"])
+        .arg(policy)
+        .arg("--once")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "compact failed ({}): {stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let line = stdout.lines().last().context("no report")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn policy_yaml(spec: &PipelineSpec, extra: &str) -> String {
+    format!(
+        "apiVersion: tidewater.dev/v1alpha1\nkind: CompactionPolicy\nmetadata:\n  name: m\nspec:\n  \
+         catalog:\n    type: sql\n    uri: {}\n    warehouse: {}\n  tables: [{}]\n  \
+         targetFileSizeBytes: {MIB}\n{extra}",
+        spec.catalog_uri,
+        spec.warehouse.display(),
+        spec.table
+    )
+}
+
+fn table_report(report: &serde_json::Value) -> &serde_json::Value {
+    &report["tables"][0]
+}
+
+/// Files per partition (JSON of the partition tuple) with their total bytes.
+fn by_partition(files: &[(String, String, u64)]) -> BTreeMap<String, (usize, u64)> {
+    let mut out: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    for (_, p, size) in files {
+        let e = out.entry(p.clone()).or_default();
+        e.0 += 1;
+        e.1 += size;
+    }
+    out
+}
+
+#[test]
+fn compaction_while_ingesting_is_exactly_once_and_leaves_the_hot_partition_alone() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 2)?;
+    let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let mut tw = Tidewater::start(&file, &dir.path().join("tw.log"), None)?;
+    tw.wait_healthy(Duration::from_secs(60))
+        .with_context(|| tw.log_text())?;
+
+    // Three cold days, written in several checkpoints: many small files per partition.
+    let cold = broker.producer()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let base_id = 1_000_000_000u64;
+    let cold_events = 12_000u64;
+    for chunk in 0..6 {
+        for id in base_id + chunk * 2000..base_id + (chunk + 1) * 2000 {
+            let day = i64::try_from(id % 3 + 1)?;
+            let partition = i32::try_from(id % 2)?;
+            cold.send(
+                "clicks",
+                partition,
+                event_json(id, now - day * DAY_MS).as_bytes(),
+            )?;
+        }
+        cold.flush()?;
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    wait_for_rows(&spec, cold_events, Duration::from_secs(60))?;
+    let before = by_partition(&spec.data_files_by_partition()?);
+    assert!(
+        before.values().filter(|(n, _)| *n >= 4).count() >= 3,
+        "cold days start with many small files: {before:?}"
+    );
+
+    // Today's partition is hot: written every second while compaction runs.
+    let hot = BackgroundProducer::start(&broker, "clicks", 2, 400)?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(
+            &spec,
+            "  hotPartitionGuard:\n    minAge: 5s\n    newestPartitions: 1\n  \
+             expireSnapshots:\n    olderThan: 1s\n    retainLast: 5\n  \
+             removeOrphanFiles:\n    olderThan: 1h\n",
+        ),
+    )?;
+    let mut rewritten = 0;
+    let mut expired = 0;
+    for round in 0..4 {
+        std::thread::sleep(Duration::from_secs(3));
+        let files = spec.data_files_by_partition()?;
+        let newest = files
+            .iter()
+            .map(|(_, p, _)| p.clone())
+            .max()
+            .context("no files")?;
+        let hot_before: BTreeSet<String> = files
+            .iter()
+            .filter(|(_, p, _)| *p == newest)
+            .map(|(f, _, _)| f.clone())
+            .collect();
+        let report = compact_once(&policy)?;
+        let t = table_report(&report);
+        assert!(t["error"].is_null(), "round {round}: {report}");
+        assert!(t["hotPartitionsSkipped"].as_u64() >= Some(1), "{report}");
+        rewritten += t["filesRewritten"].as_u64().unwrap_or(0);
+        expired += t["snapshotsExpired"].as_u64().unwrap_or(0);
+        let live: BTreeSet<String> = spec
+            .data_files_by_partition()?
+            .into_iter()
+            .map(|(f, _, _)| f)
+            .collect();
+        let touched: Vec<&String> = hot_before.difference(&live).collect();
+        assert!(
+            touched.is_empty(),
+            "hot partition files were rewritten: {touched:?}"
+        );
+        eprintln!("round {round}: {report}");
+    }
+    let produced = hot.finish()? + cold_events;
+    wait_for_rows(&spec, produced, Duration::from_secs(90))?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    assert!(
+        !tw.log_text().contains("ERROR"),
+        "the pipeline logged errors: {}",
+        tw.log_text()
+    );
+    assert!(rewritten >= 12, "compaction rewrote {rewritten} files");
+    assert!(expired > 0, "no snapshot expired");
+
+    let after = by_partition(&spec.data_files_by_partition()?);
+    let newest = after.keys().max().cloned().unwrap_or_default();
+    for (partition, (files, bytes)) in &after {
+        if *partition == newest {
+            continue;
+        }
+        let bound = bytes.div_ceil(MIB) as usize + 1;
+        assert!(
+            *files <= bound,
+            "cold partition {partition}: {files} files for {bytes} bytes (bound {bound})"
+        );
+    }
+    let view = spec.inspect()?;
+    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
+    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
+    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
+    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    eprintln!(
+        "compaction while ingesting: {produced} events exactly once; {rewritten} files rewritten; \
+         files per partition before {before:?} after {after:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn orphan_removal_with_zero_age_keeps_what_recovery_needs() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 2)?;
+    let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let producer = BackgroundProducer::start(&broker, "clicks", 2, 500)?;
+    // Killed between writing its 4th checkpoint record and committing it.
+    let mut tw = Tidewater::start(
+        &file,
+        &dir.path().join("tw1.log"),
+        Some("checkpoint.after-record@4"),
+    )?;
+    let status = tw
+        .wait_timeout(Duration::from_secs(90))
+        .context("the fail point never fired")?;
+    assert!(!status.success());
+
+    // A real orphan, and orphan removal with no age threshold at all.
+    let junk = spec
+        .warehouse
+        .join("analytics/clicks/data/orphan-junk.parquet");
+    std::fs::create_dir_all(junk.parent().context("parent")?)?;
+    std::fs::write(&junk, b"not referenced by anything")?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(
+            &spec,
+            "  hotPartitionGuard:\n    minAge: 1h\n  removeOrphanFiles:\n    olderThan: 0s\n",
+        ),
+    )?;
+    let report = compact_once(&policy)?;
+    let t = table_report(&report);
+    assert!(t["error"].is_null(), "{report}");
+    assert!(!junk.exists(), "the orphan is removed: {report}");
+    assert!(t["orphansRemoved"].as_u64() >= Some(1), "{report}");
+
+    // Recovery commits the pending checkpoint: its files must still be there.
+    let mut tw = Tidewater::start(&file, &dir.path().join("tw2.log"), None)?;
+    std::thread::sleep(Duration::from_secs(4));
+    let produced = producer.finish()?;
+    wait_for_rows(&spec, produced, Duration::from_secs(90)).with_context(|| tw.log_text())?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    assert!(
+        tw.log_text()
+            .contains("finished commit of recovered checkpoint"),
+        "{}",
+        tw.log_text()
+    );
+    let view = spec.inspect()?;
+    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
+    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
+    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
+    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    Ok(())
+}
+
+#[test]
+fn a_table_written_by_pyiceberg_compacts_correctly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
+    let warehouse = dir.path().join("warehouse");
+    std::fs::create_dir_all(&warehouse)?;
+    // 8 appends of 1,000 rows into an identity-partitioned table (4 partitions), old enough
+    // to be cold (the writer's clock is not ours: minAge 0s).
+    let script = r#"
+import sys, pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.schema import Schema
+from pyiceberg.types import NestedField, LongType, StringType
+from pyiceberg.partitioning import PartitionSpec, PartitionField
+from pyiceberg.transforms import IdentityTransform
+uri, wh = sys.argv[1], sys.argv[2]
+cat = SqlCatalog("tidewater", uri=uri.replace("sqlite://", "sqlite:///", 1), warehouse="file://" + wh)
+cat.create_namespace("other")
+schema = Schema(NestedField(1, "id", LongType(), required=True), NestedField(2, "region", StringType()))
+spec = PartitionSpec(PartitionField(source_id=2, field_id=1000, transform=IdentityTransform(), name="region"))
+t = cat.create_table("other.events", schema=schema, partition_spec=spec)
+arrow_schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("region", pa.string())])
+for batch in range(8):
+    ids = list(range(batch * 1000, (batch + 1) * 1000))
+    t.append(pa.table({"id": ids, "region": ["r%d" % (i % 4) for i in ids]}, schema=arrow_schema))
+# delete some rows: PyIceberg writes a copy-on-write overwrite
+t.delete("id < 100")
+"#;
+    let out = Command::new(venv_python_path())
+        .arg("-c")
+        .arg(script)
+        .arg(&catalog)
+        .arg(&warehouse)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut spec = PipelineSpec::clicks(dir.path(), "unused:9092", "unused");
+    spec.catalog_uri = catalog;
+    spec.warehouse = warehouse;
+    spec.table = "other.events".into();
+    let before = by_partition(&spec.data_files_by_partition()?);
+    let before_view = spec.inspect()?;
+    assert_eq!(before_view.pyiceberg_rows, 7900);
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(&spec, "  hotPartitionGuard:\n    minAge: 0s\n"),
+    )?;
+    let report = compact_once(&policy)?;
+    assert!(table_report(&report)["error"].is_null(), "{report}");
+    let after = by_partition(&spec.data_files_by_partition()?);
+    assert_eq!(after.len(), 4, "{after:?}");
+    assert!(
+        after.values().all(|(n, _)| *n == 1),
+        "one file per partition: {after:?}"
+    );
+    let view = spec.inspect()?;
+    assert_eq!((view.pyiceberg_rows, view.pyiceberg_distinct), (7900, 7900));
+    assert_eq!((view.duckdb_rows, view.duckdb_distinct), (7900, 7900));
+    // Nothing left to do: a second run commits nothing.
+    let again = compact_once(&policy)?;
+    assert_eq!(again["run"]["result"], "NothingToDo", "{again}");
+    assert!(table_report(&again)["snapshotId"].is_null());
+    eprintln!("PyIceberg table: files per partition {before:?} → {after:?}");
+    Ok(())
+}
