@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): builds release binaries and runs bench/bench.py, which prints a
 # Markdown report and writes bench/results/latest.json. `bash bench/run.sh distributed [args]`
-# runs bench/distributed.py (coordinator + worker processes) instead. See docs/benchmarks.md.
+# runs bench/distributed.py (coordinator + worker processes) instead; `bash bench/run.sh compaction`
+# runs bench/compaction.py (bin-pack throughput on >= 2 GB of small files). See docs/benchmarks.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 bash scripts/setup.sh
 . scripts/env.sh
 cargo build -q --release -p tidewater-runtime -p tidewater-e2e --bins
+if [ "${1:-}" = compaction ]; then
+  shift
+  exec .venv/bin/python bench/compaction.py --bin "$CARGO_TARGET_DIR/release" "$@"
+fi
 if [ "${1:-}" = distributed ]; then
   shift
   exec .venv/bin/python bench/distributed.py --bin "$CARGO_TARGET_DIR/release" "$@"

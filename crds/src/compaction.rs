@@ -315,6 +315,15 @@ pub struct TableReport {
     pub orphans_removed: u64,
     /// Manifests merged away.
     pub manifests_merged: u64,
+    /// Time to read the table's file tree and plan (ms).
+    #[serde(default)]
+    pub plan_millis: u64,
+    /// Time to rewrite the groups (ms).
+    #[serde(default)]
+    pub rewrite_millis: u64,
+    /// Time to validate and commit (ms).
+    #[serde(default)]
+    pub commit_millis: u64,
     /// Snapshot committed by this run, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_id: Option<i64>,

@@ -13,8 +13,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use tidewater_e2e::{
-    BackgroundProducer, Broker, PipelineSpec, Tidewater, event_json, tidewater_bin,
-    venv_python_path, wait_for_rows,
+    BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, S3_KEY_ID, S3_SECRET, Tidewater,
+    event_json, tidewater_bin, venv_python_path, wait_for_rows,
 };
 
 const DAY_MS: i64 = 86_400_000;
@@ -23,6 +23,8 @@ const MIB: u64 = 1024 * 1024;
 /// Runs `tidewater compact -f policy --once`; returns the JSON report.
 fn compact_once(policy: &Path) -> Result<serde_json::Value> {
     let out = Command::new(tidewater_bin())
+        .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+        .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
         .args(["compact", "-f"])
         .arg(policy)
         .arg("--once")
@@ -317,5 +319,92 @@ t.delete("id < 100")
     assert_eq!(again["run"]["result"], "NothingToDo", "{again}");
     assert!(table_report(&again)["snapshotId"].is_null());
     eprintln!("PyIceberg table: files per partition {before:?} → {after:?}");
+    Ok(())
+}
+
+#[test]
+fn compaction_on_a_rest_catalog_and_s3_while_ingesting() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 2)?;
+    let moto = Moto::start("lake", &dir.path().join("moto.log"))?;
+    let rest = RestCatalog::start(
+        dir.path(),
+        "s3://lake/warehouse",
+        &moto.props(),
+        "test-token-1",
+        &[],
+    )?;
+    let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks").on_rest_and_s3(
+        dir.path(),
+        &rest,
+        &moto,
+    )?;
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let mut tw = Tidewater::start(&file, &dir.path().join("tw.log"), None)?;
+    tw.wait_healthy(Duration::from_secs(60))
+        .with_context(|| tw.log_text())?;
+    let cold = broker.producer()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let base_id = 1_000_000_000u64;
+    for chunk in 0..4 {
+        for id in base_id + chunk * 1000..base_id + (chunk + 1) * 1000 {
+            let partition = i32::try_from(id % 2)?;
+            cold.send(
+                "clicks",
+                partition,
+                event_json(id, now - 2 * DAY_MS).as_bytes(),
+            )?;
+        }
+        cold.flush()?;
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    wait_for_rows(&spec, 4000, Duration::from_secs(60))?;
+    let hot = BackgroundProducer::start(&broker, "clicks", 2, 300)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let policy = dir.path().join("policy.yaml");
+    let token = dir.path().join("catalog-token");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: tidewater.dev/v1alpha1\nkind: CompactionPolicy\nmetadata:\n  name: m\n\
+             spec:\n  catalog:\n    type: rest\n    uri: {}\n    warehouse: s3://lake/warehouse\n    \
+             auth:\n      type: bearer\n      secretFile: {}\n  storage:\n    s3:\n      \
+             endpoint: {}\n      region: us-east-1\n      pathStyleAccess: true\n  \
+             tables: [analytics.clicks]\n  targetFileSizeBytes: {MIB}\n  hotPartitionGuard:\n    \
+             minAge: 2s\n    newestPartitions: 1\n  expireSnapshots:\n    olderThan: 1s\n    \
+             retainLast: 3\n  removeOrphanFiles:\n    olderThan: 1h\n",
+            rest.uri(),
+            token.display(),
+            moto.endpoint()
+        ),
+    )?;
+    let report = compact_once(&policy)?;
+    let t = table_report(&report);
+    assert!(t["error"].is_null(), "{report}");
+    assert!(t["filesRewritten"].as_u64() >= Some(4), "{report}");
+    assert!(t["snapshotsExpired"].as_u64() >= Some(1), "{report}");
+    let produced = hot.finish()? + 4000;
+    wait_for_rows(&spec, produced, Duration::from_secs(90))?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    let files = by_partition(&spec.data_files_by_partition()?);
+    let newest = files.keys().max().cloned().unwrap_or_default();
+    let cold_files: Vec<usize> = files
+        .iter()
+        .filter(|(p, _)| **p != newest)
+        .map(|(_, (n, _))| *n)
+        .collect();
+    assert_eq!(cold_files, vec![1], "{files:?}");
+    let view = spec.inspect()?;
+    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
+    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
+    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
+    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    eprintln!("REST + S3: {report}");
     Ok(())
 }

@@ -22,7 +22,10 @@ use k8s_openapi::{
     },
 };
 use kube::{Resource, ResourceExt};
-use tidewater_crds::IngestionPipeline;
+use tidewater_crds::{
+    IngestionPipeline,
+    deploy::{SecretEnv, SecretMount},
+};
 
 use crate::spec_change::runtime_fingerprint;
 
@@ -309,18 +312,7 @@ fn pod(
             ..EnvVar::default()
         })
         .collect();
-    env.extend(p.spec.secret_env.iter().map(|s| EnvVar {
-        name: s.name.clone(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: s.secret_name.clone(),
-                key: s.key.clone(),
-                optional: Some(false),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }));
+    env.extend(secret_env_vars(&p.spec.secret_env));
     if component == "worker" {
         env.push(EnvVar {
             name: "TIDEWATER_WORKER_NAME".into(),
@@ -362,23 +354,9 @@ fn pod(
             ..VolumeMount::default()
         },
     ];
-    for (i, s) in p.spec.secret_mounts.iter().enumerate() {
-        let vol = format!("secret-{i}");
-        volumes.push(Volume {
-            name: vol.clone(),
-            secret: Some(SecretVolumeSource {
-                secret_name: Some(s.secret_name.clone()),
-                ..SecretVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
-        mounts.push(VolumeMount {
-            name: vol,
-            mount_path: s.mount_path.clone(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        });
-    }
+    let (secret_volumes, secret_mounts) = secret_volumes(&p.spec.secret_mounts);
+    volumes.extend(secret_volumes);
+    mounts.extend(secret_mounts);
     let resources = p.spec.resources.clone().unwrap_or_default();
     let container = Container {
         name: "tidewater".into(),
@@ -399,16 +377,7 @@ fn pod(
         },
         volume_mounts: Some(mounts),
         working_dir: Some("/tmp".into()),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(container_security()),
         ..Container::default()
     };
     PodTemplateSpec {
@@ -430,18 +399,84 @@ fn pod(
             priority_class_name: overrides.priority_class_name,
             // A worker's SIGTERM hands its partitions over at the next checkpoint.
             termination_grace_period_seconds: Some(60),
-            security_context: Some(PodSecurityContext {
-                run_as_non_root: Some(true),
-                run_as_user: Some(RUN_AS),
-                run_as_group: Some(RUN_AS),
-                fs_group: Some(RUN_AS),
-                seccomp_profile: Some(SeccompProfile {
-                    type_: "RuntimeDefault".into(),
-                    ..SeccompProfile::default()
-                }),
-                ..PodSecurityContext::default()
-            }),
+            security_context: Some(pod_security()),
             ..PodSpec::default()
         }),
+    }
+}
+
+/// Environment variables filled from Secret keys.
+pub fn secret_env_vars(secret_env: &[SecretEnv]) -> Vec<EnvVar> {
+    secret_env
+        .iter()
+        .map(|s| EnvVar {
+            name: s.name.clone(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: s.secret_name.clone(),
+                    key: s.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        })
+        .collect()
+}
+
+/// Secrets mounted read-only as files: volumes `secret-N` and their mounts.
+pub fn secret_volumes(mounts: &[SecretMount]) -> (Vec<Volume>, Vec<VolumeMount>) {
+    mounts
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let vol = format!("secret-{i}");
+            (
+                Volume {
+                    name: vol.clone(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(s.secret_name.clone()),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                VolumeMount {
+                    name: vol,
+                    mount_path: s.mount_path.clone(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            )
+        })
+        .unzip()
+}
+
+/// The runtime container's hardening: no privilege escalation, read-only root filesystem,
+/// non-root, no capabilities.
+pub fn container_security() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+/// The runtime pod's security context: an unprivileged user and `RuntimeDefault` seccomp.
+pub fn pod_security() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS),
+        run_as_group: Some(RUN_AS),
+        fs_group: Some(RUN_AS),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            ..SeccompProfile::default()
+        }),
+        ..PodSecurityContext::default()
     }
 }

@@ -103,8 +103,11 @@ fn main() -> ExitCode {
                 instance: std::env::var("POD_NAME").ok(),
             },
         });
-        tracing::info!("reconciling IngestionPipelines");
-        controller::run(ctx).await;
+        tracing::info!("reconciling IngestionPipelines and CompactionPolicies");
+        tokio::join!(
+            controller::run(ctx.clone()),
+            tidewater_operator::policy_controller::run(ctx)
+        );
         ExitCode::SUCCESS
     })
 }

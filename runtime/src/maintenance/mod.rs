@@ -213,6 +213,7 @@ impl Maintenance {
         ident: &TableIdent,
         report: &mut TableReport,
     ) -> Result<(), MaintenanceError> {
+        let started = std::time::Instant::now();
         let table = self.catalog.load_table(ident).await?;
         let meta = table.metadata();
         let Some(base) = meta.current_snapshot().cloned() else {
@@ -267,6 +268,7 @@ impl Maintenance {
         settings.spec_id = meta.default_partition_spec_id();
         let plan = plan::plan(&live, &settings, now_ms());
         report.hot_partitions_skipped = plan.hot_partitions.len() as u64;
+        report.plan_millis = started.elapsed().as_millis() as u64;
         if plan.groups.is_empty() && !merge_manifests {
             return Ok(());
         }
@@ -277,28 +279,35 @@ impl Maintenance {
             self.settings.target_bytes.to_string(),
         )]);
         let factory = WriterFactory::new(&table, &overrides).map_err(MaintenanceError::Policy)?;
+        // Groups are rewritten in parallel, one per core.
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut written: Vec<(plan::Group, Vec<DataFile>)> = Vec::new();
-        for group in plan.groups {
-            let wanted: HashSet<&str> = group.files.iter().map(String::as_str).collect();
-            let group_tasks: Vec<_> = tasks
-                .iter()
-                .filter(|t| wanted.contains(t.data_file_path.as_str()))
-                .cloned()
-                .map(Ok)
-                .collect();
-            let mut batches = table
-                .reader_builder()
-                .build()
-                .read(Box::pin(futures::stream::iter(group_tasks)))?
-                .stream();
-            let mut writer = factory
-                .open(format!("compact-{}", uuid::Uuid::now_v7()))
-                .await?;
-            while let Some(batch) = batches.next().await {
-                writer.write(batch?).await?;
+        let mut running = tokio::task::JoinSet::new();
+        let mut groups = plan.groups.into_iter();
+        loop {
+            while running.len() < parallel {
+                let Some(group) = groups.next() else { break };
+                let wanted: HashSet<&str> = group.files.iter().map(String::as_str).collect();
+                let group_tasks: Vec<_> = tasks
+                    .iter()
+                    .filter(|t| wanted.contains(t.data_file_path.as_str()))
+                    .cloned()
+                    .collect();
+                let (table, factory) = (table.clone(), factory.clone());
+                running.spawn(async move {
+                    let files = rewrite_group(&table, &factory, group_tasks).await;
+                    (group, files)
+                });
             }
-            written.push((group, writer.close_files().await?));
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let (group, files) =
+                done.map_err(|e| MaintenanceError::Catalog(format!("rewrite task failed: {e}")))?;
+            written.push((group, files?));
         }
+        report.rewrite_millis = started.elapsed().as_millis() as u64 - report.plan_millis;
+        let committing = std::time::Instant::now();
 
         for _ in 0..COMMIT_ATTEMPTS {
             let current = self.catalog.load_table(ident).await?;
@@ -313,6 +322,7 @@ impl Maintenance {
                 )
                 .await?;
             if outcome == Swap::Committed {
+                report.commit_millis = committing.elapsed().as_millis() as u64;
                 return Ok(());
             }
         }
@@ -702,6 +712,26 @@ fn ref_snapshots(meta: &TableMetadata) -> HashSet<i64> {
         .unwrap_or_default();
     out.extend(meta.current_snapshot_id());
     out
+}
+
+/// Reads `tasks` (deletes applied) and writes them into files of about the target size.
+async fn rewrite_group(
+    table: &Table,
+    factory: &WriterFactory,
+    tasks: Vec<iceberg::scan::FileScanTask>,
+) -> Result<Vec<DataFile>, MaintenanceError> {
+    let mut batches = table
+        .reader_builder()
+        .build()
+        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))?
+        .stream();
+    let mut writer = factory
+        .open(format!("compact-{}", uuid::Uuid::now_v7()))
+        .await?;
+    while let Some(batch) = batches.next().await {
+        writer.write(batch?).await?;
+    }
+    Ok(writer.close_files().await?)
 }
 
 fn add_carried(
