@@ -429,7 +429,8 @@ pub fn parse_policy(text: &str) -> Result<CompactionPolicy, Vec<FieldError>> {
     let de = serde_yaml::Deserializer::from_str(text);
     let mut unknown = Vec::new();
     let policy: CompactionPolicy = serde_ignored::deserialize(de, |path| {
-        let path = path.to_string();
+        // Optional fields show up as `?` segments: drop them from the path users see.
+        let path = path.to_string().replace(".?", "");
         // The generated root type handles these two itself.
         if path != "apiVersion" && path != "kind" {
             unknown.push(path);

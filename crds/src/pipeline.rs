@@ -609,7 +609,8 @@ impl IngestionPipeline {
         let mut unknown = Vec::new();
         let de = serde_yaml::Deserializer::from_str(text);
         let resource = serde_ignored::deserialize(de, |path| {
-            let path = path.to_string();
+            // Optional fields show up as `?` segments: drop them from the path users see.
+            let path = path.to_string().replace(".?", "");
             // The generated root type handles these two itself.
             if path != "apiVersion" && path != "kind" {
                 unknown.push(path);
@@ -659,8 +660,16 @@ mod tests {
             .replace(
                 "      topics: [clicks]",
                 "      topics: [clicks]\n      topic: clicks",
-            );
+            )
+            .replace("  deadLetter:\n", "  deadLetter:\n    topc: x\n");
         let (_, unknown) = IngestionPipeline::from_yaml_reporting_unknown(&text).unwrap();
-        assert_eq!(unknown, vec!["spec.source.kafka.topic", "spec.checkpont"]);
+        assert_eq!(
+            unknown,
+            vec![
+                "spec.source.kafka.topic",
+                "spec.checkpont",
+                "spec.deadLetter.topc"
+            ]
+        );
     }
 }

@@ -252,14 +252,12 @@ fn orphan_removal_with_zero_age_keeps_what_recovery_needs() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn a_table_written_by_pyiceberg_compacts_correctly() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let catalog = format!("sqlite://{}", dir.path().join("catalog.db").display());
-    let warehouse = dir.path().join("warehouse");
+/// A table created and written by PyIceberg in `dir`: 8 appends of 1,000 rows into an
+/// identity-partitioned table (4 regions), then a copy-on-write delete of `id < 100`.
+fn pyiceberg_table(dir: &Path) -> Result<PipelineSpec> {
+    let catalog = format!("sqlite://{}", dir.join("catalog.db").display());
+    let warehouse = dir.join("warehouse");
     std::fs::create_dir_all(&warehouse)?;
-    // 8 appends of 1,000 rows into an identity-partitioned table (4 partitions), old enough
-    // to be cold (the writer's clock is not ours: minAge 0s).
     let script = r#"
 import sys, pyarrow as pa
 from pyiceberg.catalog.sql import SqlCatalog
@@ -277,24 +275,34 @@ arrow_schema = pa.schema([pa.field("id", pa.int64(), nullable=False), pa.field("
 for batch in range(8):
     ids = list(range(batch * 1000, (batch + 1) * 1000))
     t.append(pa.table({"id": ids, "region": ["r%d" % (i % 4) for i in ids]}, schema=arrow_schema))
-# delete some rows: PyIceberg writes a copy-on-write overwrite
 t.delete("id < 100")
 "#;
+    pyiceberg(script, &[&catalog, &warehouse.display().to_string()])?;
+    let mut spec = PipelineSpec::clicks(dir, "unused:9092", "unused");
+    spec.catalog_uri = catalog;
+    spec.warehouse = warehouse;
+    spec.table = "other.events".into();
+    Ok(spec)
+}
+
+fn pyiceberg(script: &str, args: &[&str]) -> Result<()> {
     let out = Command::new(venv_python_path())
         .arg("-c")
         .arg(script)
-        .arg(&catalog)
-        .arg(&warehouse)
+        .args(args)
         .output()?;
-    assert!(
+    anyhow::ensure!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut spec = PipelineSpec::clicks(dir.path(), "unused:9092", "unused");
-    spec.catalog_uri = catalog;
-    spec.warehouse = warehouse;
-    spec.table = "other.events".into();
+    Ok(())
+}
+
+#[test]
+fn a_table_written_by_pyiceberg_compacts_correctly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = pyiceberg_table(dir.path())?;
     let before = by_partition(&spec.data_files_by_partition()?);
     let before_view = spec.inspect()?;
     assert_eq!(before_view.pyiceberg_rows, 7900);
@@ -319,6 +327,80 @@ t.delete("id < 100")
     assert_eq!(again["run"]["result"], "NothingToDo", "{again}");
     assert!(table_report(&again)["snapshotId"].is_null());
     eprintln!("PyIceberg table: files per partition {before:?} → {after:?}");
+    Ok(())
+}
+
+#[test]
+fn a_delete_committed_during_the_rewrite_is_never_lost() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let spec = pyiceberg_table(dir.path())?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(&spec, "  hotPartitionGuard:\n    minAge: 0s\n"),
+    )?;
+    // Compaction stops after rewriting every group, before validating and committing.
+    let gate = dir.path().join("gate");
+    let child = Command::new(tidewater_bin())
+        .env(
+            "TIDEWATER_FAILPOINTS",
+            format!("compact.before-commit:gate={}", gate.display()),
+        )
+        .args(["compact", "-f"])
+        .arg(&policy)
+        .arg("--once")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let reached = dir.path().join("gate.reached");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !reached.exists() {
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "compaction never reached the gate"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Meanwhile another engine deletes rows from a file compaction has just rewritten.
+    pyiceberg(
+        r#"
+import sys
+from pyiceberg.catalog.sql import SqlCatalog
+cat = SqlCatalog("tidewater", uri=sys.argv[1].replace("sqlite://", "sqlite:///", 1), warehouse="file://" + sys.argv[2])
+cat.load_table("other.events").delete("region = 'r1' and id < 1000")
+"#,
+        &[&spec.catalog_uri, &spec.warehouse.display().to_string()],
+    )?;
+    std::fs::write(&gate, b"")?;
+    let out = child.wait_with_output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().context("report")?)?;
+    let t = table_report(&report);
+    assert_eq!(
+        t["groupsConflicted"], 1,
+        "the r1 group is given up: {report}"
+    );
+    assert_eq!(
+        t["filesRewritten"], 24,
+        "the three other groups land: {report}"
+    );
+    // 7,900 rows minus r1's ids 100..999 (225 rows): the delete holds, nothing resurrected.
+    let view = spec.inspect()?;
+    assert_eq!((view.pyiceberg_rows, view.pyiceberg_distinct), (7675, 7675));
+    assert_eq!((view.duckdb_rows, view.duckdb_distinct), (7675, 7675));
+    let after = by_partition(&spec.data_files_by_partition()?);
+    let r1 = after
+        .iter()
+        .find(|(p, _)| p.contains("r1"))
+        .map(|(_, (n, _))| *n)
+        .context("r1")?;
+    assert!(r1 > 1, "r1 keeps its files for the next run: {after:?}");
+    eprintln!("concurrent delete: {report}");
     Ok(())
 }
 
@@ -406,5 +488,45 @@ fn compaction_on_a_rest_catalog_and_s3_while_ingesting() -> Result<()> {
     assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
     assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
     eprintln!("REST + S3: {report}");
+    Ok(())
+}
+
+#[test]
+fn a_bad_policy_is_refused_with_the_fields_named() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let text =
+        std::fs::read_to_string(tidewater_e2e::repo_root().join("examples/compaction.yaml"))?
+            .replace("*/30 * * * *", "*/30 * * *")
+            .replace("minAge: 10m", "minAge: ten minutes")
+            .replace("retainLast: 10", "retainLast: 10\n    keepLast: 3");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, text)?;
+    let out = Command::new(tidewater_bin())
+        .args(["compact", "-f"])
+        .arg(&policy)
+        .arg("--once")
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.expireSnapshots.keepLast: unknown field"),
+        "{err}"
+    );
+    let out = {
+        let text = std::fs::read_to_string(&policy)?.replace("\n    keepLast: 3", "");
+        std::fs::write(&policy, text)?;
+        Command::new(tidewater_bin())
+            .args(["compact", "-f"])
+            .arg(&policy)
+            .arg("--once")
+            .output()?
+    };
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("spec.schedule: `*/30 * * *` needs 5 fields"),
+        "{err}"
+    );
+    assert!(err.contains("spec.hotPartitionGuard.minAge"), "{err}");
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! Fail points for crash tests: `TIDEWATER_FAILPOINTS="name@N,other"` aborts the process
 //! (like `kill -9`: no cleanup, no final checkpoint) the Nth time `name` is reached (N = 1
 //! when omitted); `name@N:hang` blocks the thread that reaches it forever instead (a worker
-//! stuck in I/O while its process stays alive). Unset, each check is one relaxed atomic load.
+//! stuck in I/O while its process stays alive); `name@N:gate=PATH` creates `PATH.reached` and
+//! waits until `PATH` exists (a test does something at exactly that moment, then opens the
+//! gate). Unset, each check is one relaxed atomic load.
 
 use std::{
     collections::HashMap,
@@ -23,13 +25,16 @@ pub mod points {
     pub const AFTER_COMMIT: &str = "commit.after-catalog-update";
     /// A worker received a barrier and has not closed its files yet.
     pub const WORKER_BARRIER: &str = "worker.barrier";
+    /// Compaction has rewritten its groups and is about to validate and commit.
+    pub const COMPACT_BEFORE_COMMIT: &str = "compact.before-commit";
 }
 
 /// What a fail point does when it fires.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     Abort,
     Hang,
+    Gate(String),
 }
 
 static ARMED: AtomicBool = AtomicBool::new(true);
@@ -51,9 +56,10 @@ fn parse(spec: &str) -> HashMap<String, (u64, Action)> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|s| {
-            let (s, action) = match s.strip_suffix(":hang") {
-                Some(rest) => (rest, Action::Hang),
-                None => (s, Action::Abort),
+            let (s, action) = match (s.strip_suffix(":hang"), s.split_once(":gate=")) {
+                (Some(rest), _) => (rest, Action::Hang),
+                (None, Some((rest, path))) => (rest, Action::Gate(path.to_string())),
+                (None, None) => (s, Action::Abort),
             };
             match s.split_once('@') {
                 Some((name, n)) => (name.to_string(), (n.parse().unwrap_or(1), action)),
@@ -77,7 +83,7 @@ pub fn hit(name: &str) {
         if *remaining > 0 {
             return;
         }
-        let action = *action;
+        let action = action.clone();
         map.remove(name);
         action
     };
@@ -92,6 +98,13 @@ pub fn hit(name: &str) {
                 std::thread::park();
             }
         }
+        Action::Gate(path) => {
+            eprintln!("tidewater: fail point {name} reached, waiting for {path}");
+            let _ = std::fs::write(format!("{path}.reached"), b"");
+            while !std::path::Path::new(&path).exists() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
     }
 }
 
@@ -99,12 +112,13 @@ pub fn hit(name: &str) {
 mod tests {
     #[test]
     fn parses_names_and_counts() {
-        use super::Action::{Abort, Hang};
-        let m = super::parse("a@3, b ,,c@x,d@2:hang");
+        use super::Action::{Abort, Gate, Hang};
+        let m = super::parse("a@3, b ,,c@x,d@2:hang,e:gate=/tmp/g");
         assert_eq!(m.get("a"), Some(&(3, Abort)));
         assert_eq!(m.get("b"), Some(&(1, Abort)));
         assert_eq!(m.get("c"), Some(&(1, Abort)));
         assert_eq!(m.get("d"), Some(&(2, Hang)));
-        assert_eq!(m.len(), 4);
+        assert_eq!(m.get("e"), Some(&(1, Gate("/tmp/g".into()))));
+        assert_eq!(m.len(), 5);
     }
 }

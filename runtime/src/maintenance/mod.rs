@@ -307,6 +307,7 @@ impl Maintenance {
             written.push((group, files?));
         }
         report.rewrite_millis = started.elapsed().as_millis() as u64 - report.plan_millis;
+        crate::failpoint::hit(crate::failpoint::points::COMPACT_BEFORE_COMMIT);
         let committing = std::time::Instant::now();
 
         for _ in 0..COMMIT_ATTEMPTS {
