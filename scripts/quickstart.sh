@@ -54,3 +54,11 @@ print("analytics.clicks: %d rows, %d distinct ids, %d snapshots" % (d["rows"], d
 for row in v["sample"]:
     print("  ", row)
 '
+echo "[quickstart] tidewater compact -f examples/compaction.yaml --once (table maintenance):"
+"$bin/tidewater" compact -f examples/compaction.yaml --once | .venv/bin/python -c '
+import json, sys
+r = json.loads(sys.stdin.read().strip().splitlines()[-1])
+t = r["tables"][0]
+print("  result %s: %d files rewritten, %d hot partition(s) left alone (written in the last 10 minutes), %d snapshots expired" % (
+    r["run"]["result"], t["filesRewritten"], t["hotPartitionsSkipped"], t["snapshotsExpired"]))
+'

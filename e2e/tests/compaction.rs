@@ -530,3 +530,85 @@ fn a_bad_policy_is_refused_with_the_fields_named() -> Result<()> {
     assert!(err.contains("spec.hotPartitionGuard.minAge"), "{err}");
     Ok(())
 }
+
+#[test]
+fn compaction_while_the_distributed_runtime_ingests() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let c = Tidewater::coordinator(
+        &file,
+        &dir.path().join("coordinator.log"),
+        None,
+        &["--heartbeat-timeout", "3s"],
+    )?;
+    c.wait_healthy(Duration::from_secs(60))
+        .with_context(|| c.log_text())?;
+    let _w1 = Tidewater::worker(&c.url(), "w1", &dir.path().join("w1.log"))?;
+    let _w2 = Tidewater::worker(&c.url(), "w2", &dir.path().join("w2.log"))?;
+    let cold = broker.producer()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let base_id = 1_000_000_000u64;
+    for chunk in 0..5 {
+        for id in base_id + chunk * 2000..base_id + (chunk + 1) * 2000 {
+            let day = i64::try_from(id % 2 + 1)?;
+            let partition = i32::try_from(id % 4)?;
+            cold.send(
+                "clicks",
+                partition,
+                event_json(id, now - day * DAY_MS).as_bytes(),
+            )?;
+        }
+        cold.flush()?;
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    wait_for_rows(&spec, 10_000, Duration::from_secs(90)).with_context(|| c.log_text())?;
+    let hot = BackgroundProducer::start(&broker, "clicks", 4, 400)?;
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(
+            &spec,
+            "  hotPartitionGuard:\n    minAge: 5s\n    newestPartitions: 1\n  \
+             expireSnapshots:\n    olderThan: 1s\n    retainLast: 5\n",
+        ),
+    )?;
+    let mut rewritten = 0;
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_secs(3));
+        let report = compact_once(&policy)?;
+        let t = table_report(&report);
+        assert!(t["error"].is_null(), "{report}");
+        rewritten += t["filesRewritten"].as_u64().unwrap_or(0);
+    }
+    let produced = hot.finish()? + 10_000;
+    wait_for_rows(&spec, produced, Duration::from_secs(90)).with_context(|| c.log_text())?;
+    assert!(rewritten >= 10, "compaction rewrote {rewritten} files");
+    let after = by_partition(&spec.data_files_by_partition()?);
+    let newest = after.keys().max().cloned().unwrap_or_default();
+    for (partition, (files, bytes)) in &after {
+        if *partition != newest {
+            assert!(
+                *files <= bytes.div_ceil(MIB) as usize + 1,
+                "{partition}: {files} files"
+            );
+        }
+    }
+    let view = spec.inspect()?;
+    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
+    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
+    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
+    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    assert!(
+        !c.log_text().contains("ERROR"),
+        "the coordinator logged errors: {}",
+        c.log_text()
+    );
+    eprintln!(
+        "distributed: {produced} events exactly once; {rewritten} files rewritten; {after:?}"
+    );
+    Ok(())
+}

@@ -270,12 +270,15 @@ fn compact_main(file: &Path, once: bool, report_file: Option<&Path>) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    let base = file
-        .parent()
-        .map(Path::to_path_buf)
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or_else(|| PathBuf::from("."));
-    let base = std::fs::canonicalize(&base).unwrap_or(base);
+    // Relative paths resolve against the working directory, as for pipeline files.
+    let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    if policy.spec.suspend && !once {
+        println!(
+            "{}: suspended (spec.suspend): no scheduled runs",
+            file.display()
+        );
+        return ExitCode::SUCCESS;
+    }
     let schedule = match (&policy.spec.schedule, once) {
         (_, true) => None,
         (Some(s), false) => {

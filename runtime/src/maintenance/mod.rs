@@ -171,17 +171,27 @@ impl Maintenance {
     /// One pass over every table: compact, expire, remove orphans. A failing table is
     /// reported and the others still run.
     pub async fn run_once(&self) -> Result<Vec<TableReport>, MaintenanceError> {
-        let mut reports = Vec::new();
-        for ident in self.tables().await? {
-            let mut report = TableReport {
-                table: format!("{}.{}", ident.namespace().join("."), ident.name()),
-                ..TableReport::default()
-            };
-            if let Err(e) = self.maintain(&ident, &mut report).await {
-                report.error = Some(e.to_string());
-            }
-            reports.push(report);
-        }
+        let concurrent = self
+            .policy
+            .spec
+            .limits
+            .max_concurrent_tables
+            .map_or(1, |n| n.max(1) as usize);
+        // Tables in policy order; up to `limits.maxConcurrentTables` at a time.
+        let reports = futures::stream::iter(self.tables().await?)
+            .map(|ident| async move {
+                let mut report = TableReport {
+                    table: format!("{}.{}", ident.namespace().join("."), ident.name()),
+                    ..TableReport::default()
+                };
+                if let Err(e) = self.maintain(&ident, &mut report).await {
+                    report.error = Some(e.to_string());
+                }
+                report
+            })
+            .buffered(concurrent)
+            .collect()
+            .await;
         Ok(reports)
     }
 
