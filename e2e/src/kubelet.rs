@@ -48,6 +48,8 @@ pub struct ProcessPlan {
     pub workdir: PathBuf,
     /// Readiness probe (port, path).
     pub readiness: Option<(u16, String)>,
+    /// The container's termination-message file, on this machine.
+    pub termination_log: PathBuf,
 }
 
 /// The cluster objects a pod refers to, and where Services are reachable locally.
@@ -114,6 +116,15 @@ pub fn plan(
             .ok_or_else(|| format!("volumeMount {}: no such volume", m.name))?;
         mounts.push((m.mount_path.trim_end_matches('/').to_string(), dir.clone()));
     }
+    // The kubelet mounts the termination-message file; here it is a file of the pod's.
+    let termination_log = root.join("termination-log");
+    mounts.push((
+        container
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into()),
+        termination_log.clone(),
+    ));
     mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     let mut hosts: Vec<(&String, &String)> = refs.services.iter().collect();
     hosts.sort_by_key(|(h, _)| std::cmp::Reverse(h.len()));
@@ -203,6 +214,7 @@ pub fn plan(
         dirs,
         workdir,
         readiness,
+        termination_log,
     })
 }
 
@@ -601,6 +613,17 @@ fn http_ok(ip: &str, port: u16, path: &str) -> bool {
     s.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.") && &head[9..10] == b"2"
 }
 
+/// The termination-log file, or (FallbackToLogsOnError) the log's tail after a failure.
+fn termination_message(run: &Running, code: i32) -> String {
+    let message = std::fs::read_to_string(&run.plan.termination_log).unwrap_or_default();
+    if !message.is_empty() || code == 0 {
+        return message.chars().take(4096).collect();
+    }
+    let log = std::fs::read_to_string(&run.log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(80).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
 /// Patches the pod status when it changed.
 async fn report(client: &Client, ns: &str, run: &mut Running) -> Result<()> {
     let running = run.child.is_some();
@@ -608,7 +631,8 @@ async fn report(client: &Client, ns: &str, run: &mut Running) -> Result<()> {
     let state = match (running, run.last_exit) {
         (true, _) => json!({"running": {"startedAt": run.started_at}}),
         (false, Some(code)) if run.restart_at.is_none() => json!({"terminated": {
-            "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" }}}),
+            "exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+            "message": termination_message(run, code)}}),
         (false, Some(_)) => json!({"waiting": {"reason": "CrashLoopBackOff"}}),
         (false, None) => json!({"waiting": {"reason": "ContainerCreating"}}),
     };
@@ -868,6 +892,46 @@ mod tests {
         refs.config_maps.clear();
         let err = plan(&pod, "127.0.1.2", root, program, &refs).unwrap_err();
         assert_eq!(err, "volume config: configmap clicks-config not found");
+    }
+
+    #[test]
+    fn a_maintenance_job_reports_to_a_file_of_its_own() {
+        let policy: tidewater_crds::CompactionPolicy =
+            serde_yaml::from_str(include_str!("../../examples/compaction.yaml")).unwrap();
+        let kids = tidewater_operator::maintenance::children(&policy, &policy.spec, "tw:1");
+        let template = kids
+            .cron
+            .unwrap()
+            .spec
+            .unwrap()
+            .job_template
+            .spec
+            .unwrap()
+            .template;
+        let pod = Pod {
+            metadata: template.metadata.unwrap_or_default(),
+            spec: template.spec,
+            status: None,
+        };
+        let mut refs = Refs::default();
+        refs.config_maps.insert(
+            kids.config.metadata.name.clone().unwrap(),
+            kids.config.data.clone().unwrap(),
+        );
+        let root = Path::new("/node/pods/j");
+        let p = plan(&pod, "127.0.1.9", root, Path::new("/bin/tidewater"), &refs).unwrap();
+        assert_eq!(
+            p.args,
+            [
+                "compact",
+                "-f",
+                "/node/pods/j/volumes/policy/policy.yaml",
+                "--once",
+                "--report",
+                "/node/pods/j/termination-log",
+            ]
+        );
+        assert_eq!(p.termination_log, root.join("termination-log"));
     }
 
     #[test]

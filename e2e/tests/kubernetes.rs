@@ -1,7 +1,8 @@
 //! The Kubernetes end-to-end suite: against the API server `KUBECONFIG` points at, install
 //! the CRDs, run the operator, apply the example pipeline and walk create → Ready → upgrade
-//! (savepoint) → scale (`/scale` subresource) → suspend → resume → delete, then check
-//! exactly-once in the table with PyIceberg and DuckDB.
+//! (savepoint) → scale (`/scale` subresource) → suspend → resume → a CompactionPolicy run
+//! (its Job's report read back into the status) → delete, then check exactly-once in the
+//! table with PyIceberg and DuckDB.
 //!
 //! Pods run on a local node (`tidewater_e2e::kubelet`): the suite registers a node, binds the
 //! pipeline's pods to it (or lets the cluster's scheduler do so), runs each pod's container as
@@ -26,7 +27,7 @@ use kube::{
     api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use serde_json::json;
-use tidewater_crds::{IngestionPipeline, status::LifecycleState};
+use tidewater_crds::{CompactionPolicy, IngestionPipeline, status::LifecycleState};
 use tidewater_e2e::{
     BackgroundProducer, Broker, PipelineSpec, free_port, inspect_table, kubelet::LocalNode,
     operator_bin, repo_root, tidewater_bin,
@@ -240,6 +241,47 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
     .await?;
     ready_at_generation(&api, &name, Duration::from_secs(180)).await?;
     eprintln!("resume → Ready: {:.1} s", t.elapsed().as_secs_f64());
+
+    // Table maintenance while the pipeline runs: a CompactionPolicy on the pipeline, run once
+    // now through its runNonce Job; the operator reads the Job's report into the status.
+    let t = Instant::now();
+    let policies: Api<CompactionPolicy> = Api::namespaced(client.clone(), ns);
+    let policy: CompactionPolicy = serde_json::from_value(json!({
+        "apiVersion": "tidewater.dev/v1alpha1", "kind": "CompactionPolicy",
+        "metadata": {"name": "clicks-maintenance", "namespace": ns},
+        "spec": {
+            "pipelineRef": name,
+            "targetFileSizeBytes": 134217728,
+            "hotPartitionGuard": {"minAge": "0s"},
+            "expireSnapshots": {"olderThan": "1m", "retainLast": 5},
+            "runNonce": 1,
+            "image": "tidewater:e2e",
+            "podTemplate": node.pod_template(),
+        },
+    }))?;
+    policies
+        .patch(
+            "clicks-maintenance",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&policy),
+        )
+        .await
+        .context("apply the CompactionPolicy")?;
+    wait(
+        "a maintenance run reported",
+        Duration::from_secs(180),
+        || async {
+            let p = policies.get("clicks-maintenance").await.ok()?;
+            let s = p.status?;
+            let run = s.last_run?;
+            (run.result != "Failed" && s.tables.iter().all(|t| t.error.is_none())).then_some(())
+        },
+    )
+    .await?;
+    eprintln!(
+        "compaction run (Job) → status: {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     // Everything produced lands exactly once.
     tokio::time::sleep(Duration::from_secs(5)).await;
