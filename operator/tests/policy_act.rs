@@ -1,0 +1,168 @@
+//! The CompactionPolicy controller against a mock API server (tower-test): the exact requests
+//! of a reconcile, in order — policy file, CronJob, the run Job of a new runNonce, Event, Job
+//! listing, status — and an invalid policy reported in status without children.
+
+use std::sync::{Arc, Mutex};
+
+use http::{Method, Request, Response};
+use kube::{Client, client::Body, core::DeserializeGuard, runtime::events::Reporter};
+use serde_json::{Value, json};
+use tidewater_crds::CompactionPolicy;
+use tidewater_operator::{
+    controller::{Address, Context},
+    policy_controller::reconcile,
+};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+fn policy(extra: &str) -> CompactionPolicy {
+    let mut p: CompactionPolicy = serde_yaml::from_str(&format!(
+        "{}{extra}",
+        include_str!("../../examples/compaction.yaml")
+    ))
+    .unwrap();
+    p.metadata.namespace = Some("analytics".into());
+    p.metadata.uid = Some("uid-cp".into());
+    p.metadata.generation = Some(2);
+    p
+}
+
+fn context(client: Client) -> Arc<Context> {
+    Arc::new(Context {
+        client,
+        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+        address: Address::Dns,
+        reporter: Reporter {
+            controller: "tidewater-operator".into(),
+            instance: None,
+        },
+        metrics: Arc::default(),
+    })
+}
+
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    body: Value,
+}
+
+fn serve(mut handle: Handle) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Seen>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Some((request, send)) = handle.next_request().await {
+            let method = request.method().clone();
+            let path = request.uri().path().to_string();
+            let bytes = request.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            log.lock().unwrap().push(Seen {
+                method: method.clone(),
+                path: path.clone(),
+                body: body.clone(),
+            });
+            let answer = if method == Method::GET && path.ends_with("/jobs") {
+                json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []})
+            } else if path.contains("/compactionpolicies/") {
+                let mut whole = serde_json::to_value(policy("")).unwrap();
+                whole["status"] = body["status"].clone();
+                whole
+            } else {
+                let mut b = body;
+                if b.get("metadata").is_none() {
+                    b["metadata"] = json!({"name": "x", "namespace": "analytics"});
+                }
+                b
+            };
+            send.send_response(
+                Response::builder()
+                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
+                    .unwrap(),
+            );
+        }
+    });
+    (task, seen)
+}
+
+async fn reconcile_against(p: CompactionPolicy) -> Vec<Seen> {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "analytics");
+    let (server, seen) = serve(handle);
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), context(client))
+        .await
+        .expect("reconcile");
+    server.abort();
+    let seen = seen.lock().unwrap().clone();
+    seen
+}
+
+#[tokio::test]
+async fn a_policy_with_a_new_run_nonce() {
+    let seen = reconcile_against(policy("  runNonce: 4\n")).await;
+    let calls: Vec<(String, String)> = seen
+        .iter()
+        .map(|s| (s.method.to_string(), s.path.clone()))
+        .collect();
+    let ns = "/api/v1/namespaces/analytics";
+    let batch = "/apis/batch/v1/namespaces/analytics";
+    assert_eq!(
+        calls,
+        vec![
+            ("PATCH".into(), format!("{ns}/configmaps/clicks-maintenance-policy")),
+            ("PATCH".into(), format!("{batch}/cronjobs/clicks-maintenance-compaction")),
+            ("PATCH".into(), format!("{batch}/jobs/clicks-maintenance-run-4")),
+            ("POST".into(), "/apis/events.k8s.io/v1/namespaces/analytics/events".into()),
+            ("GET".into(), format!("{batch}/jobs")),
+            (
+                "PATCH".into(),
+                "/apis/tidewater.dev/v1alpha1/namespaces/analytics/compactionpolicies/clicks-maintenance/status".into()
+            ),
+        ]
+    );
+    let cron = &seen[1].body;
+    assert_eq!(cron["spec"]["schedule"], "*/30 * * * *");
+    assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
+    let job = &seen[2].body;
+    assert_eq!(
+        job["spec"]["template"]["spec"]["containers"][0]["args"],
+        json!([
+            "compact",
+            "-f",
+            "/etc/tidewater/policy.yaml",
+            "--once",
+            "--report",
+            "/dev/termination-log"
+        ])
+    );
+    let status = &seen[5].body["status"];
+    assert_eq!(status["lastRunNonce"], 4);
+    assert!(status["nextRun"].as_str().is_some(), "{status}");
+    assert_eq!(status["observedGeneration"], 2);
+}
+
+#[tokio::test]
+async fn an_invalid_policy_is_reported_and_nothing_is_created() {
+    let mut p = policy("");
+    p.spec.schedule = Some("every hour".into());
+    let seen = reconcile_against(p).await;
+    let calls: Vec<String> = seen
+        .iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert!(
+        calls[0].starts_with("POST /apis/events.k8s.io"),
+        "{calls:?}"
+    );
+    assert!(calls[1].ends_with("/compactionpolicies/clicks-maintenance/status"));
+    let degraded = &seen[1].body["status"]["conditions"][0];
+    assert_eq!(degraded["type"], "Degraded");
+    assert_eq!(degraded["status"], "True");
+    assert!(
+        degraded["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.schedule: `every hour` needs 5 fields"),
+        "{degraded}"
+    );
+}
