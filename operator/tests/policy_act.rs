@@ -92,8 +92,7 @@ async fn reconcile_against(p: CompactionPolicy) -> Vec<Seen> {
         .await
         .expect("reconcile");
     server.abort();
-    let seen = seen.lock().unwrap().clone();
-    seen
+    seen.lock().unwrap().clone()
 }
 
 #[tokio::test]
