@@ -22,6 +22,11 @@ const MIB: u64 = 1024 * 1024;
 
 /// Runs `tidewater compact -f policy --once`; returns the JSON report.
 fn compact_once(policy: &Path) -> Result<serde_json::Value> {
+    Ok(compact_once_logged(policy)?.0)
+}
+
+/// `compact_once`, also returning what the process logged.
+fn compact_once_logged(policy: &Path) -> Result<(serde_json::Value, String)> {
     let out = Command::new(tidewater_bin())
         .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
         .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
@@ -38,7 +43,10 @@ fn compact_once(policy: &Path) -> Result<serde_json::Value> {
         );
     }
     let line = stdout.lines().last().context("no report")?;
-    Ok(serde_json::from_str(line)?)
+    Ok((
+        serde_json::from_str(line)?,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 fn policy_yaml(spec: &PipelineSpec, extra: &str) -> String {
@@ -410,12 +418,14 @@ fn compaction_on_a_rest_catalog_and_s3_while_ingesting() -> Result<()> {
     let broker = Broker::start()?;
     broker.create_topic("clicks", 2)?;
     let moto = Moto::start("lake", &dir.path().join("moto.log"))?;
+    // Every commit is answered with HTTP 500 although it landed ("commit state unknown"):
+    // the pipeline and compaction must both find out that their commits are there.
     let rest = RestCatalog::start(
         dir.path(),
         "s3://lake/warehouse",
         &moto.props(),
         "test-token-1",
-        &[],
+        &["--fail-after-commit", "1"],
     )?;
     let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks").on_rest_and_s3(
         dir.path(),
@@ -462,7 +472,13 @@ fn compaction_on_a_rest_catalog_and_s3_while_ingesting() -> Result<()> {
             moto.endpoint()
         ),
     )?;
-    let report = compact_once(&policy)?;
+    let (report, logs) = compact_once_logged(&policy)?;
+    assert_eq!(
+        logs.matches("commit state unknown, but the commit landed")
+            .count(),
+        2,
+        "both the replace and the expiry commit were answered 500 and found landed: {logs}"
+    );
     let t = table_report(&report);
     assert!(t["error"].is_null(), "{report}");
     assert!(t["filesRewritten"].as_u64() >= Some(4), "{report}");

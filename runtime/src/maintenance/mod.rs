@@ -532,7 +532,11 @@ impl Maintenance {
             SnapshotReference::new(snapshot_id, SnapshotRetention::branch(None, None, None)),
         )?
         .build()?;
-        let swap = self.cas.swap(ident, current, next).await?;
+        let swap = self
+            .swap_or_check(ident, current, next, |m| {
+                m.snapshot_by_id(snapshot_id).is_some()
+            })
+            .await?;
         if swap == Swap::Committed {
             report.snapshot_id = Some(snapshot_id);
             report.files_rewritten += removed.len() as u64;
@@ -543,6 +547,30 @@ impl Maintenance {
             report.files_written += added.len() as u64;
         }
         Ok(swap)
+    }
+
+    /// Swaps in `next`; when the catalog cannot say whether it did (REST 5xx), reloads the
+    /// table and asks `landed` whether the change is there.
+    async fn swap_or_check(
+        &self,
+        ident: &TableIdent,
+        current: &Table,
+        next: iceberg::spec::TableMetadataBuildResult,
+        landed: impl Fn(&TableMetadata) -> bool,
+    ) -> Result<Swap, MaintenanceError> {
+        match self.cas.swap(ident, current, next).await {
+            Err(MaintenanceError::CommitUnknown(reason)) => {
+                let table = self.catalog.load_table(ident).await?;
+                if landed(table.metadata()) {
+                    tracing::warn!(%reason, "commit state unknown, but the commit landed");
+                    Ok(Swap::Committed)
+                } else {
+                    tracing::warn!(%reason, "commit state unknown and not landed; retrying");
+                    Ok(Swap::Conflict)
+                }
+            }
+            other => other,
+        }
     }
 
     /// Expires snapshots older than `older_ms` beyond the newest `retain` of the main branch,
@@ -597,7 +625,12 @@ impl Maintenance {
             )
             .remove_snapshots(&expired)
             .build()?;
-            if self.cas.swap(ident, &table, next).await? == Swap::Conflict {
+            let swap = self
+                .swap_or_check(ident, &table, next, |m| {
+                    expired.iter().all(|id| m.snapshot_by_id(*id).is_none())
+                })
+                .await?;
+            if swap == Swap::Conflict {
                 continue;
             }
             report.snapshots_expired += expired.len() as u64;
