@@ -49,6 +49,35 @@ fn compact_once_logged(policy: &Path) -> Result<(serde_json::Value, String)> {
     ))
 }
 
+/// Produces `chunks` × `per_chunk` events with ids from 1e9 into `partitions` partitions,
+/// timestamped 1..=`days` days ago (cold partitions), a chunk per checkpoint or so: many
+/// small files per partition. Returns how many.
+fn produce_cold(
+    broker: &Broker,
+    partitions: u64,
+    chunks: u64,
+    per_chunk: u64,
+    days: u64,
+) -> Result<u64> {
+    let cold = broker.producer()?;
+    let now = chrono::Utc::now().timestamp_millis();
+    let base_id = 1_000_000_000u64;
+    for chunk in 0..chunks {
+        for id in base_id + chunk * per_chunk..base_id + (chunk + 1) * per_chunk {
+            let day = i64::try_from(id % days + 1)?;
+            let partition = i32::try_from(id % partitions)?;
+            cold.send(
+                "clicks",
+                partition,
+                event_json(id, now - day * DAY_MS).as_bytes(),
+            )?;
+        }
+        cold.flush()?;
+        std::thread::sleep(Duration::from_millis(1300));
+    }
+    Ok(chunks * per_chunk)
+}
+
 fn policy_yaml(spec: &PipelineSpec, extra: &str) -> String {
     format!(
         "apiVersion: tidewater.dev/v1alpha1\nkind: CompactionPolicy\nmetadata:\n  name: m\nspec:\n  \
@@ -88,23 +117,7 @@ fn compaction_while_ingesting_is_exactly_once_and_leaves_the_hot_partition_alone
         .with_context(|| tw.log_text())?;
 
     // Three cold days, written in several checkpoints: many small files per partition.
-    let cold = broker.producer()?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let base_id = 1_000_000_000u64;
-    let cold_events = 12_000u64;
-    for chunk in 0..6 {
-        for id in base_id + chunk * 2000..base_id + (chunk + 1) * 2000 {
-            let day = i64::try_from(id % 3 + 1)?;
-            let partition = i32::try_from(id % 2)?;
-            cold.send(
-                "clicks",
-                partition,
-                event_json(id, now - day * DAY_MS).as_bytes(),
-            )?;
-        }
-        cold.flush()?;
-        std::thread::sleep(Duration::from_millis(1300));
-    }
+    let cold_events = produce_cold(&broker, 2, 6, 2000, 3)?;
     wait_for_rows(&spec, cold_events, Duration::from_secs(60))?;
     let before = by_partition(&spec.data_files_by_partition()?);
     assert!(
@@ -437,21 +450,7 @@ fn compaction_on_a_rest_catalog_and_s3_while_ingesting() -> Result<()> {
     let mut tw = Tidewater::start(&file, &dir.path().join("tw.log"), None)?;
     tw.wait_healthy(Duration::from_secs(60))
         .with_context(|| tw.log_text())?;
-    let cold = broker.producer()?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let base_id = 1_000_000_000u64;
-    for chunk in 0..4 {
-        for id in base_id + chunk * 1000..base_id + (chunk + 1) * 1000 {
-            let partition = i32::try_from(id % 2)?;
-            cold.send(
-                "clicks",
-                partition,
-                event_json(id, now - 2 * DAY_MS).as_bytes(),
-            )?;
-        }
-        cold.flush()?;
-        std::thread::sleep(Duration::from_millis(1300));
-    }
+    produce_cold(&broker, 2, 4, 1000, 1)?;
     wait_for_rows(&spec, 4000, Duration::from_secs(60))?;
     let hot = BackgroundProducer::start(&broker, "clicks", 2, 300)?;
     std::thread::sleep(Duration::from_secs(3));
@@ -565,22 +564,7 @@ fn compaction_while_the_distributed_runtime_ingests() -> Result<()> {
         .with_context(|| c.log_text())?;
     let _w1 = Tidewater::worker(&c.url(), "w1", &dir.path().join("w1.log"))?;
     let _w2 = Tidewater::worker(&c.url(), "w2", &dir.path().join("w2.log"))?;
-    let cold = broker.producer()?;
-    let now = chrono::Utc::now().timestamp_millis();
-    let base_id = 1_000_000_000u64;
-    for chunk in 0..5 {
-        for id in base_id + chunk * 2000..base_id + (chunk + 1) * 2000 {
-            let day = i64::try_from(id % 2 + 1)?;
-            let partition = i32::try_from(id % 4)?;
-            cold.send(
-                "clicks",
-                partition,
-                event_json(id, now - day * DAY_MS).as_bytes(),
-            )?;
-        }
-        cold.flush()?;
-        std::thread::sleep(Duration::from_millis(1300));
-    }
+    produce_cold(&broker, 4, 5, 2000, 2)?;
     wait_for_rows(&spec, 10_000, Duration::from_secs(90)).with_context(|| c.log_text())?;
     let hot = BackgroundProducer::start(&broker, "clicks", 4, 400)?;
     let policy = dir.path().join("policy.yaml");

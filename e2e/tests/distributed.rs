@@ -96,19 +96,21 @@ fn wait_owning_workers(c: &Tidewater, n: usize, timeout: Duration) -> Result<ser
     let deadline = Instant::now() + timeout;
     loop {
         let status = c.status()?;
-        let owning = status["workers"]
-            .as_array()
-            .map(|ws| {
-                ws.iter()
-                    .filter(|w| w["partitions"].as_array().is_some_and(|p| !p.is_empty()))
-                    .count()
-            })
-            .unwrap_or(0);
+        // Only active workers count; a leaving worker still holding partitions means the
+        // hand-over has not happened yet.
+        let holds =
+            |w: &serde_json::Value| w["partitions"].as_array().is_some_and(|p| !p.is_empty());
+        let workers = status["workers"].as_array().cloned().unwrap_or_default();
+        let owning = workers
+            .iter()
+            .filter(|w| holds(w) && w["state"] == "active")
+            .count();
+        let leaving_with_partitions = workers.iter().any(|w| holds(w) && w["state"] != "active");
         let unowned = status["partitions"]
             .as_array()
             .map(|ps| ps.iter().filter(|p| p["worker"].is_null()).count())
             .unwrap_or(1);
-        if owning == n && unowned == 0 {
+        if owning == n && unowned == 0 && !leaving_with_partitions {
             return Ok(status);
         }
         anyhow::ensure!(

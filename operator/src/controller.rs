@@ -150,7 +150,8 @@ async fn observe(p: &IngestionPipeline, ctx: &Context) -> (Observed, Option<JobC
     (obs, client)
 }
 
-async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+/// Server-side apply of one namespaced child, forced, as the operator's field manager.
+pub(crate) async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Serialize
@@ -258,7 +259,8 @@ pub async fn act(
     Ok(Action::requeue(d.requeue))
 }
 
-async fn publish(
+/// Publishes an Event (failures to publish are logged, never fatal).
+pub(crate) async fn publish(
     recorder: &Recorder,
     reference: &ObjectReference,
     reason: &str,
@@ -378,11 +380,7 @@ async fn report_invalid(
 }
 
 /// Transient failures are retried with a delay; nothing crash-loops.
-pub fn error_policy(
-    _p: Arc<DeserializeGuard<IngestionPipeline>>,
-    error: &Error,
-    _ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     tracing::warn!(%error, category = error.category(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }

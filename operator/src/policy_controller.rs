@@ -13,18 +13,12 @@ use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
     core::DeserializeGuard,
-    runtime::{
-        Controller,
-        controller::Action,
-        events::{Event, EventType, Recorder},
-        reflector::ObjectRef,
-        watcher,
-    },
+    runtime::{Controller, controller::Action, events::Recorder, reflector::ObjectRef, watcher},
 };
 use tidewater_crds::{CompactionPolicy, IngestionPipeline};
 
 use crate::{
-    controller::{Context, Error, MANAGER},
+    controller::{Context, Error, MANAGER, apply, error_policy, publish},
     maintenance::{self, FinishedRun, POLICY_LABEL},
 };
 
@@ -76,49 +70,6 @@ async fn finished_runs(ctx: &Context, ns: &str, policy: &str) -> Result<Vec<Fini
     Ok(out)
 }
 
-async fn apply<K>(ctx: &Context, ns: &str, obj: &K) -> Result<(), Error>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + serde::Serialize
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    let name = obj.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn publish(
-    ctx: &Context,
-    reference: &ObjectReference,
-    reason: &str,
-    note: &str,
-    warning: bool,
-) {
-    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    let event = Event {
-        type_: if warning {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".into(),
-        secondary: None,
-    };
-    if let Err(e) = recorder.publish(&event, reference).await {
-        tracing::warn!(error = %e, reason, "could not publish event");
-    }
-}
-
 async fn patch_status(
     ctx: &Context,
     policy: &CompactionPolicy,
@@ -147,6 +98,7 @@ pub async fn reconcile(
     ctx: Arc<Context>,
 ) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
     let policy = match &guard.0 {
         Ok(p) => p,
         Err(invalid) => {
@@ -158,7 +110,7 @@ pub async fn reconcile(
                 uid: invalid.metadata.uid.clone(),
                 ..ObjectReference::default()
             };
-            publish(&ctx, &reference, "InvalidSpec", &invalid.error, true).await;
+            publish(&recorder, &reference, "InvalidSpec", &invalid.error, true).await;
             return Ok(Action::await_change());
         }
     };
@@ -185,7 +137,7 @@ pub async fn reconcile(
     let spec = match resolved {
         Ok(spec) => spec,
         Err(message) => {
-            publish(&ctx, &reference, "InvalidSpec", &message, true).await;
+            publish(&recorder, &reference, "InvalidSpec", &message, true).await;
             let mut status = policy.status.clone().unwrap_or_default();
             status.observed_generation = policy.metadata.generation;
             status.conditions = vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
@@ -207,10 +159,10 @@ pub async fn reconcile(
         .clone()
         .unwrap_or_else(|| ctx.default_image.clone());
     let kids = maintenance::children(policy, &spec, &image);
-    apply(&ctx, &ns, &kids.config).await?;
+    apply(&ctx.client, &ns, &kids.config).await?;
     let crons: Api<CronJob> = Api::namespaced(ctx.client.clone(), &ns);
     match &kids.cron {
-        Some(cron) => apply(&ctx, &ns, cron).await?,
+        Some(cron) => apply(&ctx.client, &ns, cron).await?,
         None => {
             let name = maintenance::cron_name(&policy.name_any());
             if crons.get_opt(&name).await?.is_some() {
@@ -219,9 +171,9 @@ pub async fn reconcile(
         }
     }
     if let Some(job) = &kids.run {
-        apply(&ctx, &ns, job).await?;
+        apply(&ctx.client, &ns, job).await?;
         publish(
-            &ctx,
+            &recorder,
             &reference,
             "RunRequested",
             &format!("job {}", job.name_any()),
@@ -232,20 +184,11 @@ pub async fn reconcile(
     let runs = finished_runs(&ctx, &ns, &policy.name_any()).await?;
     let (status, notes) = maintenance::status(policy, &runs, chrono::Utc::now());
     for n in &notes {
-        publish(&ctx, &reference, &n.reason, &n.message, n.warning).await;
+        publish(&recorder, &reference, &n.reason, &n.message, n.warning).await;
     }
     patch_status(&ctx, policy, &status).await?;
     // Finished Jobs wake the controller (owned); the schedule's next run refreshes nextRun.
     Ok(Action::requeue(Duration::from_secs(300)))
-}
-
-fn error_policy(
-    _p: Arc<DeserializeGuard<CompactionPolicy>>,
-    error: &Error,
-    _ctx: Arc<Context>,
-) -> Action {
-    tracing::warn!(%error, category = error.category(), "policy reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(10))
 }
 
 /// Runs the CompactionPolicy controller until SIGTERM/SIGINT.
