@@ -1086,6 +1086,20 @@ pub struct TableView {
     pub raw: serde_json::Value,
 }
 
+impl TableView {
+    /// Both readers see exactly `n` rows with `n` distinct ids: nothing lost, nothing twice.
+    #[track_caller]
+    pub fn assert_exactly(&self, n: u64) {
+        assert_eq!(self.pyiceberg_rows, n, "PyIceberg rows: {self:?}");
+        assert_eq!(
+            self.pyiceberg_distinct, n,
+            "PyIceberg distinct ids: {self:?}"
+        );
+        assert_eq!(self.duckdb_rows, n, "DuckDB rows: {self:?}");
+        assert_eq!(self.duckdb_distinct, n, "DuckDB distinct ids: {self:?}");
+    }
+}
+
 /// Reads a table with PyIceberg and DuckDB (e2e/readers/inspect_table.py).
 pub fn inspect_table(catalog_uri: &str, warehouse: &Path, table: &str) -> Result<TableView> {
     read_table(catalog_uri, warehouse, table, "pyiceberg,duckdb")

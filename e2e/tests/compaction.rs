@@ -198,10 +198,7 @@ fn compaction_while_ingesting_is_exactly_once_and_leaves_the_hot_partition_alone
         );
     }
     let view = spec.inspect()?;
-    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
-    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
-    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
-    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    view.assert_exactly(produced);
     eprintln!(
         "compaction while ingesting: {produced} events exactly once; {rewritten} files rewritten; \
          files per partition before {before:?} after {after:?}"
@@ -266,10 +263,7 @@ fn orphan_removal_with_zero_age_keeps_what_recovery_needs() -> Result<()> {
         tw.log_text()
     );
     let view = spec.inspect()?;
-    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
-    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
-    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
-    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    view.assert_exactly(produced);
     Ok(())
 }
 
@@ -498,10 +492,7 @@ fn compaction_on_a_rest_catalog_and_s3_while_ingesting() -> Result<()> {
         .collect();
     assert_eq!(cold_files, vec![1], "{files:?}");
     let view = spec.inspect()?;
-    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
-    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
-    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
-    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    view.assert_exactly(produced);
     eprintln!("REST + S3: {report}");
     Ok(())
 }
@@ -598,10 +589,7 @@ fn compaction_while_the_distributed_runtime_ingests() -> Result<()> {
         }
     }
     let view = spec.inspect()?;
-    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
-    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
-    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
-    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    view.assert_exactly(produced);
     assert!(
         !c.log_text().contains("ERROR"),
         "the coordinator logged errors: {}",

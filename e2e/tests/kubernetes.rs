@@ -318,10 +318,7 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
 
     let view =
         tokio::task::spawn_blocking(move || inspect_table(&catalog, &warehouse, &table)).await??;
-    assert_eq!(view.pyiceberg_rows, produced, "PyIceberg rows: {view:?}");
-    assert_eq!(view.pyiceberg_distinct, produced, "PyIceberg distinct ids");
-    assert_eq!(view.duckdb_rows, produced, "DuckDB rows");
-    assert_eq!(view.duckdb_distinct, produced, "DuckDB distinct ids");
+    view.assert_exactly(produced);
     // Savepoints: the upgrade's, the suspension's and the final one before deletion.
     let savepoint_dir = dir
         .join("warehouse/_tidewater")
