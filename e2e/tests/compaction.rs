@@ -324,10 +324,16 @@ fn a_table_written_by_pyiceberg_compacts_correctly() -> Result<()> {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
         &policy,
-        policy_yaml(&spec, "  hotPartitionGuard:\n    minAge: 0s\n"),
+        policy_yaml(
+            &spec,
+            "  hotPartitionGuard:\n    minAge: 0s\n  thresholds:\n    maxManifests: 2\n",
+        ),
     )?;
     let report = compact_once(&policy)?;
-    assert!(table_report(&report)["error"].is_null(), "{report}");
+    let t = table_report(&report);
+    assert!(t["error"].is_null(), "{report}");
+    // 9 PyIceberg commits left 9+ data manifests: merged into one in the same commit.
+    assert!(t["manifestsMerged"].as_u64() >= Some(7), "{report}");
     let after = by_partition(&spec.data_files_by_partition()?);
     assert_eq!(after.len(), 4, "{after:?}");
     assert!(
