@@ -782,6 +782,18 @@ mod tests {
     use super::*;
     use tidewater_operator::children::{Deploy, Start, children};
 
+    /// A pod as a controller would create it from `template`.
+    fn pod_of(template: k8s_openapi::api::core::v1::PodTemplateSpec, name: &str) -> Pod {
+        let mut metadata = template.metadata.unwrap_or_default();
+        metadata.name = Some(name.into());
+        metadata.namespace = Some("lake".into());
+        Pod {
+            metadata,
+            spec: template.spec,
+            status: None,
+        }
+    }
+
     #[test]
     fn operator_pods_become_local_processes() {
         let mut p: tidewater_crds::IngestionPipeline =
@@ -817,20 +829,10 @@ mod tests {
         let root = Path::new("/node/pods/x");
         let program = Path::new("/bin/tidewater");
 
-        let mut pod = Pod {
-            metadata: kids
-                .coordinator
-                .spec
-                .clone()
-                .unwrap()
-                .template
-                .metadata
-                .unwrap(),
-            spec: kids.coordinator.spec.clone().unwrap().template.spec,
-            status: None,
-        };
-        pod.metadata.name = Some("clicks-coordinator-abc".into());
-        pod.metadata.namespace = Some("lake".into());
+        let pod = pod_of(
+            kids.coordinator.spec.clone().unwrap().template,
+            "clicks-coordinator-abc",
+        );
         let c = plan(&pod, "127.0.1.2", root, program, &refs).unwrap();
         assert_eq!(
             c.args,
@@ -859,20 +861,10 @@ mod tests {
                 .contains(&("AWS_ACCESS_KEY_ID".to_string(), "AKIA".to_string()))
         );
 
-        let mut worker = Pod {
-            metadata: kids
-                .workers
-                .spec
-                .clone()
-                .unwrap()
-                .template
-                .metadata
-                .unwrap(),
-            spec: kids.workers.spec.clone().unwrap().template.spec,
-            status: None,
-        };
-        worker.metadata.name = Some("clicks-workers-1".into());
-        worker.metadata.namespace = Some("lake".into());
+        let worker = pod_of(
+            kids.workers.spec.clone().unwrap().template,
+            "clicks-workers-1",
+        );
         let w = plan(&worker, "127.0.1.3", root, program, &refs).unwrap();
         assert_eq!(
             w.args,
@@ -908,11 +900,7 @@ mod tests {
             .spec
             .unwrap()
             .template;
-        let pod = Pod {
-            metadata: template.metadata.unwrap_or_default(),
-            spec: template.spec,
-            status: None,
-        };
+        let pod = pod_of(template, "clicks-maintenance-run-1");
         let mut refs = Refs::default();
         refs.config_maps.insert(
             kids.config.metadata.name.clone().unwrap(),

@@ -992,41 +992,41 @@ spec:
         self.read("pyiceberg,duckdb")
     }
 
-    /// Live data files (path, Parquet codec) as PyIceberg sees them.
-    /// Live data files as PyIceberg sees them: path, partition (JSON), size in bytes.
-    pub fn data_files_by_partition(&self) -> Result<Vec<(String, String, u64)>> {
+    /// Live data files as PyIceberg sees them.
+    pub fn live_files(&self) -> Result<Vec<LiveDataFile>> {
         let view = self.read_with("pyiceberg", &["--files"])?;
+        let text = |f: &serde_json::Value, k: &str| f[k].as_str().unwrap_or_default().to_string();
         Ok(view.raw["files"]
             .as_array()
             .map(|fs| {
                 fs.iter()
-                    .map(|f| {
-                        (
-                            f["path"].as_str().unwrap_or_default().to_string(),
-                            f["partition"].as_str().unwrap_or_default().to_string(),
-                            f["size"].as_u64().unwrap_or_default(),
-                        )
+                    .map(|f| LiveDataFile {
+                        path: text(f, "path"),
+                        codec: text(f, "codec"),
+                        partition: text(f, "partition"),
+                        size: f["size"].as_u64().unwrap_or_default(),
                     })
                     .collect()
             })
             .unwrap_or_default())
     }
 
+    /// Live data files: path, partition (JSON), size in bytes.
+    pub fn data_files_by_partition(&self) -> Result<Vec<(String, String, u64)>> {
+        Ok(self
+            .live_files()?
+            .into_iter()
+            .map(|f| (f.path, f.partition, f.size))
+            .collect())
+    }
+
+    /// Live data files: path, Parquet codec.
     pub fn data_files(&self) -> Result<Vec<(String, String)>> {
-        let view = self.read_with("pyiceberg", &["--files"])?;
-        Ok(view.raw["files"]
-            .as_array()
-            .map(|fs| {
-                fs.iter()
-                    .map(|f| {
-                        (
-                            f["path"].as_str().unwrap_or_default().to_string(),
-                            f["codec"].as_str().unwrap_or_default().to_string(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(self
+            .live_files()?
+            .into_iter()
+            .map(|f| (f.path, f.codec))
+            .collect())
     }
 
     fn read(&self, readers: &str) -> Result<TableView> {
@@ -1073,6 +1073,17 @@ spec:
         }
         run_reader(&args)
     }
+}
+
+/// One live data file as PyIceberg lists it.
+#[derive(Debug, Clone)]
+pub struct LiveDataFile {
+    pub path: String,
+    /// Parquet codec of the first column chunk.
+    pub codec: String,
+    /// The partition tuple as JSON.
+    pub partition: String,
+    pub size: u64,
 }
 
 /// Counts from the independent readers.

@@ -89,6 +89,19 @@ fn policy_yaml(spec: &PipelineSpec, extra: &str) -> String {
     )
 }
 
+/// Every partition but the newest (the hot one) holds at most ceil(bytes / target) + 1 files.
+#[track_caller]
+fn assert_cold_partitions_packed(files: &BTreeMap<String, (usize, u64)>) {
+    let newest = files.keys().max().cloned().unwrap_or_default();
+    for (partition, (n, bytes)) in files.iter().filter(|(p, _)| **p != newest) {
+        let bound = bytes.div_ceil(MIB) as usize + 1;
+        assert!(
+            *n <= bound,
+            "cold partition {partition}: {n} files for {bytes} bytes (bound {bound})"
+        );
+    }
+}
+
 fn table_report(report: &serde_json::Value) -> &serde_json::Value {
     &report["tables"][0]
 }
@@ -186,17 +199,7 @@ fn compaction_while_ingesting_is_exactly_once_and_leaves_the_hot_partition_alone
     assert!(expired > 0, "no snapshot expired");
 
     let after = by_partition(&spec.data_files_by_partition()?);
-    let newest = after.keys().max().cloned().unwrap_or_default();
-    for (partition, (files, bytes)) in &after {
-        if *partition == newest {
-            continue;
-        }
-        let bound = bytes.div_ceil(MIB) as usize + 1;
-        assert!(
-            *files <= bound,
-            "cold partition {partition}: {files} files for {bytes} bytes (bound {bound})"
-        );
-    }
+    assert_cold_partitions_packed(&after);
     let view = spec.inspect()?;
     view.assert_exactly(produced);
     eprintln!(
@@ -585,15 +588,7 @@ fn compaction_while_the_distributed_runtime_ingests() -> Result<()> {
     wait_for_rows(&spec, produced, Duration::from_secs(90)).with_context(|| c.log_text())?;
     assert!(rewritten >= 10, "compaction rewrote {rewritten} files");
     let after = by_partition(&spec.data_files_by_partition()?);
-    let newest = after.keys().max().cloned().unwrap_or_default();
-    for (partition, (files, bytes)) in &after {
-        if *partition != newest {
-            assert!(
-                *files <= bytes.div_ceil(MIB) as usize + 1,
-                "{partition}: {files} files"
-            );
-        }
-    }
+    assert_cold_partitions_packed(&after);
     let view = spec.inspect()?;
     view.assert_exactly(produced);
     assert!(

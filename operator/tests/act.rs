@@ -1,79 +1,34 @@
 //! act() against a mock API server (tower-test): the exact requests of a reconcile, in order,
 //! with their bodies. The coordinator is a canned HTTP responder where a job is involved.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 
-use http::{Method, Request, Response};
-use kube::{Client, client::Body, core::DeserializeGuard, runtime::events::Reporter};
+use common::{Seen, context, serve};
+use http::{Request, Response};
+use kube::{Client, client::Body, core::DeserializeGuard};
 use serde_json::{Value, json};
 use tidewater_crds::IngestionPipeline;
-use tidewater_operator::controller::{Address, Context, reconcile};
-
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+use tidewater_operator::controller::{Address, reconcile};
 
 fn fixture() -> IngestionPipeline {
     IngestionPipeline::from_yaml(include_str!("fixtures/clicks.yaml")).unwrap()
 }
 
-fn context(client: Client, address: Address) -> Arc<Context> {
-    Arc::new(Context {
-        client,
-        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
-        address,
-        reporter: Reporter {
-            controller: "tidewater-operator".into(),
-            instance: None,
-        },
-        metrics: Arc::default(),
-    })
-}
-
-/// One request seen by the mock API server.
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
-    body: Value,
-}
-
-/// Answers every request (echoing the applied object) and records it.
-fn serve(mut handle: Handle) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Seen>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let task = tokio::spawn(async move {
-        while let Some((request, send)) = handle.next_request().await {
-            let method = request.method().clone();
-            let path = request.uri().path().to_string();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            log.lock().unwrap().push(Seen {
-                method,
-                path: path.clone(),
-                body: body.clone(),
-            });
-            let mut answer = body;
-            if path.contains("/ingestionpipelines/") {
-                // The API server answers with the whole object.
-                let mut whole = serde_json::to_value(fixture()).unwrap();
-                if let Some(status) = answer.get("status") {
-                    whole["status"] = status.clone();
-                }
-                if let Some(f) = answer.pointer("/metadata/finalizers") {
-                    whole["metadata"]["finalizers"] = f.clone();
-                }
-                answer = whole;
-            }
-            if answer.get("metadata").is_none() {
-                answer["metadata"] = json!({"name": "x", "namespace": "analytics"});
-            }
-            send.send_response(
-                Response::builder()
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    (task, seen)
+/// The API server echoes applied objects; a pipeline is answered whole.
+fn answer(_method: &http::Method, path: &str, body: Value) -> Value {
+    if !path.contains("/ingestionpipelines/") {
+        return body;
+    }
+    let mut whole = serde_json::to_value(fixture()).unwrap();
+    if let Some(status) = body.get("status") {
+        whole["status"] = status.clone();
+    }
+    if let Some(f) = body.pointer("/metadata/finalizers") {
+        whole["metadata"]["finalizers"] = f.clone();
+    }
+    whole
 }
 
 /// A coordinator that answers `/v1/status` as running and accepts savepoints and rescales.
@@ -129,7 +84,7 @@ async fn fake_coordinator() -> (String, Arc<Mutex<Vec<String>>>) {
 /// One reconcile of `p` against the mock API server; returns the requests it made.
 async fn reconcile_against(p: IngestionPipeline, coordinator: Address) -> Vec<Seen> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle);
+    let (task, seen) = serve(handle, answer);
     let ctx = context(Client::new(service, "analytics"), coordinator);
     reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
         .await

@@ -1,19 +1,15 @@
 //! CompactionPolicy → children and status (pure): pipelineRef resolution, the CronJob and its
 //! hardened Job pods, a Job per new runNonce, and status read back from finished Jobs.
 
+mod common;
+
 use tidewater_crds::{CompactionPolicy, IngestionPipeline};
 use tidewater_operator::maintenance::{
     FinishedRun, POLICY_LABEL, children, cron_name, resolve, run_job_name, status,
 };
 
 fn policy(extra: &str) -> CompactionPolicy {
-    let mut p: CompactionPolicy = serde_yaml::from_str(&format!(
-        "{}{extra}",
-        include_str!("../../examples/compaction.yaml")
-    ))
-    .unwrap();
-    p.metadata.namespace = Some("lake".into());
-    p.metadata.uid = Some("uid-cp".into());
+    let mut p = common::policy(extra, "lake");
     p.metadata.generation = Some(3);
     p
 }

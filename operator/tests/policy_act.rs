@@ -2,95 +2,44 @@
 //! of a reconcile, in order — policy file, CronJob, the run Job of a new runNonce, Event, Job
 //! listing, status — and an invalid policy reported in status without children.
 
-use std::sync::{Arc, Mutex};
+mod common;
 
+use std::sync::Arc;
+
+use common::{Seen, context, serve};
 use http::{Method, Request, Response};
-use kube::{Client, client::Body, core::DeserializeGuard, runtime::events::Reporter};
+use kube::{Client, client::Body, core::DeserializeGuard};
 use serde_json::{Value, json};
 use tidewater_crds::CompactionPolicy;
-use tidewater_operator::{
-    controller::{Address, Context},
-    policy_controller::reconcile,
-};
+use tidewater_operator::{controller::Address, policy_controller::reconcile};
 
-type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+/// Job listings are empty; a policy is answered whole; everything else is echoed.
+fn answer(method: &Method, path: &str, body: Value) -> Value {
+    if method == Method::GET && path.ends_with("/jobs") {
+        json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []})
+    } else if path.contains("/compactionpolicies/") {
+        let mut whole = serde_json::to_value(policy("")).unwrap();
+        whole["status"] = body["status"].clone();
+        whole
+    } else {
+        body
+    }
+}
 
 fn policy(extra: &str) -> CompactionPolicy {
-    let mut p: CompactionPolicy = serde_yaml::from_str(&format!(
-        "{}{extra}",
-        include_str!("../../examples/compaction.yaml")
-    ))
-    .unwrap();
-    p.metadata.namespace = Some("analytics".into());
-    p.metadata.uid = Some("uid-cp".into());
-    p.metadata.generation = Some(2);
-    p
-}
-
-fn context(client: Client) -> Arc<Context> {
-    Arc::new(Context {
-        client,
-        default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
-        address: Address::Dns,
-        reporter: Reporter {
-            controller: "tidewater-operator".into(),
-            instance: None,
-        },
-        metrics: Arc::default(),
-    })
-}
-
-#[derive(Debug, Clone)]
-struct Seen {
-    method: Method,
-    path: String,
-    body: Value,
-}
-
-fn serve(mut handle: Handle) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Seen>>>) {
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    let task = tokio::spawn(async move {
-        while let Some((request, send)) = handle.next_request().await {
-            let method = request.method().clone();
-            let path = request.uri().path().to_string();
-            let bytes = request.into_body().collect_bytes().await.unwrap();
-            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            log.lock().unwrap().push(Seen {
-                method: method.clone(),
-                path: path.clone(),
-                body: body.clone(),
-            });
-            let answer = if method == Method::GET && path.ends_with("/jobs") {
-                json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": []})
-            } else if path.contains("/compactionpolicies/") {
-                let mut whole = serde_json::to_value(policy("")).unwrap();
-                whole["status"] = body["status"].clone();
-                whole
-            } else {
-                let mut b = body;
-                if b.get("metadata").is_none() {
-                    b["metadata"] = json!({"name": "x", "namespace": "analytics"});
-                }
-                b
-            };
-            send.send_response(
-                Response::builder()
-                    .body(Body::from(serde_json::to_vec(&answer).unwrap()))
-                    .unwrap(),
-            );
-        }
-    });
-    (task, seen)
+    common::policy(extra, "analytics")
 }
 
 async fn reconcile_against(p: CompactionPolicy) -> Vec<Seen> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "analytics");
-    let (server, seen) = serve(handle);
-    reconcile(Arc::new(DeserializeGuard(Ok(p))), context(client))
-        .await
-        .expect("reconcile");
+    let (server, seen) = serve(handle, answer);
+    reconcile(
+        Arc::new(DeserializeGuard(Ok(p))),
+        context(client, Address::Dns),
+    )
+    .await
+    .expect("reconcile");
     server.abort();
     seen.lock().unwrap().clone()
 }

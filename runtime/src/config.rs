@@ -84,22 +84,10 @@ pub struct PipelineConfig {
     pub retained_checkpoints: usize,
     /// Where checkpoint records and savepoints live: an absolute local path or `s3://…`.
     pub state_location: String,
-    /// Catalog kind.
-    pub catalog_type: CatalogType,
-    /// Catalog URI (SQLite paths made absolute).
-    pub catalog_uri: String,
-    /// REST catalog authentication (file paths made absolute).
-    pub catalog_auth: Option<CatalogAuthSpec>,
-    /// Extra CA certificates for an https REST catalog.
-    pub catalog_ca_file: Option<PathBuf>,
+    /// The catalog the table lives in.
+    pub catalog: CatalogConnection,
     /// S3 settings (credential file paths made absolute).
     pub s3: Option<S3Spec>,
-    /// Catalog name.
-    pub catalog_name: String,
-    /// Warehouse root URI (`file:///…` or `s3://…`).
-    pub warehouse: String,
-    /// Extra catalog properties.
-    pub catalog_properties: BTreeMap<String, String>,
     /// Namespace parts of the target table.
     pub table_namespace: Vec<String>,
     /// Name of the target table.
@@ -192,19 +180,6 @@ pub fn resolve_s3(s3: &S3Spec, base: &Path) -> S3Spec {
 }
 
 impl PipelineConfig {
-    /// The catalog this pipeline writes to.
-    pub fn catalog_connection(&self) -> CatalogConnection {
-        CatalogConnection {
-            catalog_type: self.catalog_type,
-            uri: self.catalog_uri.clone(),
-            name: self.catalog_name.clone(),
-            warehouse: self.warehouse.clone(),
-            properties: self.catalog_properties.clone(),
-            auth: self.catalog_auth.clone(),
-            ca_file: self.catalog_ca_file.clone(),
-        }
-    }
-
     /// Reads, parses and validates a pipeline file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -245,20 +220,8 @@ impl PipelineConfig {
         let kafka = &spec.source.kafka;
         let name = resource.name_or_default();
         let (table_namespace, table_name) = parse_table_ident(&spec.sink.table).expect("validated");
-        let warehouse_raw = spec
-            .sink
-            .catalog
-            .warehouse
-            .clone()
-            .unwrap_or_else(|| ".tidewater/warehouse".into());
-        let catalog = &spec.sink.catalog;
-        let warehouse = match catalog.catalog_type {
-            // A REST catalog's warehouse may be a logical name (Polaris, S3 Tables).
-            CatalogType::Rest if !warehouse_raw.contains("://") && catalog.warehouse.is_some() => {
-                warehouse_raw
-            }
-            _ => to_uri(&warehouse_raw, base),
-        };
+        let catalog = CatalogConnection::resolve(&spec.sink.catalog, base);
+        let warehouse = &catalog.warehouse;
         let state_location = match &spec.checkpoint.state_location {
             Some(loc) if loc.starts_with("s3://") => loc.trim_end_matches('/').to_string(),
             Some(loc) => absolute(loc.trim_start_matches("file://"), base)
@@ -318,29 +281,12 @@ impl PipelineConfig {
             checkpoint_timeout: parse_duration(&spec.checkpoint.timeout).expect("validated"),
             retained_checkpoints: spec.checkpoint.retained as usize,
             state_location,
-            catalog_type: catalog.catalog_type,
-            catalog_uri: match catalog.catalog_type {
-                CatalogType::Sql => sql_uri(&catalog.uri, base),
-                CatalogType::Rest => catalog.uri.trim_end_matches('/').to_string(),
-            },
-            catalog_auth: catalog.auth.clone().map(|mut a| {
-                a.secret_file = file(&a.secret_file);
-                a
-            }),
-            catalog_ca_file: catalog.ca_file.as_deref().map(|f| absolute(f, base)),
             s3: spec
                 .storage
                 .as_ref()
-                .and_then(|s| s.s3.clone())
-                .map(|mut s3| {
-                    s3.access_key_id_file = file(&s3.access_key_id_file);
-                    s3.secret_access_key_file = file(&s3.secret_access_key_file);
-                    s3.session_token_file = file(&s3.session_token_file);
-                    s3
-                }),
-            catalog_name: spec.sink.catalog.name.clone(),
-            warehouse,
-            catalog_properties: spec.sink.catalog.properties.clone(),
+                .and_then(|s| s.s3.as_ref())
+                .map(|s3| resolve_s3(s3, base)),
+            catalog,
             table_namespace,
             table_name,
             parallelism: spec.parallelism as usize,
@@ -441,8 +387,8 @@ mod tests {
     fn resolves_the_example() {
         let c = PipelineConfig::resolve(example(), Path::new("/srv/app")).unwrap();
         assert_eq!(c.uid, "local/default/clickstream");
-        assert_eq!(c.catalog_uri, "sqlite:///srv/app/.tidewater/catalog.db");
-        assert_eq!(c.warehouse, "file:///srv/app/.tidewater/warehouse");
+        assert_eq!(c.catalog.uri, "sqlite:///srv/app/.tidewater/catalog.db");
+        assert_eq!(c.catalog.warehouse, "file:///srv/app/.tidewater/warehouse");
         assert_eq!(
             c.state_location,
             "/srv/app/.tidewater/warehouse/_tidewater/default/clickstream"

@@ -211,7 +211,7 @@ impl Coordinator {
             Some(s3) => storage::s3_properties(s3)?,
             None => BTreeMap::new(),
         };
-        let catalog = table::open_catalog(&config.catalog_connection(), &storage_props).await?;
+        let catalog = table::open_catalog(&config.catalog, &storage_props).await?;
         let table = table::load_or_create(catalog.as_ref(), &config).await?;
         let ident = table::table_ident(&config)?;
         let table_key = config.table_display();
@@ -254,8 +254,7 @@ impl Coordinator {
         // so the table loaded before a recovered commit serves.
         let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)
             .map_err(RunError::Setup)?;
-        let admin =
-            Arc::new(kafka::admin_consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
+        let admin = Arc::new(kafka::consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
         let hub = shared.hub.clone();
         let metrics = shared.metrics.clone();
         let target = config.parallelism;

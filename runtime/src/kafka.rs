@@ -94,7 +94,7 @@ fn apply_security(
 }
 
 /// Base consumer configuration: manual assignment, no auto commit, offsets from checkpoints.
-pub fn consumer_config(config: &PipelineConfig) -> Result<ClientConfig, ClientError> {
+fn consumer_config(config: &PipelineConfig) -> Result<ClientConfig, ClientError> {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &config.bootstrap_servers)
         .set("group.id", &config.consumer_group)
@@ -179,14 +179,10 @@ pub fn with_cause(consumer: &KafkaConsumer, error: impl std::fmt::Display) -> St
     }
 }
 
-/// A consumer with the pipeline's configuration.
+/// A consumer with the pipeline's configuration (workers assign it; the coordinator uses one
+/// for metadata, watermarks and group commits).
 pub fn consumer(config: &PipelineConfig) -> Result<KafkaConsumer, ClientError> {
     Ok(consumer_config(config)?.create_with_context(Remembering::default())?)
-}
-
-/// A consumer for metadata, watermarks and group commits (never assigned).
-pub fn admin_consumer(config: &PipelineConfig) -> Result<KafkaConsumer, ClientError> {
-    consumer(config)
 }
 
 /// All partitions of the subscribed topics that exist now (missing topics are skipped); with

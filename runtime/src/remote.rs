@@ -129,7 +129,7 @@ async fn session(
         Some(s3) => storage::s3_properties(s3).map_err(|e| e.to_string())?,
         None => Default::default(),
     };
-    let catalog = table::open_catalog(&config.catalog_connection(), &storage_props)
+    let catalog = table::open_catalog(&config.catalog, &storage_props)
         .await
         .map_err(|e| e.to_string())?;
     let ident = table::table_ident(&config).map_err(|e| e.to_string())?;

@@ -1,7 +1,7 @@
 //! Reading a table's file tree: manifest lists, manifests, live data files with the snapshot
 //! that added them, and every file a snapshot references. I/O through the table's FileIO.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use iceberg::{
     io::FileIO,
@@ -26,6 +26,8 @@ pub struct LiveEntry {
     pub file_sequence_number: Option<i64>,
     /// Spec of the manifest it is in.
     pub spec_id: i32,
+    /// The manifest it is in.
+    pub manifest_path: String,
 }
 
 /// A snapshot's manifest list.
@@ -59,19 +61,20 @@ pub async fn live_data_entries(
                 sequence_number: e.sequence_number().unwrap_or(m.sequence_number),
                 file_sequence_number: e.file_sequence_number,
                 spec_id: m.partition_spec_id,
+                manifest_path: m.manifest_path.clone(),
             });
         }
     }
     Ok(out)
 }
 
-/// Live delete files with a data sequence number above `after`, with their partitions.
-pub async fn delete_files_after(
+/// Partitions that received a live delete file with a data sequence number above `after`.
+pub async fn partitions_with_deletes_after(
     file_io: &FileIO,
     manifests: &[ManifestFile],
     after: i64,
-) -> iceberg::Result<Vec<(i32, String)>> {
-    let mut out = Vec::new();
+) -> iceberg::Result<HashSet<String>> {
+    let mut out = HashSet::new();
     for m in manifests
         .iter()
         .filter(|m| m.content == iceberg::spec::ManifestContentType::Deletes)
@@ -82,10 +85,7 @@ pub async fn delete_files_after(
             if e.status() != ManifestStatus::Deleted
                 && e.sequence_number().unwrap_or(m.sequence_number) > after
             {
-                out.push((
-                    m.partition_spec_id,
-                    partition_key(e.data_file().partition()),
-                ));
+                out.insert(partition_key(e.data_file().partition()));
             }
         }
     }

@@ -129,7 +129,6 @@ impl Maintenance {
                 .limits
                 .max_bytes_per_run
                 .and_then(|b| u64::try_from(b).ok()),
-            spec_id: 0,
         };
         Ok(Self {
             catalog,
@@ -274,9 +273,12 @@ impl Maintenance {
                 deletes: deletes.get(e.data_file.file_path()).copied().unwrap_or(0),
             })
             .collect();
-        let mut settings = self.settings.clone();
-        settings.spec_id = meta.default_partition_spec_id();
-        let plan = plan::plan(&live, &settings, now_ms());
+        let plan = plan::plan(
+            &live,
+            &self.settings,
+            meta.default_partition_spec_id(),
+            now_ms(),
+        );
         report.hot_partitions_skipped = plan.hot_partitions.len() as u64;
         report.plan_millis = started.elapsed().as_millis() as u64;
         if plan.groups.is_empty() && !merge_manifests {
@@ -370,12 +372,9 @@ impl Maintenance {
         let live_paths: HashSet<&str> = live.iter().map(|e| e.data_file.file_path()).collect();
         // Deletes committed after the rewrite began must not be lost: their partitions'
         // groups are given up (the files were read before those deletes existed).
-        let late_deletes: HashSet<String> =
-            files::delete_files_after(io, list.entries(), base.sequence_number())
-                .await?
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect();
+        let late_deletes =
+            files::partitions_with_deletes_after(io, list.entries(), base.sequence_number())
+                .await?;
         let mut kept = Vec::new();
         for (group, out) in written.drain(..) {
             let intact = group.files.iter().all(|f| live_paths.contains(f.as_str()));
@@ -440,21 +439,18 @@ impl Maintenance {
             report.manifests_merged += data_manifests.len().saturating_sub(manifests.len()) as u64;
         } else {
             for m in &data_manifests {
+                // The live entries read above, by manifest: no manifest is read twice.
                 let entries: Vec<&LiveEntry> = live
                     .iter()
-                    .filter(|e| e.spec_id == m.partition_spec_id)
+                    .filter(|e| e.manifest_path == m.manifest_path)
                     .collect();
-                let manifest = m.load_manifest(io).await?;
-                let touched = manifest
-                    .entries()
+                if !entries
                     .iter()
-                    .any(|e| removed.contains(e.file_path()));
-                if !touched {
+                    .any(|e| removed.contains(e.data_file.file_path()))
+                {
                     manifests.push((*m).clone());
                     continue;
                 }
-                let paths: HashSet<&str> =
-                    manifest.entries().iter().map(|e| e.file_path()).collect();
                 let out = io.new_output(manifest_path())?;
                 let mut w = ManifestWriterBuilder::new(
                     out,
@@ -463,10 +459,7 @@ impl Maintenance {
                     by_manifest_spec(m.partition_spec_id)?,
                 )
                 .build_v2_data();
-                for e in entries
-                    .into_iter()
-                    .filter(|e| paths.contains(e.data_file.file_path()))
-                {
+                for e in entries {
                     add_carried(&mut w, e, &removed)?;
                 }
                 manifests.push(w.write_manifest_file().await?);

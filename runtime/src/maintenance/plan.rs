@@ -53,8 +53,6 @@ pub struct PlanSettings {
     pub hot_newest: usize,
     /// Rewrite at most this many input bytes.
     pub max_bytes: Option<u64>,
-    /// Only files of this spec are rewritten (files of older specs stay).
-    pub spec_id: i32,
 }
 
 /// Files of one partition rewritten together.
@@ -79,10 +77,11 @@ pub struct Plan {
     pub healthy_partitions: usize,
 }
 
-/// Plans a bin-pack rewrite of `files` at `now_ms`.
-pub fn plan(files: &[LiveFile], settings: &PlanSettings, now_ms: i64) -> Plan {
+/// Plans a bin-pack rewrite of `files` at `now_ms`; only files of partition spec `spec_id`
+/// (the table's current one) are rewritten, files of older specs stay.
+pub fn plan(files: &[LiveFile], settings: &PlanSettings, spec_id: i32, now_ms: i64) -> Plan {
     let mut partitions: BTreeMap<&str, Vec<&LiveFile>> = BTreeMap::new();
-    for f in files.iter().filter(|f| f.spec_id == settings.spec_id) {
+    for f in files.iter().filter(|f| f.spec_id == spec_id) {
         partitions.entry(f.partition.as_str()).or_default().push(f);
     }
     let mut newest: Vec<(&Vec<SortValue>, &str)> =
@@ -202,7 +201,6 @@ mod tests {
             hot_min_age_ms: 10 * MIN,
             hot_newest: 0,
             max_bytes: None,
-            spec_id: 0,
         }
     }
 
@@ -219,7 +217,7 @@ mod tests {
             file("c2", 3, MB, now - MIN),
             file("d1", 4, MB, now - 500 * MIN),
         ];
-        let p = plan(&files, &settings(), now);
+        let p = plan(&files, &settings(), 0, now);
         assert_eq!(
             p.groups,
             vec![
@@ -255,7 +253,7 @@ mod tests {
         let mut s = settings();
         s.hot_newest = 1;
         s.max_bytes = Some(2 * MB + MB / 2);
-        let p = plan(&files, &s, now);
+        let p = plan(&files, &s, 0, now);
         assert_eq!(p.hot_partitions, vec!["day=9"], "the newest value is hot");
         assert_eq!(p.groups.len(), 1, "the budget allows one group");
         assert_eq!(
@@ -274,7 +272,7 @@ mod tests {
         files[2].spec_id = 1;
         let mut s = settings();
         s.max_delete_ratio = Some(0.5);
-        let p = plan(&files, &s, now);
+        let p = plan(&files, &s, 0, now);
         assert_eq!(p.groups.len(), 1);
         assert_eq!(p.groups[0].files, vec!["x"]);
         assert_eq!(p.healthy_partitions, 1);
@@ -284,7 +282,7 @@ mod tests {
     fn nothing_to_do_is_an_empty_plan() {
         let now = 1_000 * MIN;
         let files = vec![file("a", 1, 120 * MB, 0), file("b", 2, 130 * MB, 0)];
-        assert!(plan(&files, &settings(), now).groups.is_empty());
-        assert!(plan(&[], &settings(), now).groups.is_empty());
+        assert!(plan(&files, &settings(), 0, now).groups.is_empty());
+        assert!(plan(&[], &settings(), 0, now).groups.is_empty());
     }
 }
