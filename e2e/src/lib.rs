@@ -33,7 +33,13 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The `tidewater` binary built in the same target directory as the running test.
+/// Chooses rustls' ring provider for this process (the graph enables both ring and aws-lc-rs,
+/// so rustls cannot choose and would panic at the first https handshake). Call before the
+/// first kube client is built; repeated calls are harmless.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The operator binary next to [`tidewater_bin`] (`TIDEWATER_OPERATOR_BIN` overrides).
 pub fn operator_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TIDEWATER_OPERATOR_BIN") {
@@ -42,6 +48,7 @@ pub fn operator_bin() -> PathBuf {
     tidewater_bin().with_file_name("tidewater-operator")
 }
 
+/// The `tidewater` binary built in the same target directory as the running test.
 pub fn tidewater_bin() -> PathBuf {
     if let Ok(p) = std::env::var("TIDEWATER_BIN") {
         return PathBuf::from(p);

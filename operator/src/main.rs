@@ -47,6 +47,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Features unified across the dependency graph turn on both of rustls' providers (ring
+    // and aws-lc-rs); without an explicit choice the first https call to the API server
+    // panics. kube is built with ring, so install that.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let (default_image, address, metrics_addr) = match cli.command {
         Some(Command::Crd) => {

@@ -168,6 +168,9 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
+    // The dependency graph enables both of rustls' providers (ring and aws-lc-rs), so rustls
+    // cannot pick one by itself and would panic at the first handshake: choose ring here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match cli.command {
