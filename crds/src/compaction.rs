@@ -25,7 +25,8 @@ use crate::{
     version = "v1alpha1",
     kind = "CompactionPolicy",
     namespaced,
-    shortname = "cp",
+    shortname = "twcp",
+    category = "tidewater",
     status = "CompactionPolicyStatus",
     derive = "PartialEq",
     doc = "Table maintenance for Iceberg tables: bin-pack compaction that leaves hot partitions \

@@ -643,8 +643,8 @@ pub struct RestCatalog {
 pub const OAUTH_CLIENT: (&str, &str) = ("tidewater", "client-s3cret");
 pub const OAUTH_ENV: &str = "TW_TEST_CATALOG_CREDENTIAL";
 
-/// A CA and a server certificate for 127.0.0.1 (openssl CLI), in `dir`.
-fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
+/// A CA and a server certificate for 127.0.0.1 (openssl CLI), in `dir`: (CA, cert, key).
+pub fn make_certs(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let run = |args: &[&str]| -> Result<()> {
         let out = Command::new("openssl")
             .args(args)

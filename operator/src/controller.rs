@@ -233,15 +233,18 @@ pub async fn act(
         "kind": "IngestionPipeline",
         "status": d.status,
     });
-    api.patch_status(
-        &p.name_any(),
-        &PatchParams::apply(MANAGER).force(),
-        &Patch::Apply(patch),
-    )
-    .await?;
-    // The finalizer last: removing it lets a deletion complete.
+    let applied = api
+        .patch_status(
+            &p.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(patch),
+        )
+        .await?;
+    // The finalizer last: removing it lets a deletion complete. The list is written with the
+    // resourceVersion the status write returned (the observed one is stale by then), so a
+    // concurrent change to the finalizers is refused instead of overwritten.
     if let Some(want) = d.finalizer {
-        let mut finalizers: Vec<String> = p
+        let mut finalizers: Vec<String> = applied
             .finalizers()
             .iter()
             .filter(|f| *f != FINALIZER)
@@ -251,7 +254,7 @@ pub async fn act(
             finalizers.push(FINALIZER.into());
         }
         let patch = serde_json::json!({
-            "metadata": {"finalizers": finalizers, "resourceVersion": p.resource_version()}
+            "metadata": {"finalizers": finalizers, "resourceVersion": applied.resource_version()}
         });
         api.patch(&p.name_any(), &PatchParams::default(), &Patch::Merge(patch))
             .await?;
