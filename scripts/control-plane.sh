@@ -56,7 +56,13 @@ certs() {
     -keyout "$p/ca.key" -out "$p/ca.crt" 2>/dev/null
   sign() { # NAME SUBJECT [SAN]
     openssl req -newkey rsa:2048 -nodes -subj "$2" -keyout "$p/$1.key" -out "$p/$1.csr" 2>/dev/null
-    if [ -n "${3:-}" ]; then printf 'subjectAltName=%s\n' "$3" >"$p/$1.ext"; else : >"$p/$1.ext"; fi
+    # X.509 v3 with usages (rustls, which kube-rs uses, refuses v1 certificates).
+    printf 'basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n' >"$p/$1.ext"
+    if [ -n "${3:-}" ]; then
+      printf 'extendedKeyUsage=serverAuth\nsubjectAltName=%s\n' "$3" >>"$p/$1.ext"
+    else
+      printf 'extendedKeyUsage=clientAuth\n' >>"$p/$1.ext"
+    fi
     openssl x509 -req -in "$p/$1.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial \
       -days 2 -extfile "$p/$1.ext" -out "$p/$1.crt" 2>/dev/null
   }
