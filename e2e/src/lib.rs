@@ -615,6 +615,11 @@ impl Moto {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id (to pause it with SIGSTOP: S3 that hangs).
+    pub fn pid(&self) -> u32 {
+        self._server.0.id()
+    }
+
     /// Iceberg `s3.*` properties for readers and the REST server.
     pub fn props(&self) -> Vec<(String, String)> {
         vec![

@@ -122,6 +122,19 @@ where
         .await?;
     let result = body(client.clone(), ns.clone(), dir.path().to_path_buf()).await;
     if result.is_err() {
+        // What a user would look at: the objects and the namespace's Events.
+        for (file, args) in [
+            ("objects.yaml", vec!["get", "twp,twcp,pods,jobs,statefulsets,deployments", "-o", "yaml"]),
+            ("events.txt", vec!["get", "events", "--sort-by=.lastTimestamp"]),
+        ] {
+            let mut args = args.clone();
+            args.extend(["-n", ns.as_str()]);
+            let text = kubectl(&args).await.unwrap_or_else(|e| format!("{e:#}"));
+            if file == "events.txt" {
+                eprintln!("events in {ns}:\n{text}");
+            }
+            let _ = std::fs::write(dir.path().join(file), text);
+        }
         eprintln!(
             "kubernetes e2e failed; files kept in {}",
             dir.path().display()
@@ -553,10 +566,12 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
     ensure!(worker_pods(client, ns).await? == 2, "2 workers");
     step.done();
 
-    // Upgrade with a savepoint, the operator killed -9 while the savepoint is in flight: the
-    // restarted operator adopts it (no second savepoint).
+    // Upgrade with a savepoint, the operator killed -9 while the savepoint is in flight (S3 is
+    // paused meanwhile, so neither the workers' files nor the checkpoint record can land):
+    // the restarted operator adopts the savepoint it finds in the status and takes no second.
     let step = Step::new("savepoint upgrade, operator killed -9 mid-savepoint");
     let upgrades_before = upgrade_savepoints(&ready);
+    let s3 = Paused::new(servers.moto.pid())?;
     api.patch(
         &name,
         &PatchParams::default(),
@@ -564,13 +579,31 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
             "write.parquet.compression-codec": "snappy"}}}})),
     )
     .await?;
-    wait("the upgrade's savepoint in flight", Duration::from_secs(60), || async {
+    let in_flight = || async {
         let op = api.get(&name).await.ok()?.status?.operation?;
-        (op.kind == OperationKind::SavepointUpgrade && op.savepoint_id.is_some()).then_some(())
-    })
-    .await?;
+        (op.kind == OperationKind::SavepointUpgrade)
+            .then_some(op.savepoint_id)
+            .flatten()
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let savepoint_id = loop {
+        if let Some(id) = in_flight().await {
+            break id;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "no savepoint in flight after 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     operator.kill9();
     operator = Operator::start(dir)?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    ensure!(
+        in_flight().await.as_deref() == Some(savepoint_id.as_str()),
+        "the restarted operator keeps waiting for savepoint {savepoint_id}"
+    );
+    drop(s3);
     let upgraded = ready_at_generation(&api, &name, Duration::from_secs(240)).await?;
     let status = upgraded.status.clone().unwrap_or_default();
     ensure!(
@@ -857,6 +890,30 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
     Ok(())
 }
 
+/// A process paused with SIGSTOP until dropped (SIGCONT), by PID.
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Result<Self> {
+        signal(pid, "STOP")?;
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()?;
+    ensure!(status.success(), "kill -{sig} {pid}");
+    Ok(())
+}
+
 fn upgrade_savepoints(p: &IngestionPipeline) -> usize {
     p.status.as_ref().map_or(0, |s| {
         s.savepoints
@@ -887,7 +944,8 @@ async fn wait_workers(
     Ok(())
 }
 
-/// Waits until the pipeline is Ready for its current generation.
+/// Waits until the pipeline is Ready and Running for its current generation, with no
+/// operation in flight.
 async fn ready_at_generation(
     api: &Api<IngestionPipeline>,
     name: &str,
@@ -903,7 +961,9 @@ async fn ready_at_generation(
                     .conditions
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.status == "True");
-                if ready && s.observed_generation == generation {
+                let settled = s.operation.is_none()
+                    && s.lifecycle_state == Some(LifecycleState::Running);
+                if ready && settled && s.observed_generation == generation {
                     return Ok(p);
                 }
                 if s.lifecycle_state == Some(LifecycleState::Failed) {

@@ -137,15 +137,24 @@ async fn observe(p: &IngestionPipeline, ctx: &Context) -> (Observed, Option<JobC
     let mut obs = Observed {
         job: None,
         savepoint: None,
+        savepoint_unreachable: false,
         now: chrono::Utc::now(),
         default_image: ctx.default_image.clone(),
     };
-    if let Some(c) = &client {
-        obs.job = c.status().await.ok();
-        let op = p.status.as_ref().and_then(|s| s.operation.as_ref());
-        if let Some(id) = op.and_then(|o| o.savepoint_id.as_deref()) {
-            obs.savepoint = c.savepoint(id).await.ok().flatten();
+    let op = p.status.as_ref().and_then(|s| s.operation.as_ref());
+    let asked = op.and_then(|o| o.savepoint_id.as_deref());
+    match (&client, asked) {
+        (Some(c), asked) => {
+            obs.job = c.status().await.ok();
+            if let Some(id) = asked {
+                match c.savepoint(id).await {
+                    Ok(sp) => obs.savepoint = sp,
+                    Err(_) => obs.savepoint_unreachable = true,
+                }
+            }
         }
+        (None, Some(_)) => obs.savepoint_unreachable = true,
+        (None, None) => {}
     }
     (obs, client)
 }

@@ -58,6 +58,9 @@ pub struct Observed {
     pub job: Option<JobView>,
     /// The operation's savepoint, when one was requested and the coordinator knows it.
     pub savepoint: Option<SavepointView>,
+    /// The operation's savepoint could not be asked about (no ready coordinator, or no
+    /// answer): unknown, not lost; only a coordinator that answers "not found" has lost it.
+    pub savepoint_unreachable: bool,
     /// Now.
     pub now: DateTime<Utc>,
     /// Runtime image when the spec names none.
@@ -648,6 +651,14 @@ fn upgrade(
                 "Upgrading",
                 "taking a savepoint with stop",
             );
+            // The new generation is not Ready until it runs (`kubectl wait` right after an
+            // apply must wait for the upgrade, not see the old job's Ready).
+            cx.condition(
+                "Ready",
+                false,
+                "Upgrading",
+                "taking a savepoint of the running job, then deploying the new spec",
+            );
             cx.note(
                 "Upgrading",
                 "spec changed: savepoint with stop, then the new spec from it".into(),
@@ -700,6 +711,11 @@ fn continue_operation(cx: &mut Ctx<'_>, op: &OperationStatus) -> Step {
         return (keep(cx), Some(JobAction::Savepoint { stop }), QUICK);
     };
     let sp = match &cx.obs.savepoint {
+        None if cx.obs.savepoint_unreachable => {
+            // A restarting operator, a network blip or a coordinator pod being replaced: ask
+            // again rather than take a second savepoint.
+            return (keep(cx), None, QUICK);
+        }
         Some(sp) if sp.state == "completed" => sp.clone(),
         Some(sp) if sp.state == "pending" => return (keep(cx), None, QUICK),
         other => {

@@ -16,14 +16,17 @@ fn fixture() -> IngestionPipeline {
     IngestionPipeline::from_yaml(include_str!("fixtures/clicks.yaml")).unwrap()
 }
 
-/// The API server echoes applied objects; a pipeline is answered whole.
-fn answer(_method: &http::Method, path: &str, body: Value) -> Value {
+/// What the API server answers: the stored pipeline `stored` with the written status or
+/// finalizers (a real server returns the whole object); other objects as written.
+fn answer(stored: &Value, path: &str, body: Value) -> Value {
     if !path.contains("/ingestionpipelines/") {
         return body;
     }
-    let mut whole = serde_json::to_value(fixture()).unwrap();
+    let mut whole = stored.clone();
     if let Some(status) = body.get("status") {
         whole["status"] = status.clone();
+        // Every write moves the resourceVersion on.
+        whole["metadata"]["resourceVersion"] = json!("after-status-write");
     }
     if let Some(f) = body.pointer("/metadata/finalizers") {
         whole["metadata"]["finalizers"] = f.clone();
@@ -84,7 +87,8 @@ async fn fake_coordinator() -> (String, Arc<Mutex<Vec<String>>>) {
 /// One reconcile of `p` against the mock API server; returns the requests it made.
 async fn reconcile_against(p: IngestionPipeline, coordinator: Address) -> Vec<Seen> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-    let (task, seen) = serve(handle, answer);
+    let stored = serde_json::to_value(&p).unwrap();
+    let (task, seen) = serve(handle, move |_, path, body| answer(&stored, path, body));
     let ctx = context(Client::new(service, "analytics"), coordinator);
     reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx)
         .await
@@ -151,6 +155,7 @@ fn running() -> IngestionPipeline {
     let obs = |job| Observed {
         job,
         savepoint: None,
+        savepoint_unreachable: false,
         now: chrono::Utc::now(),
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
     };
@@ -273,6 +278,11 @@ async fn deletion_removes_the_finalizer_after_the_status() {
         seen[1].body["metadata"]["finalizers"],
         json!(["other/keep"])
     );
+    assert_eq!(
+        seen[1].body["metadata"]["resourceVersion"],
+        json!("after-status-write"),
+        "the finalizer write is conditional on the object the status write returned"
+    );
 }
 
 fn container_args(seen: &[Seen]) -> Vec<String> {
@@ -351,6 +361,7 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
     let obs = |job, savepoint, now| Observed {
         job,
         savepoint,
+        savepoint_unreachable: false,
         now,
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
     };

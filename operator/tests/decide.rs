@@ -38,6 +38,7 @@ fn observe(job: Option<JobView>, savepoint: Option<SavepointView>, now: DateTime
     Observed {
         job,
         savepoint,
+        savepoint_unreachable: false,
         now,
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
     }
@@ -161,6 +162,11 @@ fn savepoint_upgrade_stops_with_a_savepoint_then_deploys_from_it() {
     let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
     assert_eq!(d.action, Some(JobAction::Savepoint { stop: true }));
     assert_eq!(lifecycle(&d), LifecycleState::Upgrading);
+    assert_eq!(
+        condition(&d, "Ready"),
+        "False",
+        "the new generation is not Ready yet"
+    );
     let (deployed_spec, _) = d.deploy.as_ref().unwrap();
     assert_eq!(
         deployed_spec.checkpoint.interval, "10s",
@@ -542,4 +548,36 @@ fn deletion_takes_a_final_savepoint_then_lets_go() {
             .iter()
             .any(|n| n.reason == "DeletedWithoutSavepoint" && n.warning)
     );
+}
+
+#[test]
+fn an_unobservable_savepoint_is_waited_for_not_taken_again() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.checkpoint.interval = "30s".into());
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    apply(&mut p, &d, "sp-7");
+    // The coordinator did not answer (a restarted operator, a blip, a pod being replaced).
+    let mut blind = observe(None, None, t0() + Span::seconds(62));
+    blind.savepoint_unreachable = true;
+    let d = decide(&p, &blind);
+    assert!(d.action.is_none(), "no second savepoint: {:?}", d.action);
+    assert_eq!(
+        d.status
+            .operation
+            .as_ref()
+            .and_then(|o| o.savepoint_id.as_deref()),
+        Some("sp-7"),
+        "still waiting for the same savepoint"
+    );
+    assert_ne!(condition(&d, "Degraded"), "True");
+    apply(&mut p, &d, "");
+    let d = decide(
+        &p,
+        &observe(
+            running_job(),
+            completed("s3://lake/sp/sp-7.json"),
+            t0() + Span::seconds(66),
+        ),
+    );
+    assert_eq!(start(&d), Start::Savepoint("s3://lake/sp/sp-7.json".into()));
 }
