@@ -660,7 +660,7 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
         &name,
         &PatchParams::default(),
         &Patch::Merge(json!({"spec": {"autoscaler": {"enabled": true, "minParallelism": 1,
-            "maxParallelism": 4, "targetLagSeconds": 1, "stabilizationWindow": "0s"}}})),
+            "maxParallelism": 4, "targetLagSeconds": 1, "stabilizationWindow": "1s"}}})),
     )
     .await?;
     let burst = std::sync::Arc::new(servers.broker.producer()?);

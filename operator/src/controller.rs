@@ -49,9 +49,15 @@ impl Error {
     /// Label for the failure metric.
     pub fn category(&self) -> &'static str {
         match self {
+            Self::Kube(e) if is_conflict(e) => "conflict",
             Self::Kube(_) => "kubernetes",
         }
     }
+}
+
+/// A write refused because the object changed since it was read (HTTP 409).
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
 /// How the operator reaches coordinators.
@@ -240,6 +246,7 @@ pub async fn act(
     let patch = serde_json::json!({
         "apiVersion": "tidewater.dev/v1alpha1",
         "kind": "IngestionPipeline",
+        "metadata": {"resourceVersion": p.resource_version()},
         "status": d.status,
     });
     let applied = api
@@ -343,9 +350,18 @@ async fn reconcile_inner(
     if !errors.is_empty() {
         return report_invalid(p, &errors, ctx).await;
     }
-    let (obs, job) = observe(p, ctx).await;
-    let decision = decide(p, &obs);
-    act(p, decision, job.as_ref(), ctx).await
+    // Decide on the stored object, not the watch cache: right after this operator's own
+    // status write the cache can still hold the previous status, and a decision on it would
+    // repeat an operation (a second savepoint). The status write is conditional on this
+    // read's resourceVersion, so a concurrent change makes it a conflict, retried at once.
+    let api: Api<IngestionPipeline> =
+        Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
+    let Some(p) = api.get_opt(&p.name_any()).await? else {
+        return Ok(Action::await_change());
+    };
+    let (obs, job) = observe(&p, ctx).await;
+    let decision = decide(&p, &obs);
+    act(&p, decision, job.as_ref(), ctx).await
 }
 
 /// What schema and CEL rules cannot check: a `Degraded` condition naming the fields, an
@@ -393,6 +409,12 @@ async fn report_invalid(
 
 /// Transient failures are retried with a delay; nothing crash-loops.
 pub fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if error.category() == "conflict" {
+        // Someone (a user, or this operator's previous write) changed the object since it
+        // was read: decide again on the new version.
+        tracing::info!(%error, "the pipeline changed while reconciling; again");
+        return Action::requeue(Duration::from_millis(200));
+    }
     tracing::warn!(%error, category = error.category(), "reconcile failed; retrying");
     Action::requeue(Duration::from_secs(10))
 }

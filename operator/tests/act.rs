@@ -86,6 +86,16 @@ async fn fake_coordinator() -> (String, Arc<Mutex<Vec<String>>>) {
 
 /// One reconcile of `p` against the mock API server; returns the requests it made.
 async fn reconcile_against(p: IngestionPipeline, coordinator: Address) -> Vec<Seen> {
+    let mut seen = reconcile_all(p, coordinator).await;
+    // The fresh read every decision starts with (asserted in its own test).
+    if seen.first().is_some_and(|s| s.method == "GET") {
+        seen.remove(0);
+    }
+    seen
+}
+
+/// Every request of one reconcile, the opening read included.
+async fn reconcile_all(p: IngestionPipeline, coordinator: Address) -> Vec<Seen> {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let stored = serde_json::to_value(&p).unwrap();
     let (task, seen) = serve(handle, move |_, path, body| answer(&stored, path, body));
@@ -101,6 +111,24 @@ fn paths(seen: &[Seen]) -> Vec<String> {
     seen.iter()
         .map(|s| format!("{} {}", s.method, s.path))
         .collect()
+}
+
+#[tokio::test]
+async fn decisions_start_from_a_fresh_read_and_status_writes_are_conditional() {
+    let mut p = fixture();
+    p.metadata.resource_version = Some("rv-7".into());
+    let seen = reconcile_all(p, Address::Fixed("http://127.0.0.1:9".into())).await;
+    let ns = "/namespaces/analytics";
+    assert_eq!(
+        format!("{} {}", seen[0].method, seen[0].path),
+        format!("GET /apis/tidewater.dev/v1alpha1{ns}/ingestionpipelines/clicks"),
+        "the watch cache may be behind this operator's own writes"
+    );
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .expect("a status write");
+    assert_eq!(status.body["metadata"]["resourceVersion"], json!("rv-7"));
 }
 
 #[tokio::test]
