@@ -257,6 +257,12 @@ impl Ctx<'_> {
         self.status.savepoints.drain(..excess);
     }
 
+    /// How long the operation has been in flight.
+    fn operation_age(&self, op: &OperationStatus) -> Option<Duration> {
+        let started = DateTime::parse_from_rfc3339(&op.started_at).ok()?;
+        (self.obs.now - started.with_timezone(&Utc)).to_std().ok()
+    }
+
     fn operation(&mut self, kind: OperationKind) {
         self.status.operation = Some(OperationStatus {
             kind,
@@ -710,19 +716,25 @@ fn continue_operation(cx: &mut Ctx<'_>, op: &OperationStatus) -> Step {
         let stop = op.kind != OperationKind::ManualSavepoint;
         return (keep(cx), Some(JobAction::Savepoint { stop }), QUICK);
     };
+    // A restarting operator, a network blip or a coordinator pod being replaced: ask again
+    // rather than take a second savepoint, for at most upgradeTimeout.
+    let patience = parse_duration(&spec.upgrade_timeout).unwrap_or(Duration::MAX);
+    let unobservable = cx.obs.savepoint.is_none() && cx.obs.savepoint_unreachable;
+    if unobservable && cx.operation_age(op).is_none_or(|age| age <= patience) {
+        return (keep(cx), None, QUICK);
+    }
     let sp = match &cx.obs.savepoint {
-        None if cx.obs.savepoint_unreachable => {
-            // A restarting operator, a network blip or a coordinator pod being replaced: ask
-            // again rather than take a second savepoint.
-            return (keep(cx), None, QUICK);
-        }
         Some(sp) if sp.state == "completed" => sp.clone(),
         Some(sp) if sp.state == "pending" => return (keep(cx), None, QUICK),
         other => {
-            let reason = other
-                .as_ref()
-                .and_then(|s| s.reason.clone())
-                .unwrap_or_else(|| "the coordinator no longer knows it (restarted?)".into());
+            let reason = match other {
+                Some(s) => s.reason.clone().unwrap_or_else(|| s.state.clone()),
+                None if unobservable => format!(
+                    "the coordinator did not answer for {} (upgradeTimeout)",
+                    spec.upgrade_timeout
+                ),
+                None => "the coordinator no longer knows it (restarted?)".into(),
+            };
             cx.status.operation = None;
             cx.condition("Degraded", true, "SavepointFailed", &reason);
             cx.note(

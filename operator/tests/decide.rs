@@ -581,3 +581,30 @@ fn an_unobservable_savepoint_is_waited_for_not_taken_again() {
     );
     assert_eq!(start(&d), Start::Savepoint("s3://lake/sp/sp-7.json".into()));
 }
+
+#[test]
+fn a_savepoint_unobservable_beyond_the_upgrade_timeout_is_given_up() {
+    let mut p = deployed();
+    edit(&mut p, |s| s.checkpoint.interval = "30s".into());
+    let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
+    apply(&mut p, &d, "sp-8");
+    let timeout = p.spec.upgrade_timeout.clone();
+    let secs = i64::try_from(
+        tidewater_crds::types::parse_duration(&timeout)
+            .unwrap()
+            .as_secs(),
+    )
+    .unwrap();
+    let mut blind = observe(None, None, t0() + Span::seconds(61 + secs));
+    blind.savepoint_unreachable = true;
+    let d = decide(&p, &blind);
+    assert!(d.status.operation.is_none(), "given up after {timeout}");
+    assert_eq!(condition(&d, "Degraded"), "True");
+    assert!(
+        d.notes
+            .iter()
+            .any(|n| n.reason == "SavepointFailed" && n.message.contains("did not answer")),
+        "{:?}",
+        d.notes
+    );
+}

@@ -241,7 +241,7 @@ fn main() -> ExitCode {
             let name = name
                 .or_else(|| std::env::var("HOSTNAME").ok())
                 .unwrap_or_else(|| format!("worker-{}", std::process::id()));
-            let result = runtime().block_on(async move {
+            let result = block_on(async move {
                 let metrics = Arc::new(Metrics::new());
                 let bound = metrics::serve(metrics_addr, metrics.clone())
                     .await
@@ -295,7 +295,7 @@ fn compact_main(file: &Path, once: bool, report_file: Option<&Path>) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    let result = runtime().block_on(async move {
+    let result = block_on(async move {
         let m = maintenance::Maintenance::open(policy, &base)
             .await
             .map_err(|e| e.to_string())?;
@@ -351,12 +351,18 @@ fn compact_main(file: &Path, once: bool, report_file: Option<&Path>) -> ExitCode
     finish(result)
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
+/// Runs `work` on a fresh runtime, then lets blocking tasks still running (a Kafka or S3 call
+/// that has not returned) at most 5 s: a process that is done must exit, or its pod never
+/// terminates (dropping a runtime waits for them without bound).
+fn block_on<F: std::future::Future>(work: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .expect("tokio runtime")
+        .expect("tokio runtime");
+    let out = rt.block_on(work);
+    rt.shutdown_timeout(Duration::from_secs(5));
+    out
 }
 
 fn finish(result: Result<String, String>) -> ExitCode {
@@ -388,7 +394,7 @@ fn coordinator_main(
     };
     options.pipeline_yaml = std::fs::read_to_string(file).unwrap_or_default();
     options.base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
-    let result = runtime().block_on(async move {
+    let result = block_on(async move {
         let metrics = Arc::new(Metrics::new());
         let (hub, events) = Hub::new();
         let shared = Arc::new(Shared::new(metrics, hub));
