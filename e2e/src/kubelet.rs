@@ -708,7 +708,8 @@ async fn terminate(client: &Client, state: &mut NodeState, pod: &Pod, uid: &str)
     Ok(())
 }
 
-/// kube-proxy: a local address per ClusterIP Service, forwarding to ready pods.
+/// kube-proxy: a local address per ClusterIP Service, forwarding to ready pods (running ones
+/// too with `publishNotReadyAddresses`).
 async fn serve_services(
     state: &mut NodeState,
     services: &[Service],
@@ -749,7 +750,10 @@ async fn serve_services(
                 !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
             })
             .filter_map(|p| state.pods.get(&p.uid()?))
-            .filter(|r| r.ready)
+            .filter(|r| {
+                let running = r.child.is_some() && r.terminating_since.is_none();
+                r.ready || (spec.publish_not_ready_addresses == Some(true) && running)
+            })
             .map(|r| r.ip.clone())
             .collect();
         *proxy.targets.lock().expect("targets") = ready;

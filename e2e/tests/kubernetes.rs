@@ -122,10 +122,37 @@ where
         .await?;
     let result = body(client.clone(), ns.clone(), dir.path().to_path_buf()).await;
     if result.is_err() {
+        // The operator is gone: release its finalizers, or the namespace never goes.
+        let pipelines: Api<IngestionPipeline> = Api::namespaced(client.clone(), &ns);
+        for p in pipelines
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            let _ = pipelines
+                .patch(
+                    &p.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                )
+                .await;
+        }
         // What a user would look at: the objects and the namespace's Events.
         for (file, args) in [
-            ("objects.yaml", vec!["get", "twp,twcp,pods,jobs,statefulsets,deployments", "-o", "yaml"]),
-            ("events.txt", vec!["get", "events", "--sort-by=.lastTimestamp"]),
+            (
+                "objects.yaml",
+                vec![
+                    "get",
+                    "twp,twcp,pods,jobs,statefulsets,deployments",
+                    "-o",
+                    "yaml",
+                ],
+            ),
+            (
+                "events.txt",
+                vec!["get", "events", "--sort-by=.lastTimestamp"],
+            ),
         ] {
             let mut args = args.clone();
             args.extend(["-n", ns.as_str()]);
@@ -366,7 +393,9 @@ fn cel_rule_count() -> Result<usize> {
         let text = std::fs::read_to_string(repo_root().join("crds").join(file))?;
         n += text
             .lines()
-            .filter(|l| l.trim_start().starts_with("rule:") || l.trim_start().starts_with("- rule:"))
+            .filter(|l| {
+                l.trim_start().starts_with("rule:") || l.trim_start().starts_with("- rule:")
+            })
             .count();
     }
     Ok(n)
@@ -441,8 +470,8 @@ fn start_servers(dir: &Path) -> Result<Servers> {
     broker.create_topic("clicks", 4)?;
     let moto = Moto::start("lake", &dir.join("moto.log"))?;
     let rest = RestCatalog::start(dir, "s3://lake/warehouse", &moto.props(), TOKEN, &[])?;
-    let spec = PipelineSpec::clicks(dir, &broker.bootstrap, "clicks")
-        .on_rest_and_s3(dir, &rest, &moto)?;
+    let spec =
+        PipelineSpec::clicks(dir, &broker.bootstrap, "clicks").on_rest_and_s3(dir, &rest, &moto)?;
     Ok(Servers {
         broker,
         moto,
@@ -612,7 +641,10 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
         status.savepoints
     );
     ensure!(
-        status.savepoints.iter().all(|s| s.path.starts_with("s3://")),
+        status
+            .savepoints
+            .iter()
+            .all(|s| s.path.starts_with("s3://")),
         "savepoints on S3: {:?}",
         status.savepoints
     );
@@ -659,8 +691,10 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
     api.patch(
         &name,
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"autoscaler": {"enabled": true, "minParallelism": 1,
-            "maxParallelism": 4, "targetLagSeconds": 1, "stabilizationWindow": "1s"}}})),
+        &Patch::Merge(
+            json!({"spec": {"autoscaler": {"enabled": true, "minParallelism": 1,
+            "maxParallelism": 4, "targetLagSeconds": 1, "stabilizationWindow": "1s"}}}),
+        ),
     )
     .await?;
     let burst = std::sync::Arc::new(servers.broker.producer()?);
@@ -724,7 +758,12 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
     })
     .await?;
     let rendered = kubectl(&[
-        "get", "configmap", "-n", ns, "-o", "jsonpath={.items[*].data}",
+        "get",
+        "configmap",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.items[*].data}",
     ])
     .await?;
     ensure!(
@@ -961,8 +1000,8 @@ async fn ready_at_generation(
                     .conditions
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.status == "True");
-                let settled = s.operation.is_none()
-                    && s.lifecycle_state == Some(LifecycleState::Running);
+                let settled =
+                    s.operation.is_none() && s.lifecycle_state == Some(LifecycleState::Running);
                 if ready && settled && s.observed_generation == generation {
                     return Ok(p);
                 }

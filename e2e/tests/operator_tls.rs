@@ -67,7 +67,11 @@ fn operator_binary_speaks_https_to_the_api_server() -> Result<()> {
     )?;
     let log = dir.path().join("operator.log");
     let mut operator = Command::new(operator_bin())
-        .args(["run", "--metrics-addr", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "run",
+            "--metrics-addr",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")
         .stdout(std::fs::File::create(&log)?)

@@ -170,6 +170,9 @@ pub fn children(p: &IngestionPipeline, deploy: &Deploy) -> Children {
         spec: Some(ServiceSpec {
             selector: Some(selector(&name, "coordinator")),
             ports: Some(vec![port("http", API_PORT)]),
+            // A coordinator finished by a savepoint with stop is not Ready (it processes
+            // nothing) but must still answer: the operator reads the savepoint's result there.
+            publish_not_ready_addresses: Some(true),
             ..ServiceSpec::default()
         }),
         ..Service::default()

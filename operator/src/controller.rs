@@ -118,16 +118,24 @@ async fn coordinator_url(ctx: &Context, ns: &str, name: &str) -> Option<String> 
                 .list(&ListParams::default().labels(&selector))
                 .await
                 .ok()?;
-            pods.items
+            // The ready pod, else a running one: a coordinator finished by a savepoint with
+            // stop is not Ready but still answers for its savepoint.
+            let live: Vec<_> = pods
+                .items
                 .iter()
                 .filter(|p| p.metadata.deletion_timestamp.is_none())
                 .filter_map(|p| p.status.as_ref())
-                .find(|s| {
-                    s.conditions
-                        .iter()
-                        .flatten()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
+                .filter(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
+                .collect();
+            let ready = |s: &&&k8s_openapi::api::core::v1::PodStatus| {
+                s.conditions
+                    .iter()
+                    .flatten()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            };
+            live.iter()
+                .find(ready)
+                .or_else(|| live.first())
                 .and_then(|s| s.pod_ip.clone())
                 .map(|ip| format!("http://{ip}:{API_PORT}"))
         }

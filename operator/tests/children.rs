@@ -37,6 +37,15 @@ fn names_ownership_and_hardening() {
         c.coordinator_service.metadata.name.as_deref(),
         Some("clicks-coordinator")
     );
+    assert_eq!(
+        c.coordinator_service
+            .spec
+            .as_ref()
+            .unwrap()
+            .publish_not_ready_addresses,
+        Some(true),
+        "a finished coordinator (not Ready) still answers for its savepoint"
+    );
     assert_eq!(c.workers.metadata.name.as_deref(), Some("clicks-workers"));
     assert_eq!(
         c.worker_service

@@ -409,7 +409,11 @@ fn coordinator_main(
                 return Err(e.to_string());
             }
         };
-        match coordinator.run(shutdown_signal()).await.map_err(|e| e.to_string())? {
+        match coordinator
+            .run(shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())?
+        {
             Outcome::Stopped => Ok("stopped cleanly".to_string()),
             Outcome::Finished { savepoint } => {
                 println!("savepoint: {savepoint}");
