@@ -94,7 +94,9 @@ EOF
 start_apiserver() {
   local port
   port=$(cat "$dir/apiserver.port")
-  "$(find_bin kube-apiserver)" \
+  # The binary `start` found (a restart may run without KUBE_BIN_DIR).
+  [ -s "$dir/kube-apiserver.bin" ] || find_bin kube-apiserver >"$dir/kube-apiserver.bin"
+  "$(cat "$dir/kube-apiserver.bin")" \
     --etcd-servers="http://127.0.0.1:$(cat "$dir/etcd.port")" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$port" \
     --endpoint-reconciler-type=none \
@@ -167,6 +169,7 @@ case "$cmd" in
     echo "$dir/kubeconfig"
     ;;
   restart-apiserver)
+    [ -n "$dir" ] && [ -f "$dir/apiserver.port" ] || { echo "usage: control-plane.sh restart-apiserver DIR (of a started control plane)" >&2; exit 2; }
     stop_pid kube-apiserver
     start_apiserver
     ;;

@@ -711,7 +711,7 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
             "the autoscaler did not raise the parallelism: {:?}",
             p.status
         );
-        let next = burst_ids.end..burst_ids.end + 100_000;
+        let next = burst_ids.end..burst_ids.end + 30_000;
         let b = burst.clone();
         let range = next.clone();
         tokio::task::spawn_blocking(move || -> Result<()> {
@@ -720,7 +720,7 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
         })
         .await??;
         burst_ids.end = next.end;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
     };
     let bursts = burst_ids.end - burst_ids.start;
     api.patch(
