@@ -415,6 +415,19 @@ async fn report_invalid(
     Ok(Action::await_change())
 }
 
+/// Logs what the controller loop reports: expected outcomes (a conflict retried at once, an
+/// object deleted before its turn) at debug, the rest as warnings.
+pub(crate) fn log_run_error<Q: std::fmt::Display>(e: &kube::runtime::controller::Error<Error, Q>) {
+    use kube::runtime::controller::Error as Run;
+    match e {
+        Run::ReconcilerFailed(err, obj) if err.category() == "conflict" => {
+            tracing::debug!(object = %obj, "conflict; decided again")
+        }
+        Run::ObjectNotFound(obj) => tracing::debug!(object = %obj, "gone before its reconcile"),
+        other => tracing::warn!(error = %other, "reconcile error"),
+    }
+}
+
 /// Transient failures are retried with a delay; nothing crash-loops.
 pub fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     if error.category() == "conflict" {
@@ -446,7 +459,7 @@ pub async fn run(ctx: Arc<Context>) {
         .for_each(|result| async move {
             match result {
                 Ok((obj, _)) => tracing::debug!(pipeline = %obj.name, "reconciled"),
-                Err(e) => tracing::warn!(error = %e, "reconcile error"),
+                Err(e) => log_run_error(&e),
             }
         })
         .await;

@@ -18,7 +18,7 @@ use kube::{
 use tidewater_crds::{CompactionPolicy, IngestionPipeline};
 
 use crate::{
-    controller::{Context, Error, MANAGER, apply, error_policy, publish},
+    controller::{Context, Error, MANAGER, apply, error_policy, log_run_error, publish},
     maintenance::{self, FinishedRun, POLICY_LABEL},
 };
 
@@ -214,7 +214,7 @@ pub async fn run(ctx: Arc<Context>) {
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             if let Err(e) = result {
-                tracing::warn!(error = %e, "policy reconcile error");
+                log_run_error(&e);
             }
         })
         .await;
