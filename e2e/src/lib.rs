@@ -131,8 +131,17 @@ pub struct KafkaClientFiles {
 
 impl Broker {
     pub fn start() -> Result<Self> {
-        let port = free_port();
-        Self::launch(port, port, Vec::new(), None)
+        // A port free when picked may be taken by a parallel test before the broker binds
+        // it; then this broker exits and the other test's broker would answer in its place.
+        let mut last = None;
+        for _ in 0..3 {
+            let port = free_port();
+            match Self::launch(port, port, Vec::new(), None) {
+                Ok(b) => return Ok(b),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts"))
     }
 
     /// A broker reachable only through the TLS/SASL gateway (e2e/servers/kafka_gateway.py):
@@ -196,7 +205,7 @@ impl Broker {
             .stderr(Stdio::null())
             .spawn()
             .with_context(|| format!("start {} (run scripts/setup.sh)", bin.display()))?;
-        let broker = Self {
+        let mut broker = Self {
             child,
             bootstrap: format!("127.0.0.1:{advertised_port}"),
             client_properties,
@@ -206,6 +215,11 @@ impl Broker {
         wait_for("broker metadata", Duration::from_secs(20), || {
             consumer.fetch_metadata(None, Duration::from_secs(1)).ok()
         })?;
+        // The answer must come from this broker: one that could not bind exits (≈10 ms).
+        std::thread::sleep(Duration::from_millis(300));
+        if let Some(status) = broker.child.try_wait()? {
+            bail!("the broker on port {port} exited ({status}): port taken by another process");
+        }
         Ok(broker)
     }
 
