@@ -1191,6 +1191,15 @@ fn run_reader(args: &[String]) -> Result<TableView> {
     })
 }
 
+/// Sends signal `sig` (TERM, STOP, CONT, …) to process `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{sig} {pid}");
+    Ok(())
+}
+
 /// A `tidewater` process (`run`, `coordinator` or `worker`).
 pub struct Tidewater {
     child: Option<Child>,
@@ -1326,10 +1335,7 @@ impl Tidewater {
 
     /// Sends a signal by name (TERM, STOP, CONT).
     pub fn signal(&self, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
+        let _ = signal(self.pid(), sig);
     }
 
     /// Exit status if the process has ended.

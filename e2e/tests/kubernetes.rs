@@ -43,7 +43,7 @@ use tidewater_crds::{
 };
 use tidewater_e2e::{
     BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, S3_KEY_ID, S3_SECRET, free_port,
-    install_crypto_provider, kubelet::LocalNode, operator_bin, repo_root, tidewater_bin,
+    install_crypto_provider, kubelet::LocalNode, operator_bin, repo_root, signal, tidewater_bin,
 };
 
 const MANAGER: &str = "tidewater-e2e";
@@ -943,14 +943,6 @@ impl Drop for Paused {
     fn drop(&mut self) {
         let _ = signal(self.0, "CONT");
     }
-}
-
-fn signal(pid: u32, sig: &str) -> Result<()> {
-    let status = Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .status()?;
-    ensure!(status.success(), "kill -{sig} {pid}");
-    Ok(())
 }
 
 fn upgrade_savepoints(p: &IngestionPipeline) -> usize {

@@ -48,16 +48,18 @@ pub enum Error {
 impl Error {
     /// Label for the failure metric.
     pub fn category(&self) -> &'static str {
+        if self.is_conflict() {
+            return "conflict";
+        }
         match self {
-            Self::Kube(e) if is_conflict(e) => "conflict",
             Self::Kube(_) => "kubernetes",
         }
     }
-}
 
-/// A write refused because the object changed since it was read (HTTP 409).
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
+    /// A write refused because the object changed since it was read (HTTP 409).
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, Self::Kube(kube::Error::Api(s)) if s.code == 409)
+    }
 }
 
 /// How the operator reaches coordinators.
@@ -127,15 +129,16 @@ async fn coordinator_url(ctx: &Context, ns: &str, name: &str) -> Option<String> 
                 .filter_map(|p| p.status.as_ref())
                 .filter(|s| s.phase.as_deref() == Some("Running") && s.pod_ip.is_some())
                 .collect();
-            let ready = |s: &&&k8s_openapi::api::core::v1::PodStatus| {
+            let ready = |s: &k8s_openapi::api::core::v1::PodStatus| {
                 s.conditions
                     .iter()
                     .flatten()
                     .any(|c| c.type_ == "Ready" && c.status == "True")
             };
             live.iter()
-                .find(ready)
-                .or_else(|| live.first())
+                .copied()
+                .find(|s| ready(s))
+                .or_else(|| live.first().copied())
                 .and_then(|s| s.pod_ip.clone())
                 .map(|ip| format!("http://{ip}:{API_PORT}"))
         }
@@ -354,19 +357,20 @@ async fn reconcile_inner(
             return Ok(Action::await_change());
         }
     };
-    let errors = tidewater_crds::validate(&p.spec);
-    if !errors.is_empty() {
-        return report_invalid(p, &errors, ctx).await;
-    }
-    // Decide on the stored object, not the watch cache: right after this operator's own
-    // status write the cache can still hold the previous status, and a decision on it would
-    // repeat an operation (a second savepoint). The status write is conditional on this
-    // read's resourceVersion, so a concurrent change makes it a conflict, retried at once.
+    // Validate and decide on the stored object, not the watch cache: right after this
+    // operator's own status write the cache can still hold the previous status, and a
+    // decision on it would repeat an operation (a second savepoint). The status write is
+    // conditional on this read's resourceVersion, so a concurrent change makes it a
+    // conflict, decided again at once.
     let api: Api<IngestionPipeline> =
         Api::namespaced(ctx.client.clone(), &p.namespace().unwrap_or_default());
     let Some(p) = api.get_opt(&p.name_any()).await? else {
         return Ok(Action::await_change());
     };
+    let errors = tidewater_crds::validate(&p.spec);
+    if !errors.is_empty() {
+        return report_invalid(&p, &errors, ctx).await;
+    }
     let (obs, job) = observe(&p, ctx).await;
     let decision = decide(&p, &obs);
     act(&p, decision, job.as_ref(), ctx).await
@@ -420,7 +424,7 @@ async fn report_invalid(
 pub(crate) fn log_run_error<Q: std::fmt::Display>(e: &kube::runtime::controller::Error<Error, Q>) {
     use kube::runtime::controller::Error as Run;
     match e {
-        Run::ReconcilerFailed(err, obj) if err.category() == "conflict" => {
+        Run::ReconcilerFailed(err, obj) if err.is_conflict() => {
             tracing::debug!(object = %obj, "conflict; decided again")
         }
         Run::ObjectNotFound(obj) => tracing::debug!(object = %obj, "gone before its reconcile"),
@@ -430,7 +434,7 @@ pub(crate) fn log_run_error<Q: std::fmt::Display>(e: &kube::runtime::controller:
 
 /// Transient failures are retried with a delay; nothing crash-loops.
 pub fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
-    if error.category() == "conflict" {
+    if error.is_conflict() {
         // Someone (a user, or this operator's previous write) changed the object since it
         // was read: decide again on the new version.
         tracing::info!(%error, "the pipeline changed while reconciling; again");
