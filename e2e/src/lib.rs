@@ -79,13 +79,87 @@ fn venv_python() -> PathBuf {
     p
 }
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, reserved for this test process for a few minutes.
+///
+/// The kernel may hand the same free port to two test processes that ask at nearly the same
+/// time (nextest runs tests as parallel processes, and the port is only free until someone
+/// binds it). A port is handed out only if its reservation file under the temp directory
+/// could be created exclusively; reservations older than five minutes are reclaimed.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    let dir = std::env::temp_dir().join("tidewater-e2e-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    for _ in 0..100 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let file = dir.join(port.to_string());
+        let stale = std::fs::metadata(&file)
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().unwrap_or_default() > Duration::from_secs(300));
+        if stale {
+            let _ = std::fs::remove_file(&file);
+        }
+        if std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&file)
+            .is_ok()
+        {
+            return port;
+        }
+    }
+    panic!(
+        "no free port reservable in 100 attempts under {}",
+        dir.display()
+    );
+}
+
+/// Whether process `pid` holds a socket listening on 127.0.0.1:`port` (Linux `/proc`).
+///
+/// Answers "is the server on this port the one this test started" where a connect would
+/// also succeed against another test's server.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let want = format!("0100007F:{port:04X}");
+    let inodes: Vec<String> = std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // local_address, state (0A = LISTEN), inode
+            (f.len() > 9 && f[1] == want && f[3] == "0A").then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|l| inodes.iter().any(|i| l.as_os_str() == i.as_str()))
+}
+
+/// Waits until `child` listens on `port`; an error if it exits first (port taken) or
+/// another process holds the port.
+fn wait_owned_port(child: &mut Child, port: u16, what: &str) -> Result<()> {
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if listens_on(pid, port) {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} on port {port} exited ({status}): port taken by another process?");
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after 60s waiting for {what} to listen on port {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T> {
@@ -176,8 +250,8 @@ impl Broker {
         for (user, password) in &security.users {
             cmd.args(["--user", &format!("{user}:{password}")]);
         }
-        let gateway = Server(cmd.stdout(log.try_clone()?).stderr(log).spawn()?);
-        wait_port(gateway_port, "kafka gateway")?;
+        let mut gateway = Server(cmd.stdout(log.try_clone()?).stderr(log).spawn()?);
+        wait_owned_port(&mut gateway.0, gateway_port, "kafka gateway")?;
         let broker = Self::launch(port, gateway_port, client, Some(gateway))?;
         Ok((broker, files))
     }
@@ -211,15 +285,12 @@ impl Broker {
             client_properties,
             _gateway: gateway,
         };
+        // The answer must come from this broker, not another test's on the same port.
+        wait_owned_port(&mut broker.child, port, "the broker")?;
         let consumer: BaseConsumer = broker.client_config().create()?;
         wait_for("broker metadata", Duration::from_secs(20), || {
             consumer.fetch_metadata(None, Duration::from_secs(1)).ok()
         })?;
-        // The answer must come from this broker: one that could not bind exits (≈10 ms).
-        std::thread::sleep(Duration::from_millis(300));
-        if let Some(status) = broker.child.try_wait()? {
-            bail!("the broker on port {port} exited ({status}): port taken by another process");
-        }
         Ok(broker)
     }
 
@@ -584,13 +655,6 @@ impl Drop for Server {
     }
 }
 
-fn wait_port(port: u16, what: &str) -> Result<()> {
-    wait_for(what, Duration::from_secs(60), || {
-        TcpStream::connect(("127.0.0.1", port)).ok()
-    })
-    .map(|_| ())
-}
-
 /// An S3-compatible server (moto) on a free port, with one bucket.
 pub struct Moto {
     _server: Server,
@@ -608,8 +672,8 @@ impl Moto {
             .stderr(log)
             .spawn()
             .context("moto_server (scripts/setup.sh installs it)")?;
-        let server = Server(child);
-        wait_port(port, "moto")?;
+        let mut server = Server(child);
+        wait_owned_port(&mut server.0, port, "moto")?;
         let mut s = TcpStream::connect(("127.0.0.1", port))?;
         write!(
             s,
@@ -756,8 +820,8 @@ impl RestCatalog {
             cmd.arg("--prop").arg(format!("{k}={v}"));
         }
         let child = cmd.stdout(log.try_clone()?).stderr(log).spawn()?;
-        let server = Server(child);
-        wait_port(port, "REST catalog")?;
+        let mut server = Server(child);
+        wait_owned_port(&mut server.0, port, "REST catalog")?;
         Ok(Self {
             _server: server,
             port,
