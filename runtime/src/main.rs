@@ -10,13 +10,15 @@ use std::{
 
 use clap::{Parser, Subcommand};
 use tidewater_runtime::{
-    api::{self, Shared},
     config::PipelineConfig,
-    coordinator::{Coordinator, Options, Outcome, StartMode},
-    hub::Hub,
+    control::{
+        api::{self, Shared},
+        coordinator::{Coordinator, Options, Outcome, StartMode},
+        hub::Hub,
+        remote,
+    },
     maintenance,
     metrics::{self, Metrics},
-    remote,
 };
 
 #[derive(Parser)]

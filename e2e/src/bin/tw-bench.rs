@@ -86,16 +86,16 @@ fn cpu_seconds() -> f64 {
 }
 
 /// A converter for the createTable schema of a pipeline file.
-fn batcher_for(spec: &std::path::Path) -> Result<tidewater_runtime::convert::RowBatcher> {
+fn batcher_for(spec: &std::path::Path) -> Result<tidewater_runtime::decode::RowBatcher> {
     let resource = tidewater_crds::IngestionPipeline::from_yaml(&std::fs::read_to_string(spec)?)?;
     let create = resource
         .spec
         .sink
         .create_table
         .expect("spec has createTable");
-    let (schema, _) = tidewater_runtime::table::table_definition(&create)?;
+    let (schema, _) = tidewater_runtime::commit::table_definition(&create)?;
     let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&schema)?);
-    tidewater_runtime::convert::RowBatcher::new(arrow).map_err(anyhow::Error::msg)
+    tidewater_runtime::decode::RowBatcher::new(arrow).map_err(anyhow::Error::msg)
 }
 
 fn bench_batch(
@@ -169,7 +169,7 @@ async fn small_files(
     };
     let conn =
         tidewater_runtime::config::CatalogConnection::resolve(&spec, std::path::Path::new("/"));
-    let cat = tidewater_runtime::table::open_catalog(&conn, &Default::default()).await?;
+    let cat = tidewater_runtime::commit::open_catalog(&conn, &Default::default()).await?;
     let ns = NamespaceIdent::new("analytics".into());
     if !cat.namespace_exists(&ns).await? {
         cat.create_namespace(&ns, Default::default()).await?;
@@ -198,7 +198,7 @@ async fn small_files(
         )])
         .build();
     let mut table = cat.create_table(&ns, creation).await?;
-    let factory = tidewater_runtime::writer::WriterFactory::new(&table, &Default::default())
+    let factory = tidewater_runtime::write::WriterFactory::new(&table, &Default::default())
         .map_err(anyhow::Error::msg)?;
     let arrow = factory.arrow_schema();
     let day0 = chrono::Utc::now().timestamp_millis() / 86_400_000 * 86_400_000 - 30 * 86_400_000;

@@ -65,14 +65,14 @@ impl Cas {
             }
             CatalogType::Rest => {
                 let client = match &conn.ca_file {
-                    Some(ca) => crate::table::client_trusting(ca)
+                    Some(ca) => crate::commit::client_trusting(ca)
                         .map_err(|e| MaintenanceError::Catalog(e.to_string()))?,
                     None => reqwest::Client::new(),
                 };
                 let token = match &conn.auth {
                     None => None,
                     Some(auth) => {
-                        let secret = crate::table::read_catalog_secret(auth)
+                        let secret = crate::commit::read_catalog_secret(auth)
                             .map_err(|e| MaintenanceError::Catalog(e.to_string()))?;
                         Some(match auth.auth_type {
                             CatalogAuthType::Bearer => secret,

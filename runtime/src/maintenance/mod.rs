@@ -32,12 +32,11 @@ use tidewater_crds::{
 };
 
 use crate::{
-    checkpoint::{SUMMARY_PIPELINE_UID, SUMMARY_STATE_LOCATION},
+    checkpoint::{SUMMARY_PIPELINE_UID, SUMMARY_STATE_LOCATION, store::StateStore},
+    commit::open_catalog,
     config::{CatalogConnection, resolve_s3},
-    state_store::StateStore,
     storage,
-    table::open_catalog,
-    writer::WriterFactory,
+    write::WriterFactory,
 };
 use commit::{Cas, Swap};
 use files::LiveEntry;

@@ -13,12 +13,13 @@ use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::
 
 use crate::{
     config::PipelineConfig,
-    convert::RowBatcher,
+    control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
+    decode::RowBatcher,
     failpoint,
-    kafka::{self, DeadLetterProducer, KafkaConsumer},
     metrics::{Metrics, ReasonLabels},
-    protocol::{Offsets, ToCoordinator, ToWorker, TopicPartition, WorkerAck, WorkerId, set_offset},
-    writer::{TableWriter, WriterFactory},
+    offsets::{Offsets, TopicPartition, set_offset},
+    source::{self, DeadLetterProducer, KafkaConsumer},
+    write::{TableWriter, WriterFactory},
 };
 
 /// Rows converted before a batch is handed to the Parquet writer.
@@ -102,7 +103,7 @@ struct State {
 }
 
 fn run(setup: WorkerSetup) -> Result<(), String> {
-    let consumer = kafka::consumer(&setup.config).map_err(|e| format!("kafka consumer: {e}"))?;
+    let consumer = source::consumer(&setup.config).map_err(|e| format!("kafka consumer: {e}"))?;
     let dlq = setup
         .config
         .dead_letter

@@ -566,7 +566,7 @@ mod tests {
         let metadata = builder.build().unwrap().metadata;
         let found = last_pipeline_commit(&metadata, "uid").unwrap().unwrap();
         assert_eq!((found.snapshot_id, found.checkpoint_id), (2, 2));
-        assert_eq!(crate::protocol::get_offset(&found.offsets, "t", 0), Some(9));
+        assert_eq!(crate::offsets::get_offset(&found.offsets, "t", 0), Some(9));
         // A tidewater summary without its checkpoint id is reported, not skipped.
         let err = last_pipeline_commit(&metadata, "other")
             .unwrap_err()

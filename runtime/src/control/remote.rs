@@ -15,16 +15,19 @@ use tidewater_crds::IngestionPipeline;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
 use crate::{
-    api::LONG_POLL,
+    commit,
     config::PipelineConfig,
-    metrics::Metrics,
-    protocol::{
-        PollRequest, PollResponse, RegisterRequest, RegisterResponse, Sequenced, ToCoordinator,
-        ToWorker,
+    control::{
+        api::LONG_POLL,
+        protocol::{
+            PollRequest, PollResponse, RegisterRequest, RegisterResponse, Sequenced, ToCoordinator,
+            ToWorker,
+        },
+        worker::{self, WorkerSetup},
     },
-    storage, table,
-    worker::{self, WorkerSetup},
-    writer::WriterFactory,
+    metrics::Metrics,
+    storage,
+    write::WriterFactory,
 };
 
 /// How a session with one coordinator run ended.
@@ -129,10 +132,10 @@ async fn session(
         Some(s3) => storage::s3_properties(s3).map_err(|e| e.to_string())?,
         None => Default::default(),
     };
-    let catalog = table::open_catalog(&config.catalog, &storage_props)
+    let catalog = commit::open_catalog(&config.catalog, &storage_props)
         .await
         .map_err(|e| e.to_string())?;
-    let ident = table::table_ident(&config).map_err(|e| e.to_string())?;
+    let ident = commit::table_ident(&config).map_err(|e| e.to_string())?;
     let table = catalog
         .load_table(&ident)
         .await

@@ -2,21 +2,9 @@
 //! over in-process channels; between processes they cross HTTP (`/v1/workers`), wrapped in
 //! sequence-numbered envelopes so a lost response never loses or repeats a command.
 
-use std::collections::BTreeMap;
-
 use serde::{Deserialize, Serialize};
 
-/// Next offset to read, per topic and partition.
-pub type Offsets = BTreeMap<String, BTreeMap<i32, i64>>;
-
-/// A Kafka partition.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct TopicPartition {
-    /// Topic name.
-    pub topic: String,
-    /// Partition number.
-    pub partition: i32,
-}
+use crate::offsets::{Offsets, TopicPartition};
 
 /// A worker's identity within one coordinator run (never reused by that run).
 pub type WorkerId = u64;
@@ -140,22 +128,10 @@ pub struct Sequenced<T> {
     pub message: T,
 }
 
-/// Sets `offsets[topic][partition] = next`.
-pub fn set_offset(offsets: &mut Offsets, topic: &str, partition: i32, next: i64) {
-    offsets
-        .entry(topic.to_string())
-        .or_default()
-        .insert(partition, next);
-}
-
-/// Looks up `offsets[topic][partition]`.
-pub fn get_offset(offsets: &Offsets, topic: &str, partition: i32) -> Option<i64> {
-    offsets.get(topic).and_then(|p| p.get(&partition)).copied()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::offsets::set_offset;
 
     #[test]
     fn messages_round_trip_as_json() {

@@ -16,30 +16,29 @@ use tidewater_crds::types::StartingOffsets;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use crate::{
-    api::{
-        CheckpointDoc, PartitionStatus, Registration, SavepointStatus, Shared, StatusDoc,
-        WorkerStatus,
-    },
-    assignment::plan_assignment,
     checkpoint::{
         CheckpointRecord, CommittedState, Recovery, TableCommitPlan, decide_recovery,
         max_checkpoint_id, render_offsets,
+        savepoint::{RestoreTarget, SavepointRecord, already_restored, check_restore},
+        store::StateStore,
     },
+    commit::{self, CommitOutcome, TableError},
     config::PipelineConfig,
-    failpoint,
-    hub::{Event, Hub},
-    kafka,
-    metrics::{Metrics, PartitionLabels},
-    protocol::{
-        Offsets, ToCoordinator, ToWorker, TopicPartition, WorkerAck, WorkerId, get_offset,
-        set_offset,
+    control::{
+        api::{
+            CheckpointDoc, PartitionStatus, Registration, SavepointStatus, Shared, StatusDoc,
+            WorkerStatus,
+        },
+        assignment::plan_assignment,
+        hub::{Event, Hub},
+        protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
+        worker::{self, WorkerSetup},
     },
-    savepoint::{RestoreTarget, SavepointRecord, already_restored, check_restore},
-    state_store::StateStore,
-    storage,
-    table::{self, CommitOutcome, TableError},
-    worker::{self, WorkerSetup},
-    writer::WriterFactory,
+    failpoint,
+    metrics::{Metrics, PartitionLabels},
+    offsets::{Offsets, TopicPartition, get_offset, set_offset},
+    source, storage,
+    write::WriterFactory,
 };
 
 /// Why a run ended with an error.
@@ -50,7 +49,7 @@ pub enum RunError {
     Table(#[from] TableError),
     /// Checkpoint records and savepoints.
     #[error(transparent)]
-    State(#[from] crate::state_store::StateError),
+    State(#[from] crate::checkpoint::store::StateError),
     /// Object storage settings.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
@@ -162,7 +161,7 @@ pub struct Coordinator {
     store: StateStore,
     metrics: Arc<Metrics>,
     run_id: String,
-    admin: Arc<kafka::KafkaConsumer>,
+    admin: Arc<source::KafkaConsumer>,
     factory: WriterFactory,
     members: BTreeMap<WorkerId, Member>,
     target: usize,
@@ -211,13 +210,13 @@ impl Coordinator {
             Some(s3) => storage::s3_properties(s3)?,
             None => BTreeMap::new(),
         };
-        let catalog = table::open_catalog(&config.catalog, &storage_props).await?;
-        let table = table::load_or_create(catalog.as_ref(), &config).await?;
-        let ident = table::table_ident(&config)?;
+        let catalog = commit::open_catalog(&config.catalog, &storage_props).await?;
+        let table = commit::load_or_create(catalog.as_ref(), &config).await?;
+        let ident = commit::table_ident(&config)?;
         let table_key = config.table_display();
         let store = StateStore::open(&config.state_location, &storage_props)?;
         let records = store.load_all(&config.uid).await?;
-        let last = table::last_pipeline_commit(table.metadata(), &config.uid)?;
+        let last = commit::last_pipeline_commit(table.metadata(), &config.uid)?;
         let begin = Self::decide_begin(
             &config,
             &options,
@@ -228,7 +227,7 @@ impl Coordinator {
         )
         .await?;
         if let Some(record) = &begin.pending {
-            let outcome = table::commit_checkpoint(
+            let outcome = commit::commit_checkpoint(
                 catalog.as_ref(),
                 &ident,
                 &table_key,
@@ -254,7 +253,8 @@ impl Coordinator {
         // so the table loaded before a recovered commit serves.
         let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)
             .map_err(RunError::Setup)?;
-        let admin = Arc::new(kafka::consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
+        let admin =
+            Arc::new(source::consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
         let hub = shared.hub.clone();
         let metrics = shared.metrics.clone();
         let target = config.parallelism;
@@ -682,8 +682,8 @@ impl Coordinator {
         let found = {
             let (admin, config) = (self.admin.clone(), self.config.clone());
             blocking(move || {
-                kafka::discover_partitions(&admin, &config.topics, |t| config.reads(t))
-                    .map_err(|e| kafka::with_cause(&admin, e))
+                source::discover_partitions(&admin, &config.topics, |t| config.reads(t))
+                    .map_err(|e| source::with_cause(&admin, e))
             })
             .await
             .map_err(|e| RunError::Kafka(format!("metadata: {e}")))?
@@ -702,7 +702,7 @@ impl Coordinator {
                     || (self.config.topic_pattern.is_some() && self.discovered);
                 let policy = start_policy(known, self.config.starting_offsets);
                 let (admin, tp2) = (self.admin.clone(), tp.clone());
-                let start = blocking(move || kafka::resolve_start(&admin, &tp2, policy))
+                let start = blocking(move || source::resolve_start(&admin, &tp2, policy))
                     .await
                     .map_err(|e| {
                         RunError::Kafka(format!(
@@ -965,7 +965,7 @@ impl Coordinator {
             "checkpoint complete"
         );
         let (admin, offsets) = (self.admin.clone(), self.offsets.clone());
-        if let Err(e) = blocking(move || kafka::commit_group_offsets(&admin, &offsets)).await {
+        if let Err(e) = blocking(move || source::commit_group_offsets(&admin, &offsets)).await {
             tracing::warn!(error = %e, "could not report offsets to the consumer group (progress only)");
         }
         if let Err(e) = self
@@ -1102,7 +1102,7 @@ impl Coordinator {
     ) -> Result<CommitOutcome, RunError> {
         let mut delay = Duration::from_millis(200);
         for attempt in 1.. {
-            match table::commit_checkpoint(
+            match commit::commit_checkpoint(
                 self.catalog.as_ref(),
                 &self.ident,
                 &self.table_key,
@@ -1126,7 +1126,7 @@ impl Coordinator {
 
     async fn update_lag(&mut self) {
         let (admin, offsets) = (self.admin.clone(), self.offsets.clone());
-        for (tp, lag) in blocking(move || kafka::lag(&admin, &offsets)).await {
+        for (tp, lag) in blocking(move || source::lag(&admin, &offsets)).await {
             self.metrics
                 .lag
                 .get_or_create(&PartitionLabels {

@@ -13,7 +13,7 @@ use tokio::sync::{
     mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
 };
 
-use crate::protocol::{Sequenced, ToCoordinator, ToWorker, WorkerId};
+use crate::control::protocol::{Sequenced, ToCoordinator, ToWorker, WorkerId};
 
 /// Everything the coordinator reacts to, in arrival order.
 #[derive(Debug, Clone, PartialEq)]

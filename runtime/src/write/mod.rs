@@ -1,12 +1,14 @@
 //! Data files for one table between two barriers: Arrow batches in, Iceberg data files out.
 //! Parquet settings come from the table properties overridden by the spec's writeProperties.
 
+pub mod partition;
+
 use std::{
     collections::{BTreeMap, HashMap},
     sync::Arc,
 };
 
-use crate::partition::Partitioner;
+use crate::write::partition::Partitioner;
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::{

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     checkpoint::{CheckpointRecord, CommittedState, render_offsets},
-    protocol::Offsets,
+    offsets::Offsets,
 };
 
 /// A completed savepoint, stored at `<state location>/savepoints/<id>.json`.
@@ -218,7 +218,7 @@ mod tests {
         );
 
         let mut sp = savepoint(4);
-        crate::protocol::set_offset(&mut sp.checkpoint.offsets, "gone", 0, 3);
+        crate::offsets::set_offset(&mut sp.checkpoint.offsets, "gone", 0, 3);
         let mut last = committed(4, &[(0, 9)]);
         last.offsets = sp.table_offsets();
         let e = check_restore(&sp, target(false), Some(&last)).unwrap_err();

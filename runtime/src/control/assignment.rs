@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::protocol::{TopicPartition, WorkerId};
+use crate::{control::protocol::WorkerId, offsets::TopicPartition};
 
 /// Plans the owner of every partition among `active` workers (in preference order).
 /// Every worker ends with ⌊n/w⌋ or ⌈n/w⌉ partitions; a partition stays with its current owner

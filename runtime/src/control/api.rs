@@ -19,9 +19,11 @@ use axum::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    hub::{Event, Hub},
+    control::{
+        hub::{Event, Hub},
+        protocol::{PollRequest, PollResponse, RegisterRequest, RegisterResponse, WorkerId},
+    },
     metrics::Metrics,
-    protocol::{PollRequest, PollResponse, RegisterRequest, RegisterResponse, WorkerId},
 };
 
 /// How long a command poll waits for a command before answering with none.

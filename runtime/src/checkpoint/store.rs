@@ -14,8 +14,7 @@ use std::{
 use opendal::Operator;
 
 use crate::{
-    checkpoint::CheckpointRecord,
-    savepoint::SavepointRecord,
+    checkpoint::{CheckpointRecord, savepoint::SavepointRecord},
     storage::{StorageError, s3_operator, split_s3},
 };
 

@@ -6,11 +6,14 @@
 //! this pipeline reached exactly the offsets this commit starts from (`base_offsets`). Two
 //! writers with one pipeline uid can therefore never both land data for the same offsets.
 
+pub mod savepoint;
+pub mod store;
+
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::Offsets;
+use crate::offsets::Offsets;
 
 /// Snapshot summary key: pipeline uid.
 pub const SUMMARY_PIPELINE_UID: &str = "tidewater.pipeline-uid";
@@ -257,7 +260,7 @@ pub fn decide_recovery(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::protocol::set_offset;
+    use crate::offsets::set_offset;
 
     pub(crate) const T: &str = "analytics.clicks";
 

@@ -22,7 +22,7 @@ use tidewater_crds::{pipeline::KafkaSecuritySpec, types::StartingOffsets};
 
 use crate::{
     config::{DeadLetter, PipelineConfig},
-    protocol::{Offsets, TopicPartition},
+    offsets::{Offsets, TopicPartition},
 };
 
 const META_TIMEOUT: Duration = Duration::from_secs(10);
