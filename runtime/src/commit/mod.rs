@@ -2,38 +2,31 @@
 //! exactly-once commit (validated against the table's history, pinned to the version that
 //! was validated, never rebased).
 
-use std::{
-    collections::{BTreeMap, HashMap},
-    sync::Arc,
-};
+use std::collections::HashMap;
 
 use iceberg::{
-    Catalog, CatalogBuilder, ErrorKind, Namespace, NamespaceIdent, TableCreation, TableIdent,
-    spec::{
-        NestedField, PrimitiveType, Schema, TableMetadata, Transform as IcebergTransform, Type,
-        UnboundPartitionSpec, deserialize_data_file_from_json,
-    },
-    table::Table,
+    Catalog, ErrorKind, TableIdent,
+    spec::deserialize_data_file_from_json,
     transaction::{ApplyTransactionAction, Transaction},
-};
-use iceberg_catalog_rest::RestCatalogBuilder;
-use iceberg_catalog_sql::SqlCatalogBuilder;
-use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
-use tidewater_crds::{
-    pipeline::{CatalogAuthSpec, CatalogAuthType, CatalogType, CreateTableSpec},
-    types::{ColumnType, PartitionField, Transform},
 };
 
 use crate::{
     checkpoint::{
-        CheckpointRecord, CommitDecision, CommittedState, SUMMARY_CHECKPOINT_ID, SUMMARY_OFFSETS,
+        CheckpointRecord, CommitDecision, SUMMARY_CHECKPOINT_ID, SUMMARY_OFFSETS,
         SUMMARY_PIPELINE_UID, SUMMARY_RUN_ID, SUMMARY_STATE_LOCATION, decide_commit,
     },
-    config::{CatalogConnection, PipelineConfig},
     failpoint,
 };
 
+mod catalog;
+mod create;
+mod history;
 mod pinned;
+
+pub use catalog::open_catalog;
+pub(crate) use catalog::{client_trusting, read_catalog_secret};
+pub use create::{load_or_create, table_definition, table_ident};
+pub use history::last_pipeline_commit;
 use pinned::PinnedCatalog;
 
 /// Errors of the Iceberg side.
@@ -54,276 +47,6 @@ pub enum TableError {
     /// The table history has a tidewater summary that cannot be read.
     #[error("table history: {0}")]
     History(String),
-}
-
-/// Opens the catalog of the spec (creating a SQLite file when missing). `storage_props` are
-/// the resolved `s3.*` properties, handed to the catalog's file IO.
-pub async fn open_catalog(
-    config: &CatalogConnection,
-    storage_props: &BTreeMap<String, String>,
-) -> Result<Arc<dyn Catalog>, TableError> {
-    let mut props: HashMap<String, String> = storage_props
-        .clone()
-        .into_iter()
-        .chain(config.properties.clone())
-        .collect();
-    if let Some(local) = config.warehouse.strip_prefix("file://") {
-        std::fs::create_dir_all(local)
-            .map_err(|e| TableError::Definition(format!("cannot create warehouse {local}: {e}")))?;
-    }
-    props.insert("warehouse".into(), config.warehouse.clone());
-    let storage = Arc::new(OpenDalResolvingStorageFactory::new());
-    match config.catalog_type {
-        CatalogType::Sql => {
-            props.insert("uri".into(), sqlite_create_mode(&config.uri)?);
-            let catalog = SqlCatalogBuilder::default()
-                .with_storage_factory(storage)
-                .load(&config.name, props)
-                .await?;
-            Ok(Arc::new(catalog))
-        }
-        CatalogType::Rest => {
-            props.insert("uri".into(), config.uri.clone());
-            if let Some(auth) = &config.auth {
-                rest_auth(auth, &mut props)?;
-            }
-            let mut builder = RestCatalogBuilder::default().with_storage_factory(storage);
-            if let Some(ca) = &config.ca_file {
-                builder = builder.with_client(client_trusting(ca)?);
-            }
-            let catalog = builder.load(&config.name, props).await?;
-            Ok(Arc::new(catalog))
-        }
-    }
-}
-
-/// SQLite URIs get `mode=rwc` (and their directory) so the file is created when missing.
-fn sqlite_create_mode(uri: &str) -> Result<String, TableError> {
-    let mut uri = uri.to_string();
-    if let Some(path) = uri.strip_prefix("sqlite://") {
-        let file = path.split('?').next().unwrap_or(path);
-        if let Some(parent) = std::path::Path::new(file).parent() {
-            std::fs::create_dir_all(parent).map_err(|e| {
-                TableError::Definition(format!("cannot create {}: {e}", parent.display()))
-            })?;
-        }
-        if !uri.contains("mode=") {
-            uri.push_str(if uri.contains('?') {
-                "&mode=rwc"
-            } else {
-                "?mode=rwc"
-            });
-        }
-    }
-    Ok(uri)
-}
-
-/// Reads the REST catalog secret from its file or variable.
-pub(crate) fn read_catalog_secret(auth: &CatalogAuthSpec) -> Result<String, TableError> {
-    Ok(match (&auth.secret_file, &auth.secret_env) {
-        (Some(f), _) => std::fs::read_to_string(f)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| {
-                TableError::Definition(format!(
-                    "spec.sink.catalog.auth.secretFile: cannot read {f}: {e}"
-                ))
-            })?,
-        (None, Some(v)) => std::env::var(v).map_err(|_| {
-            TableError::Definition(format!(
-                "spec.sink.catalog.auth.secretEnv: environment variable {v} is not set"
-            ))
-        })?,
-        (None, None) => {
-            return Err(TableError::Definition(
-                "spec.sink.catalog.auth: no secretFile or secretEnv".into(),
-            ));
-        }
-    })
-}
-
-/// Reads the REST catalog secret from its file or variable into the catalog properties.
-fn rest_auth(
-    auth: &CatalogAuthSpec,
-    props: &mut HashMap<String, String>,
-) -> Result<(), TableError> {
-    let secret = read_catalog_secret(auth)?;
-    match auth.auth_type {
-        CatalogAuthType::Bearer => {
-            props.insert("token".into(), secret);
-        }
-        CatalogAuthType::Oauth2 => {
-            props.insert("credential".into(), secret);
-            if let Some(uri) = &auth.oauth2_server_uri {
-                props.insert("oauth2-server-uri".into(), uri.clone());
-            }
-            if let Some(scope) = &auth.scope {
-                props.insert("scope".into(), scope.clone());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// An HTTP client that also trusts the PEM certificates in `ca_file`.
-pub(crate) fn client_trusting(ca_file: &std::path::Path) -> Result<reqwest::Client, TableError> {
-    let bad = |e: String| {
-        TableError::Definition(format!(
-            "spec.sink.catalog.caFile {}: {e}",
-            ca_file.display()
-        ))
-    };
-    let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
-    let mut builder = reqwest::Client::builder();
-    for cert in reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| bad(e.to_string()))? {
-        builder = builder.add_root_certificate(cert);
-    }
-    builder.build().map_err(|e| bad(e.to_string()))
-}
-
-/// The table identifier of the spec.
-pub fn table_ident(config: &PipelineConfig) -> Result<TableIdent, TableError> {
-    let ns = NamespaceIdent::from_vec(config.table_namespace.clone())?;
-    Ok(TableIdent::new(ns, config.table_name.clone()))
-}
-
-/// Loads the table, creating it (and its namespace) from `createTable` when missing.
-pub async fn load_or_create(
-    catalog: &dyn Catalog,
-    config: &PipelineConfig,
-) -> Result<Table, TableError> {
-    let ident = table_ident(config)?;
-    if catalog.table_exists(&ident).await? {
-        return Ok(catalog.load_table(&ident).await?);
-    }
-    let create = config
-        .resource
-        .spec
-        .sink
-        .create_table
-        .as_ref()
-        .ok_or_else(|| TableError::Missing(config.table_display()))?;
-    let (schema, spec) = table_definition(create)?;
-    if !catalog.namespace_exists(ident.namespace()).await? {
-        match catalog
-            .create_namespace(ident.namespace(), HashMap::new())
-            .await
-        {
-            Ok(Namespace { .. }) => {}
-            Err(e)
-                if catalog
-                    .namespace_exists(ident.namespace())
-                    .await
-                    .unwrap_or(false) =>
-            {
-                tracing::debug!(error = %e, "namespace created concurrently");
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let creation = TableCreation::builder()
-        .name(ident.name().to_string())
-        .schema(schema)
-        .partition_spec(spec)
-        .properties(create.properties.clone())
-        .build();
-    match catalog.create_table(ident.namespace(), creation).await {
-        Ok(t) => {
-            tracing::info!(table = %config.table_display(), "created table");
-            Ok(t)
-        }
-        Err(e) if catalog.table_exists(&ident).await.unwrap_or(false) => {
-            tracing::debug!(error = %e, "table created concurrently");
-            Ok(catalog.load_table(&ident).await?)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Iceberg schema (field ids 1..n in column order) and partition spec of a table definition.
-pub fn table_definition(
-    create: &CreateTableSpec,
-) -> Result<(Schema, UnboundPartitionSpec), TableError> {
-    let mut fields = Vec::new();
-    let mut ids = HashMap::new();
-    for (i, col) in create.schema.iter().enumerate() {
-        let id =
-            i32::try_from(i + 1).map_err(|_| TableError::Definition("too many columns".into()))?;
-        let ty = ColumnType::parse(&col.column_type).map_err(TableError::Definition)?;
-        let ty = Type::Primitive(primitive(ty));
-        let mut field = if col.required {
-            NestedField::required(id, &col.name, ty)
-        } else {
-            NestedField::optional(id, &col.name, ty)
-        };
-        if let Some(doc) = &col.doc {
-            field = field.with_doc(doc);
-        }
-        ids.insert(col.name.clone(), id);
-        fields.push(Arc::new(field));
-    }
-    let schema = Schema::builder().with_fields(fields).build()?;
-    let mut spec = UnboundPartitionSpec::builder();
-    for text in &create.partition_by {
-        let field = PartitionField::parse(text).map_err(TableError::Definition)?;
-        let source = *ids
-            .get(&field.column)
-            .ok_or_else(|| TableError::Definition(format!("unknown column `{}`", field.column)))?;
-        let (transform, name) = match field.transform {
-            Transform::Identity => (IcebergTransform::Identity, field.column.clone()),
-            Transform::Year => (IcebergTransform::Year, format!("{}_year", field.column)),
-            Transform::Month => (IcebergTransform::Month, format!("{}_month", field.column)),
-            Transform::Day => (IcebergTransform::Day, format!("{}_day", field.column)),
-            Transform::Hour => (IcebergTransform::Hour, format!("{}_hour", field.column)),
-            Transform::Bucket(n) => (
-                IcebergTransform::Bucket(n),
-                format!("{}_bucket", field.column),
-            ),
-            Transform::Truncate(w) => (
-                IcebergTransform::Truncate(w),
-                format!("{}_trunc", field.column),
-            ),
-        };
-        spec = spec.add_partition_field(source, name, transform)?;
-    }
-    Ok((schema, spec.build()))
-}
-
-fn primitive(t: ColumnType) -> PrimitiveType {
-    match t {
-        ColumnType::Boolean => PrimitiveType::Boolean,
-        ColumnType::Int => PrimitiveType::Int,
-        ColumnType::Long => PrimitiveType::Long,
-        ColumnType::Float => PrimitiveType::Float,
-        ColumnType::Double => PrimitiveType::Double,
-        ColumnType::Decimal { precision, scale } => PrimitiveType::Decimal { precision, scale },
-        ColumnType::Date => PrimitiveType::Date,
-        ColumnType::Timestamp => PrimitiveType::Timestamp,
-        ColumnType::Timestamptz => PrimitiveType::Timestamptz,
-        ColumnType::String => PrimitiveType::String,
-        ColumnType::Uuid => PrimitiveType::Uuid,
-        ColumnType::Binary => PrimitiveType::Binary,
-    }
-}
-
-/// The newest snapshot in the current branch's history that was committed by `uid`.
-pub fn last_pipeline_commit(
-    metadata: &TableMetadata,
-    uid: &str,
-) -> Result<Option<CommittedState>, TableError> {
-    let mut current = metadata.current_snapshot();
-    while let Some(snapshot) = current {
-        if let Some(state) = CommittedState::from_summary(
-            snapshot.snapshot_id(),
-            &snapshot.summary().additional_properties,
-            uid,
-        ) {
-            return state.map(Some).map_err(TableError::History);
-        }
-        current = snapshot
-            .parent_snapshot_id()
-            .and_then(|p| metadata.snapshot_by_id(p));
-    }
-    Ok(None)
 }
 
 /// Result of committing one checkpoint to one table.
@@ -449,8 +172,8 @@ pub async fn commit_checkpoint(
 
 #[cfg(test)]
 mod tests {
-    use iceberg::spec::Transform as T;
-    use tidewater_crds::pipeline::ColumnSpec;
+    use iceberg::spec::{PrimitiveType, Transform as T, Type};
+    use tidewater_crds::pipeline::{ColumnSpec, CreateTableSpec};
 
     use super::*;
 

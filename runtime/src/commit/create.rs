@@ -1,0 +1,146 @@
+//! Tables on first use: the spec's `createTable` definition mapped to an Iceberg schema and
+//! partition spec (field ids assigned here), and load-or-create against the catalog.
+
+use std::{collections::HashMap, sync::Arc};
+
+use iceberg::{
+    Catalog, Namespace, NamespaceIdent, TableCreation, TableIdent,
+    spec::{
+        NestedField, PrimitiveType, Schema, Transform as IcebergTransform, Type,
+        UnboundPartitionSpec,
+    },
+    table::Table,
+};
+use tidewater_crds::{
+    pipeline::CreateTableSpec,
+    types::{ColumnType, PartitionField, Transform},
+};
+
+use crate::config::PipelineConfig;
+
+use super::TableError;
+
+/// The table identifier of the spec.
+pub fn table_ident(config: &PipelineConfig) -> Result<TableIdent, TableError> {
+    let ns = NamespaceIdent::from_vec(config.table_namespace.clone())?;
+    Ok(TableIdent::new(ns, config.table_name.clone()))
+}
+
+/// Loads the table, creating it (and its namespace) from `createTable` when missing.
+pub async fn load_or_create(
+    catalog: &dyn Catalog,
+    config: &PipelineConfig,
+) -> Result<Table, TableError> {
+    let ident = table_ident(config)?;
+    if catalog.table_exists(&ident).await? {
+        return Ok(catalog.load_table(&ident).await?);
+    }
+    let create = config
+        .resource
+        .spec
+        .sink
+        .create_table
+        .as_ref()
+        .ok_or_else(|| TableError::Missing(config.table_display()))?;
+    let (schema, spec) = table_definition(create)?;
+    if !catalog.namespace_exists(ident.namespace()).await? {
+        match catalog
+            .create_namespace(ident.namespace(), HashMap::new())
+            .await
+        {
+            Ok(Namespace { .. }) => {}
+            Err(e)
+                if catalog
+                    .namespace_exists(ident.namespace())
+                    .await
+                    .unwrap_or(false) =>
+            {
+                tracing::debug!(error = %e, "namespace created concurrently");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let creation = TableCreation::builder()
+        .name(ident.name().to_string())
+        .schema(schema)
+        .partition_spec(spec)
+        .properties(create.properties.clone())
+        .build();
+    match catalog.create_table(ident.namespace(), creation).await {
+        Ok(t) => {
+            tracing::info!(table = %config.table_display(), "created table");
+            Ok(t)
+        }
+        Err(e) if catalog.table_exists(&ident).await.unwrap_or(false) => {
+            tracing::debug!(error = %e, "table created concurrently");
+            Ok(catalog.load_table(&ident).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Iceberg schema (field ids 1..n in column order) and partition spec of a table definition.
+pub fn table_definition(
+    create: &CreateTableSpec,
+) -> Result<(Schema, UnboundPartitionSpec), TableError> {
+    let mut fields = Vec::new();
+    let mut ids = HashMap::new();
+    for (i, col) in create.schema.iter().enumerate() {
+        let id =
+            i32::try_from(i + 1).map_err(|_| TableError::Definition("too many columns".into()))?;
+        let ty = ColumnType::parse(&col.column_type).map_err(TableError::Definition)?;
+        let ty = Type::Primitive(primitive(ty));
+        let mut field = if col.required {
+            NestedField::required(id, &col.name, ty)
+        } else {
+            NestedField::optional(id, &col.name, ty)
+        };
+        if let Some(doc) = &col.doc {
+            field = field.with_doc(doc);
+        }
+        ids.insert(col.name.clone(), id);
+        fields.push(Arc::new(field));
+    }
+    let schema = Schema::builder().with_fields(fields).build()?;
+    let mut spec = UnboundPartitionSpec::builder();
+    for text in &create.partition_by {
+        let field = PartitionField::parse(text).map_err(TableError::Definition)?;
+        let source = *ids
+            .get(&field.column)
+            .ok_or_else(|| TableError::Definition(format!("unknown column `{}`", field.column)))?;
+        let (transform, name) = match field.transform {
+            Transform::Identity => (IcebergTransform::Identity, field.column.clone()),
+            Transform::Year => (IcebergTransform::Year, format!("{}_year", field.column)),
+            Transform::Month => (IcebergTransform::Month, format!("{}_month", field.column)),
+            Transform::Day => (IcebergTransform::Day, format!("{}_day", field.column)),
+            Transform::Hour => (IcebergTransform::Hour, format!("{}_hour", field.column)),
+            Transform::Bucket(n) => (
+                IcebergTransform::Bucket(n),
+                format!("{}_bucket", field.column),
+            ),
+            Transform::Truncate(w) => (
+                IcebergTransform::Truncate(w),
+                format!("{}_trunc", field.column),
+            ),
+        };
+        spec = spec.add_partition_field(source, name, transform)?;
+    }
+    Ok((schema, spec.build()))
+}
+
+fn primitive(t: ColumnType) -> PrimitiveType {
+    match t {
+        ColumnType::Boolean => PrimitiveType::Boolean,
+        ColumnType::Int => PrimitiveType::Int,
+        ColumnType::Long => PrimitiveType::Long,
+        ColumnType::Float => PrimitiveType::Float,
+        ColumnType::Double => PrimitiveType::Double,
+        ColumnType::Decimal { precision, scale } => PrimitiveType::Decimal { precision, scale },
+        ColumnType::Date => PrimitiveType::Date,
+        ColumnType::Timestamp => PrimitiveType::Timestamp,
+        ColumnType::Timestamptz => PrimitiveType::Timestamptz,
+        ColumnType::String => PrimitiveType::String,
+        ColumnType::Uuid => PrimitiveType::Uuid,
+        ColumnType::Binary => PrimitiveType::Binary,
+    }
+}
