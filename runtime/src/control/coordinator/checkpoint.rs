@@ -1,0 +1,442 @@
+//! One checkpoint: barrier → acknowledgements → durable record → exactly-once commit → progress,
+//! and savepoints on top of it. Folding the acknowledgements is pure.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::{Duration, Instant},
+};
+
+use crate::{
+    checkpoint::{CheckpointRecord, TableCommitPlan, savepoint::SavepointRecord},
+    commit::{self, CommitOutcome, TableError},
+    control::{
+        api::{CheckpointDoc, SavepointStatus},
+        assignment::plan_assignment,
+        hub::Event,
+        protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
+    },
+    failpoint,
+    offsets::{Offsets, TopicPartition, set_offset},
+    source,
+};
+
+use super::{Collected, Coordinator, Kind, Outcome, RunError, blocking};
+
+/// Partitions each current owner must release because `plan` gives them to another worker.
+fn releases(
+    owner: &BTreeMap<TopicPartition, WorkerId>,
+    plan: &BTreeMap<TopicPartition, WorkerId>,
+) -> BTreeMap<WorkerId, Vec<TopicPartition>> {
+    let mut out: BTreeMap<WorkerId, Vec<TopicPartition>> = BTreeMap::new();
+    for (tp, w) in owner {
+        if plan.get(tp) != Some(w) {
+            out.entry(*w).or_default().push(tp.clone());
+        }
+    }
+    out
+}
+
+/// What the acknowledgements of one checkpoint add up to.
+#[derive(Debug, Default, PartialEq)]
+struct Folded {
+    /// `base` advanced by every acknowledged offset.
+    offsets: Offsets,
+    /// The data files written, in acknowledgement order.
+    files: Vec<String>,
+    rows: u64,
+    dead: u64,
+    bytes: u64,
+    spec_id: i32,
+    min_ts: Option<i64>,
+    max_ts: Option<i64>,
+}
+
+/// Folds the acknowledgements of a checkpoint onto the offsets it started from (pure).
+fn fold_acks(base: &Offsets, acks: Vec<WorkerAck>) -> Folded {
+    let mut f = Folded {
+        offsets: base.clone(),
+        ..Folded::default()
+    };
+    for ack in acks {
+        for (topic, parts) in ack.offsets {
+            for (p, o) in parts {
+                set_offset(&mut f.offsets, &topic, p, o);
+            }
+        }
+        f.files.extend(ack.data_files);
+        f.rows += ack.rows;
+        f.bytes += ack.bytes;
+        f.dead += ack.dead_lettered;
+        f.spec_id = ack.partition_spec_id;
+        f.min_ts = f.min_ts.into_iter().chain(ack.min_timestamp_ms).min();
+        f.max_ts = f.max_ts.into_iter().chain(ack.max_timestamp_ms).max();
+    }
+    f
+}
+
+impl Coordinator {
+    pub(super) async fn collect_acks(
+        &mut self,
+        checkpoint_id: u64,
+        participants: &BTreeSet<WorkerId>,
+    ) -> Result<Collected, RunError> {
+        let deadline = tokio::time::Instant::now() + self.config.checkpoint_timeout;
+        let mut acks: BTreeMap<WorkerId, WorkerAck> = BTreeMap::new();
+        while acks.len() < participants.len() {
+            let event = match tokio::time::timeout_at(deadline, self.events.recv()).await {
+                Err(_) => {
+                    // A worker that is alive but does not answer (stuck I/O) is treated as
+                    // lost: it gets "gone" on its next request and starts over.
+                    let silent: Vec<WorkerId> = participants
+                        .iter()
+                        .filter(|w| !acks.contains_key(w))
+                        .copied()
+                        .collect();
+                    for &w in &silent {
+                        self.forget(w, "no acknowledgement within checkpoint.timeout");
+                    }
+                    return Ok(Collected::Aborted(format!(
+                        "checkpoint {checkpoint_id} not acknowledged within {:?} by worker(s) {silent:?}",
+                        self.config.checkpoint_timeout
+                    )));
+                }
+                Ok(None) => return Err(RunError::Setup("event stream closed".into())),
+                Ok(Some(e)) => e,
+            };
+            match event {
+                Event::Worker(ToCoordinator::Failed { worker, reason }) => {
+                    return Err(RunError::Worker { worker, reason });
+                }
+                Event::Worker(ToCoordinator::Ack(ack))
+                    if ack.checkpoint_id == checkpoint_id && participants.contains(&ack.worker) =>
+                {
+                    acks.insert(ack.worker, ack);
+                }
+                Event::Worker(ToCoordinator::Ack(ack)) => {
+                    tracing::debug!(
+                        worker = ack.worker,
+                        checkpoint = ack.checkpoint_id,
+                        "stale acknowledgement ignored"
+                    );
+                }
+                Event::Lost { id, reason } => {
+                    let owned = self.forget(id, &reason);
+                    if participants.contains(&id) {
+                        return Ok(Collected::Aborted(format!("worker {id} lost: {reason}")));
+                    }
+                    if owned {
+                        self.assign_unowned()?;
+                    }
+                }
+                other => self.on_membership(other),
+            }
+        }
+        Ok(Collected::Complete(acks.into_values().collect()))
+    }
+
+    /// One checkpoint: barrier (with partition releases) → acks → moved partitions start at
+    /// their new owners → durable record → exactly-once commit → progress. Returns an outcome
+    /// when the job must end (a savepoint with stop).
+    pub(super) async fn checkpoint(&mut self, kind: Kind) -> Result<Option<Outcome>, RunError> {
+        let id = self.next_checkpoint_id;
+        self.next_checkpoint_id += 1;
+        let started = Instant::now();
+        let plan = plan_assignment(&self.partitions, &self.owner, &self.active_workers());
+        let mut releases = releases(&self.owner, &plan);
+        let participants: BTreeSet<WorkerId> = self.owner.values().copied().collect();
+        if matches!(kind, Kind::Savepoint { .. }) {
+            self.publish("savepointing");
+        }
+        let mut gone = None;
+        for &w in &participants {
+            let release = releases.remove(&w).unwrap_or_default();
+            if self
+                .hub
+                .send(
+                    w,
+                    ToWorker::Barrier {
+                        checkpoint_id: id,
+                        release,
+                    },
+                )
+                .is_err()
+            {
+                gone = Some(w);
+            }
+        }
+        let collected = match gone {
+            Some(w) => {
+                self.forget(w, "link closed");
+                Collected::Aborted(format!("worker {w} is gone"))
+            }
+            None => self.collect_acks(id, &participants).await?,
+        };
+        let acks = match collected {
+            Collected::Complete(acks) => acks,
+            Collected::Aborted(reason) => {
+                tracing::warn!(checkpoint = id, %reason, "checkpoint aborted: every worker restarts from the last completed checkpoint");
+                self.aborted += 1;
+                self.metrics.aborted_checkpoints.inc();
+                self.reset_all();
+                if let Kind::Savepoint { id: sp, .. } = &kind {
+                    self.fail_savepoint(sp, &format!("checkpoint {id} aborted: {reason}"));
+                }
+                self.publish("running");
+                return Ok(None);
+            }
+        };
+        let Folded {
+            offsets,
+            files,
+            rows,
+            dead,
+            bytes,
+            spec_id,
+            min_ts,
+            max_ts,
+        } = fold_acks(&self.offsets, acks);
+        self.move_partitions(&plan, &offsets, started);
+        let is_savepoint = matches!(kind, Kind::Savepoint { .. });
+        if files.is_empty() && offsets == self.offsets && !is_savepoint {
+            tracing::debug!(
+                checkpoint = id,
+                "empty checkpoint: nothing to record or commit"
+            );
+            self.metrics.mark_committed();
+            self.assign_unowned()?;
+            self.publish("running");
+            return Ok(None);
+        }
+        let file_count = files.len();
+        let mut commits = BTreeMap::new();
+        if !files.is_empty() {
+            commits.insert(
+                self.table_key.clone(),
+                TableCommitPlan {
+                    partition_spec_id: spec_id,
+                    data_files: files,
+                    rows,
+                },
+            );
+        }
+        let record = CheckpointRecord {
+            version: 1,
+            pipeline_uid: self.config.uid.clone(),
+            checkpoint_id: id,
+            run_id: self.run_id.clone(),
+            created_at: chrono::Utc::now().to_rfc3339(),
+            offsets,
+            table_base_offsets: BTreeMap::from([(self.table_key.clone(), self.table_base.clone())]),
+            commits,
+            origin: self.origin.clone(),
+        };
+        self.store.write(&record).await?;
+        failpoint::hit(failpoint::points::AFTER_RECORD);
+        self.metrics
+            .checkpoint_duration
+            .observe(started.elapsed().as_secs_f64());
+        let mut snapshots = BTreeMap::new();
+        let mut commit_ms: Option<f64> = None;
+        if file_count > 0 {
+            let commit_started = Instant::now();
+            let outcome = self.commit_with_retry(&record).await?;
+            let now_ms = chrono::Utc::now().timestamp_millis();
+            let commit_secs = commit_started.elapsed().as_secs_f64();
+            self.metrics.commit_duration.observe(commit_secs);
+            commit_ms = Some(commit_secs * 1000.0);
+            self.metrics.commits.inc();
+            self.metrics.rows_committed.inc_by(rows);
+            self.rows_committed += rows;
+            #[allow(clippy::cast_precision_loss)]
+            {
+                self.metrics.files_per_commit.observe(file_count as f64);
+                self.metrics.bytes_per_commit.observe(bytes as f64);
+                for ts in min_ts.into_iter().chain(max_ts) {
+                    self.metrics
+                        .freshness
+                        .observe((now_ms - ts).max(0) as f64 / 1000.0);
+                }
+            }
+            self.table_base = record.offsets.clone();
+            snapshots.insert(self.table_key.clone(), outcome.snapshot_id());
+        }
+        self.offsets = record.offsets.clone();
+        self.last_checkpoint = Some(CheckpointDoc {
+            id,
+            time: record.created_at.clone(),
+            snapshots: snapshots.clone(),
+        });
+        self.metrics.mark_committed();
+        self.metrics.checkpoints.inc();
+        self.metrics
+            .last_checkpoint_id
+            .set(i64::try_from(id).unwrap_or(i64::MAX));
+        tracing::info!(
+            checkpoint = id,
+            rows,
+            dead_lettered = dead,
+            files = file_count,
+            snapshot = snapshots.values().next(),
+            commit_ms,
+            ms = started.elapsed().as_secs_f64() * 1000.0,
+            "checkpoint complete"
+        );
+        let (admin, offsets) = (self.admin.clone(), self.offsets.clone());
+        if let Err(e) = blocking(move || source::commit_group_offsets(&admin, &offsets)).await {
+            tracing::warn!(error = %e, "could not report offsets to the consumer group (progress only)");
+        }
+        if let Err(e) = self
+            .store
+            .prune(&self.config.uid, self.config.retained_checkpoints)
+            .await
+        {
+            tracing::warn!(error = %e, "could not prune old checkpoint records");
+        }
+        if let Kind::Savepoint { id: sp_id, stop } = kind {
+            let savepoint = SavepointRecord {
+                version: 1,
+                id: sp_id.clone(),
+                created_at: chrono::Utc::now().to_rfc3339(),
+                pipeline_uid: self.config.uid.clone(),
+                table: self.table_key.clone(),
+                topics: self
+                    .partitions
+                    .iter()
+                    .map(|tp| tp.topic.clone())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect(),
+                checkpoint: record,
+            };
+            match self.store.write_savepoint(&savepoint).await {
+                Ok(path) => {
+                    tracing::info!(savepoint = %sp_id, %path, checkpoint = id, stop, "savepoint completed");
+                    self.shared.set_savepoint(SavepointStatus {
+                        id: sp_id,
+                        state: "completed".into(),
+                        stop,
+                        path: Some(path.clone()),
+                        checkpoint_id: Some(id),
+                        reason: None,
+                    });
+                    if stop {
+                        return Ok(Some(Outcome::Finished { savepoint: path }));
+                    }
+                }
+                Err(e) => self.fail_savepoint(&sp_id, &e.to_string()),
+            }
+        }
+        self.assign_unowned()?;
+        self.retire_idle();
+        self.publish("running");
+        Ok(None)
+    }
+
+    pub(super) fn fail_savepoint(&self, id: &str, reason: &str) {
+        tracing::warn!(savepoint = id, %reason, "savepoint failed");
+        let stop = self
+            .shared
+            .savepoints
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(id)
+            .is_some_and(|s| s.stop);
+        self.shared.set_savepoint(SavepointStatus {
+            id: id.into(),
+            state: "failed".into(),
+            stop,
+            path: None,
+            checkpoint_id: None,
+            reason: Some(reason.into()),
+        });
+    }
+
+    pub(super) async fn commit_with_retry(
+        &self,
+        record: &CheckpointRecord,
+    ) -> Result<CommitOutcome, RunError> {
+        let mut delay = Duration::from_millis(200);
+        for attempt in 1.. {
+            match commit::commit_checkpoint(
+                self.catalog.as_ref(),
+                &self.ident,
+                &self.table_key,
+                record,
+                &self.config.state_location,
+            )
+            .await
+            {
+                Ok(o) => return Ok(o),
+                Err(e @ (TableError::Fenced(_) | TableError::History(_))) => return Err(e.into()),
+                Err(e) if attempt < 6 => {
+                    tracing::warn!(attempt, error = %e, "commit failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tp(topic: &str, partition: i32) -> TopicPartition {
+        TopicPartition {
+            topic: topic.into(),
+            partition,
+        }
+    }
+
+    #[test]
+    fn acknowledgements_advance_the_base_and_add_up() {
+        let mut base = Offsets::new();
+        set_offset(&mut base, "a", 0, 10);
+        set_offset(&mut base, "a", 1, 20);
+        let ack = |worker, p, o, files: &[&str], rows, ts: Option<i64>| {
+            let mut offsets = Offsets::new();
+            set_offset(&mut offsets, "a", p, o);
+            WorkerAck {
+                worker,
+                checkpoint_id: 3,
+                data_files: files.iter().map(|f| (*f).to_string()).collect(),
+                offsets,
+                rows,
+                bytes: rows * 10,
+                dead_lettered: 1,
+                partition_spec_id: 2,
+                min_timestamp_ms: ts,
+                max_timestamp_ms: ts.map(|t| t + 5),
+            }
+        };
+        let f = fold_acks(
+            &base,
+            vec![
+                ack(1, 0, 15, &["f1"], 5, Some(100)),
+                ack(2, 2, 7, &["f2", "f3"], 7, None),
+            ],
+        );
+        let mut want = base.clone();
+        set_offset(&mut want, "a", 0, 15);
+        set_offset(&mut want, "a", 2, 7);
+        assert_eq!(f.offsets, want, "partition 1 keeps its base offset");
+        assert_eq!(f.files, ["f1", "f2", "f3"]);
+        assert_eq!((f.rows, f.bytes, f.dead, f.spec_id), (12, 120, 2, 2));
+        assert_eq!((f.min_ts, f.max_ts), (Some(100), Some(105)));
+        assert_eq!(fold_acks(&base, vec![]).offsets, base);
+    }
+
+    #[test]
+    fn owners_release_what_the_plan_moves() {
+        let owner = BTreeMap::from([(tp("a", 0), 1), (tp("a", 1), 1), (tp("a", 2), 2)]);
+        let plan = BTreeMap::from([(tp("a", 0), 1), (tp("a", 1), 3), (tp("a", 2), 3)]);
+        assert_eq!(
+            releases(&owner, &plan),
+            BTreeMap::from([(1, vec![tp("a", 1)]), (2, vec![tp("a", 2)])])
+        );
+        assert!(releases(&owner, &owner).is_empty());
+    }
+}

@@ -1,0 +1,291 @@
+//! Starting a run: recovery from the newest durable record, a savepoint or nothing (decided by
+//! `checkpoint::decide_recovery`), the registration for remote workers, and in-process workers.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    sync::{Arc, mpsc},
+};
+
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use crate::{
+    checkpoint::{
+        CheckpointRecord, CommittedState, Recovery, decide_recovery, max_checkpoint_id,
+        render_offsets,
+        savepoint::{RestoreTarget, already_restored, check_restore},
+        store::StateStore,
+    },
+    commit::{self},
+    config::PipelineConfig,
+    control::{
+        api::{Registration, Shared},
+        hub::Event,
+        protocol::{ToCoordinator, WorkerId},
+        worker::{self, WorkerSetup},
+    },
+    offsets::Offsets,
+    source, storage,
+    write::WriterFactory,
+};
+
+use super::{Coordinator, LIVENESS_INTERVAL, Member, Options, RunError, StartMode};
+
+/// Where to begin, decided from the start mode, the durable records and the table.
+struct Begin {
+    start_offsets: Offsets,
+    table_base_offsets: Offsets,
+    next_checkpoint_id: u64,
+    pending: Option<CheckpointRecord>,
+    origin: Option<String>,
+}
+
+impl Coordinator {
+    /// Recovers, publishes the registration for remote workers and starts local ones.
+    /// `events` is the receiving end of `shared.hub`.
+    pub async fn start(
+        config: PipelineConfig,
+        options: Options,
+        shared: Arc<Shared>,
+        events: UnboundedReceiver<Event>,
+    ) -> Result<Self, RunError> {
+        let run_id = uuid::Uuid::now_v7().simple().to_string()[..12].to_string();
+        let storage_props = match &config.s3 {
+            Some(s3) => storage::s3_properties(s3)?,
+            None => BTreeMap::new(),
+        };
+        let catalog = commit::open_catalog(&config.catalog, &storage_props).await?;
+        let table = commit::load_or_create(catalog.as_ref(), &config).await?;
+        let ident = commit::table_ident(&config)?;
+        let table_key = config.table_display();
+        let store = StateStore::open(&config.state_location, &storage_props)?;
+        let records = store.load_all(&config.uid).await?;
+        let last = commit::last_pipeline_commit(table.metadata(), &config.uid)?;
+        let begin = Self::decide_begin(
+            &config,
+            &options,
+            &store,
+            &records,
+            last.as_ref(),
+            &table_key,
+        )
+        .await?;
+        if let Some(record) = &begin.pending {
+            let outcome = commit::commit_checkpoint(
+                catalog.as_ref(),
+                &ident,
+                &table_key,
+                record,
+                &config.state_location,
+            )
+            .await?;
+            tracing::info!(
+                checkpoint = record.checkpoint_id,
+                snapshot = outcome.snapshot_id(),
+                "finished commit of recovered checkpoint"
+            );
+        }
+        tracing::info!(
+            run = %run_id,
+            resume = %render_offsets(&begin.start_offsets),
+            next_checkpoint = begin.next_checkpoint_id,
+            records = records.len(),
+            origin = begin.origin.as_deref().unwrap_or("-"),
+            "recovered"
+        );
+        // An append does not change what writers need (schema, spec, properties, location),
+        // so the table loaded before a recovered commit serves.
+        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)
+            .map_err(RunError::Setup)?;
+        let admin =
+            Arc::new(source::consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
+        let hub = shared.hub.clone();
+        let metrics = shared.metrics.clone();
+        let target = config.parallelism;
+        let mut coordinator = Self {
+            options,
+            shared,
+            hub,
+            events,
+            catalog,
+            ident,
+            table_key,
+            store,
+            metrics,
+            run_id,
+            admin,
+            factory,
+            members: BTreeMap::new(),
+            target,
+            partitions: BTreeSet::new(),
+            owner: BTreeMap::new(),
+            offsets: begin.start_offsets,
+            table_base: begin.table_base_offsets,
+            next_checkpoint_id: begin.next_checkpoint_id,
+            origin: begin.origin,
+            rebalance: false,
+            savepoints: VecDeque::new(),
+            last_checkpoint: None,
+            lag: BTreeMap::new(),
+            rows_committed: 0,
+            aborted: 0,
+            discovered: false,
+            config,
+        };
+        if coordinator.options.local_workers {
+            for _ in 0..target {
+                coordinator.spawn_local()?;
+            }
+        }
+        coordinator.discover().await?;
+        *coordinator
+            .shared
+            .registration
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Registration {
+            run_id: coordinator.run_id.clone(),
+            pipeline_yaml: coordinator.options.pipeline_yaml.clone(),
+            base_dir: coordinator.options.base_dir.display().to_string(),
+            heartbeat_timeout: coordinator.options.heartbeat_timeout,
+        });
+        coordinator.publish("running");
+        coordinator.metrics.set_ready(true);
+        coordinator.spawn_liveness();
+        Ok(coordinator)
+    }
+
+    async fn decide_begin(
+        config: &PipelineConfig,
+        options: &Options,
+        store: &StateStore,
+        records: &[CheckpointRecord],
+        last: Option<&CommittedState>,
+        table_key: &str,
+    ) -> Result<Begin, RunError> {
+        let latest = |records: &[CheckpointRecord]| {
+            let recovery = decide_recovery(records, last, table_key);
+            for (id, reason) in &recovery.skipped {
+                tracing::warn!(checkpoint = id, %reason, "skipping checkpoint record the table contradicts");
+            }
+            let Recovery {
+                start_offsets,
+                table_base_offsets,
+                next_checkpoint_id,
+                pending,
+                origin,
+                ..
+            } = recovery;
+            Begin {
+                start_offsets,
+                table_base_offsets,
+                next_checkpoint_id,
+                pending,
+                origin,
+            }
+        };
+        let max_seen = max_checkpoint_id(records, last);
+        match &options.start {
+            StartMode::Latest => Ok(latest(records)),
+            StartMode::Fresh => {
+                tracing::info!(
+                    "fresh start: checkpoints ignored, partitions start from spec.source.kafka.startingOffsets"
+                );
+                Ok(Begin {
+                    start_offsets: Offsets::new(),
+                    table_base_offsets: last.map(|l| l.offsets.clone()).unwrap_or_default(),
+                    next_checkpoint_id: max_seen + 1,
+                    pending: None,
+                    origin: None,
+                })
+            }
+            StartMode::Savepoint(path) => {
+                let savepoint = store.read_savepoint(path).await?;
+                if already_restored(records, &savepoint.id) {
+                    tracing::info!(savepoint = %savepoint.id, "savepoint already restored by an earlier run of this deployment: continuing from the newest checkpoint");
+                    return Ok(latest(records));
+                }
+                // With a pattern, the topics read are those of the savepoint that still match.
+                let topics: Vec<String> = config
+                    .topics
+                    .iter()
+                    .cloned()
+                    .chain(
+                        savepoint
+                            .checkpoint
+                            .offsets
+                            .keys()
+                            .filter(|t| config.reads(t))
+                            .cloned(),
+                    )
+                    .collect();
+                let target = RestoreTarget {
+                    uid: &config.uid,
+                    table: table_key,
+                    topics: &topics,
+                    allow_non_restored_state: options.allow_non_restored_state,
+                };
+                let restored =
+                    check_restore(&savepoint, target, last).map_err(RunError::Restore)?;
+                if !restored.dropped_topics.is_empty() {
+                    tracing::warn!(topics = ?restored.dropped_topics, "savepoint state of topics no longer read is dropped");
+                }
+                tracing::info!(savepoint = %savepoint.id, checkpoint = savepoint.checkpoint.checkpoint_id, "restoring savepoint");
+                Ok(Begin {
+                    start_offsets: restored.start_offsets,
+                    table_base_offsets: restored.table_base_offsets,
+                    next_checkpoint_id: max_seen.max(savepoint.checkpoint.checkpoint_id) + 1,
+                    pending: None,
+                    origin: Some(savepoint.id),
+                })
+            }
+        }
+    }
+
+    /// Declares remote workers that stopped polling lost.
+    pub(super) fn spawn_liveness(&self) {
+        let hub = self.hub.clone();
+        let timeout = self.options.heartbeat_timeout;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(LIVENESS_INTERVAL).await;
+                for id in hub.silent_for(timeout) {
+                    hub.remove(id);
+                    hub.emit(Event::Lost {
+                        id,
+                        reason: format!("no contact for more than {timeout:?}"),
+                    });
+                }
+            }
+        });
+    }
+
+    pub(super) fn spawn_local(&mut self) -> Result<WorkerId, RunError> {
+        let (tx, rx) = mpsc::channel();
+        let id = self.hub.add_local(tx);
+        let (events_tx, mut events_rx) = unbounded_channel::<ToCoordinator>();
+        let hub = self.hub.clone();
+        tokio::spawn(async move {
+            while let Some(m) = events_rx.recv().await {
+                hub.emit(Event::Worker(m));
+            }
+        });
+        let thread = worker::spawn(WorkerSetup {
+            id,
+            config: self.config.clone(),
+            factory: self.factory.clone(),
+            run_id: self.run_id.clone(),
+            metrics: self.metrics.clone(),
+            commands: rx,
+            events: events_tx,
+        })
+        .map_err(|e| RunError::Setup(format!("spawn worker: {e}")))?;
+        self.members.insert(
+            id,
+            Member {
+                name: format!("local-{id}"),
+                leaving: false,
+                thread: Some(thread),
+            },
+        );
+        Ok(id)
+    }
+}
