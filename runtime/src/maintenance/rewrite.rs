@@ -1,0 +1,170 @@
+//! Bin-pack rewrite: the planned groups of cold partitions are read (deletes applied) and written
+//! again as files of about the target size, then committed as one `replace` snapshot.
+
+use super::commit::Swap;
+use super::plan::LiveFile;
+use super::{COMMIT_ATTEMPTS, Maintenance, MaintenanceError, files, now_ms, plan};
+use crate::write::WriterFactory;
+use futures::StreamExt;
+use iceberg::{
+    TableIdent,
+    spec::{DataFile, FormatVersion, ManifestContentType},
+    table::Table,
+};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use tidewater_crds::compaction::TableReport;
+
+/// Reads `tasks` (deletes applied) and writes them into files of about the target size.
+async fn rewrite_group(
+    table: &Table,
+    factory: &WriterFactory,
+    tasks: Vec<iceberg::scan::FileScanTask>,
+) -> Result<Vec<DataFile>, MaintenanceError> {
+    let mut batches = table
+        .reader_builder()
+        .build()
+        .read(Box::pin(futures::stream::iter(tasks.into_iter().map(Ok))))?
+        .stream();
+    let mut writer = factory
+        .open(format!("compact-{}", uuid::Uuid::now_v7()))
+        .await?;
+    while let Some(batch) = batches.next().await {
+        writer.write(batch?).await?;
+    }
+    Ok(writer.close_files().await?)
+}
+
+impl Maintenance {
+    /// Bin-pack rewrite of cold partitions (and manifest merging) in one `replace` commit.
+    pub(super) async fn compact(
+        &self,
+        ident: &TableIdent,
+        report: &mut TableReport,
+    ) -> Result<(), MaintenanceError> {
+        let started = std::time::Instant::now();
+        let table = self.catalog.load_table(ident).await?;
+        let meta = table.metadata();
+        let Some(base) = meta.current_snapshot().cloned() else {
+            return Ok(());
+        };
+        if meta.format_version() != FormatVersion::V2 {
+            return Err(MaintenanceError::Policy(format!(
+                "format version {} is not supported by compaction yet (v2 is)",
+                meta.format_version()
+            )));
+        }
+        let io = table.file_io();
+        let list = files::manifest_list(io, meta, &base).await?;
+        let entries = files::live_data_entries(io, list.entries()).await?;
+        let data_manifests = list
+            .entries()
+            .iter()
+            .filter(|m| m.content == ManifestContentType::Data)
+            .count();
+        let merge_manifests = self.policy.spec.rewrite_manifests
+            && data_manifests > self.policy.spec.thresholds.max_manifests as usize;
+
+        let tasks: Vec<iceberg::scan::FileScanTask> = table
+            .scan()
+            .snapshot_id(base.snapshot_id())
+            .select_all()
+            .build()?
+            .plan_files()
+            .await?
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let deletes: HashMap<&str, usize> = tasks
+            .iter()
+            .map(|t| (t.data_file_path.as_str(), t.deletes.len()))
+            .collect();
+        let times = files::snapshot_times(meta);
+        let live: Vec<LiveFile> = entries
+            .iter()
+            .map(|e| LiveFile {
+                path: e.data_file.file_path().to_string(),
+                partition: files::partition_key(e.data_file.partition()),
+                sort: files::partition_sort(e.data_file.partition()),
+                spec_id: e.spec_id,
+                size: e.data_file.file_size_in_bytes(),
+                added_at_ms: times.get(&e.snapshot_id).copied().unwrap_or(0),
+                deletes: deletes.get(e.data_file.file_path()).copied().unwrap_or(0),
+            })
+            .collect();
+        let plan = plan::plan(
+            &live,
+            &self.settings,
+            meta.default_partition_spec_id(),
+            now_ms(),
+        );
+        report.hot_partitions_skipped = plan.hot_partitions.len() as u64;
+        report.plan_millis = started.elapsed().as_millis() as u64;
+        if plan.groups.is_empty() && !merge_manifests {
+            return Ok(());
+        }
+
+        // Rewrite each group from the starting snapshot, deletes applied by the reader.
+        let overrides = BTreeMap::from([(
+            "write.target-file-size-bytes".to_string(),
+            self.settings.target_bytes.to_string(),
+        )]);
+        let factory = WriterFactory::new(&table, &overrides).map_err(MaintenanceError::Policy)?;
+        // Groups are rewritten in parallel, one per core.
+        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut written: Vec<(plan::Group, Vec<DataFile>)> = Vec::new();
+        let mut running = tokio::task::JoinSet::new();
+        let mut groups = plan.groups.into_iter();
+        loop {
+            while running.len() < parallel {
+                let Some(group) = groups.next() else { break };
+                let wanted: HashSet<&str> = group.files.iter().map(String::as_str).collect();
+                let group_tasks: Vec<_> = tasks
+                    .iter()
+                    .filter(|t| wanted.contains(t.data_file_path.as_str()))
+                    .cloned()
+                    .collect();
+                let (table, factory) = (table.clone(), factory.clone());
+                running.spawn(async move {
+                    let files = rewrite_group(&table, &factory, group_tasks).await;
+                    (group, files)
+                });
+            }
+            let Some(done) = running.join_next().await else {
+                break;
+            };
+            let (group, files) =
+                done.map_err(|e| MaintenanceError::Catalog(format!("rewrite task failed: {e}")))?;
+            written.push((group, files?));
+        }
+        report.rewrite_millis = started.elapsed().as_millis() as u64 - report.plan_millis;
+        crate::failpoint::hit(crate::failpoint::points::COMPACT_BEFORE_COMMIT);
+        let committing = std::time::Instant::now();
+
+        for _ in 0..COMMIT_ATTEMPTS {
+            let current = self.catalog.load_table(ident).await?;
+            let outcome = self
+                .commit_replace(
+                    ident,
+                    &current,
+                    &base,
+                    &mut written,
+                    merge_manifests,
+                    report,
+                )
+                .await?;
+            if outcome == Swap::Committed {
+                report.commit_millis = committing.elapsed().as_millis() as u64;
+                return Ok(());
+            }
+        }
+        for (_, files) in &written {
+            for f in files {
+                let _ = table.file_io().delete(f.file_path()).await;
+            }
+        }
+        Err(MaintenanceError::Catalog(format!(
+            "gave up after {COMMIT_ATTEMPTS} conflicting commits"
+        )))
+    }
+}
