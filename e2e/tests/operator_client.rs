@@ -2,6 +2,7 @@
 //! broker and catalog): status, live rescale, savepoints, and errors as the API gives them.
 
 use std::time::{Duration, Instant};
+use tidewater_crds::job_api::{RunState, SavepointState};
 
 use anyhow::{Context, Result};
 use tidewater_e2e::{Broker, PipelineSpec, Tidewater};
@@ -43,7 +44,7 @@ fn job_client_against_a_real_coordinator() -> Result<()> {
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        assert_eq!(status.state, "running");
+        assert_eq!(status.state, RunState::Running);
         assert_eq!(status.last_checkpoint.unwrap().snapshots.len(), 1);
 
         client.set_parallelism(2).await?;
@@ -59,10 +60,13 @@ fn job_client_against_a_real_coordinator() -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let sp = loop {
             let sp = client.savepoint(&id).await?.context("savepoint known")?;
-            if sp.state == "completed" {
+            if sp.state == SavepointState::Completed {
                 break sp;
             }
-            anyhow::ensure!(sp.state == "pending" && Instant::now() < deadline, "{sp:?}");
+            anyhow::ensure!(
+                sp.state == SavepointState::Pending && Instant::now() < deadline,
+                "{sp:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         let path = sp.path.context("completed savepoint has a path")?;

@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use tidewater_crds::{
     IngestionPipeline, IngestionPipelineSpec, IngestionPipelineStatus,
     deploy::{JobState, UpgradeMode},
+    job_api::{RunState, SavepointState},
     status::{
         AutoscalerStatus, CheckpointStatus, LifecycleState, OperationKind, OperationStatus,
         SavepointInfo, SavepointTrigger,
@@ -26,8 +27,8 @@ use crate::{
 /// What the coordinator reported (`GET /v1/status`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobView {
-    /// `running`, `savepointing`, `finished`, ...
-    pub state: String,
+    /// Where the coordinator run is.
+    pub state: RunState,
     /// Workers owning partitions.
     pub active_workers: i32,
     /// Newest completed checkpoint.
@@ -43,8 +44,8 @@ pub struct JobView {
 /// The savepoint of the operation in progress (`GET /v1/savepoints/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavepointView {
-    /// `pending`, `completed` or `failed`.
-    pub state: String,
+    /// Where the savepoint is.
+    pub state: SavepointState,
     /// Path once completed.
     pub path: Option<String>,
     /// Reason when failed.
@@ -342,7 +343,11 @@ fn deleting(mut cx: Ctx<'_>) -> Decision {
         .operation
         .clone()
         .filter(|o| o.kind == OperationKind::Delete);
-    let job_running = cx.obs.job.as_ref().is_some_and(|j| j.state == "running");
+    let job_running = cx
+        .obs
+        .job
+        .as_ref()
+        .is_some_and(|j| j.state == RunState::Running);
     match (op.and_then(|o| o.savepoint_id), &cx.obs.savepoint) {
         (None, _) if job_running => {
             cx.operation(OperationKind::Delete);
@@ -360,7 +365,7 @@ fn deleting(mut cx: Ctx<'_>) -> Decision {
                 finalizer: None,
             }
         }
-        (Some(id), Some(sp)) if sp.state == "completed" => {
+        (Some(id), Some(sp)) if sp.state == SavepointState::Completed => {
             let path = sp.path.clone().unwrap_or_default();
             cx.push_savepoint(&id, &path, SavepointTrigger::Deletion);
             cx.note(
@@ -370,7 +375,7 @@ fn deleting(mut cx: Ctx<'_>) -> Decision {
             );
             done(cx)
         }
-        (Some(_), Some(sp)) if sp.state == "pending" => Decision {
+        (Some(_), Some(sp)) if sp.state == SavepointState::Pending => Decision {
             deploy: None,
             action: None,
             status: cx.status,
@@ -403,7 +408,11 @@ fn step(cx: &mut Ctx<'_>) -> Step {
     }
     let running_spec = parse_spec(cx.status.last_reconciled_spec.as_ref());
     let lifecycle = cx.status.lifecycle_state.unwrap_or(LifecycleState::Created);
-    let job_running = cx.obs.job.as_ref().is_some_and(|j| j.state == "running");
+    let job_running = cx
+        .obs
+        .job
+        .as_ref()
+        .is_some_and(|j| j.state == RunState::Running);
     let Some(running_spec) = running_spec else {
         // First deployment.
         let start = match (&spec.initial_savepoint, spec.upgrade_mode) {
@@ -724,11 +733,11 @@ fn continue_operation(cx: &mut Ctx<'_>, op: &OperationStatus) -> Step {
         return (keep(cx), None, QUICK);
     }
     let sp = match &cx.obs.savepoint {
-        Some(sp) if sp.state == "completed" => sp.clone(),
-        Some(sp) if sp.state == "pending" => return (keep(cx), None, QUICK),
+        Some(sp) if sp.state == SavepointState::Completed => sp.clone(),
+        Some(sp) if sp.state == SavepointState::Pending => return (keep(cx), None, QUICK),
         other => {
             let reason = match other {
-                Some(s) => s.reason.clone().unwrap_or_else(|| s.state.clone()),
+                Some(s) => s.reason.clone().unwrap_or_else(|| s.state.to_string()),
                 None if unobservable => format!(
                     "the coordinator did not answer for {} (upgradeTimeout)",
                     spec.upgrade_timeout

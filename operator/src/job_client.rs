@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-use tidewater_crds::status::CheckpointStatus;
+use tidewater_crds::job_api::{JobStatus, ParallelismRequest, SavepointRequest, SavepointStatus};
 
 use crate::decide::{JobView, SavepointView};
 
@@ -36,38 +35,6 @@ pub enum JobError {
 pub struct JobClient {
     base: String,
     http: reqwest::Client,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct StatusDoc {
-    state: String,
-    #[serde(default)]
-    workers: Vec<WorkerDoc>,
-    #[serde(default)]
-    last_checkpoint: Option<CheckpointStatus>,
-    #[serde(default)]
-    total_lag: i64,
-    #[serde(default)]
-    rows_committed: u64,
-    #[serde(default)]
-    partitions: Vec<serde_json::Value>,
-}
-
-#[derive(Deserialize)]
-struct WorkerDoc {
-    #[serde(default)]
-    partitions: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct SavepointDoc {
-    id: String,
-    state: String,
-    #[serde(default)]
-    path: Option<String>,
-    #[serde(default)]
-    reason: Option<String>,
 }
 
 impl JobClient {
@@ -115,7 +82,7 @@ impl JobClient {
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<JobView, JobError> {
         let url = format!("{}/v1/status", self.base);
-        let doc: StatusDoc = self
+        let doc: JobStatus = self
             .json(self.send(self.http.get(&url), &url).await?)
             .await?;
         Ok(JobView {
@@ -137,11 +104,8 @@ impl JobClient {
     /// `POST /v1/savepoints`; returns the savepoint id.
     pub async fn trigger_savepoint(&self, stop: bool) -> Result<String, JobError> {
         let url = format!("{}/v1/savepoints", self.base);
-        let req = self
-            .http
-            .post(&url)
-            .json(&serde_json::json!({ "stop": stop }));
-        let doc: SavepointDoc = self.json(self.send(req, &url).await?).await?;
+        let req = self.http.post(&url).json(&SavepointRequest { stop });
+        let doc: SavepointStatus = self.json(self.send(req, &url).await?).await?;
         Ok(doc.id)
     }
 
@@ -150,7 +114,7 @@ impl JobClient {
         let url = format!("{}/v1/savepoints/{id}", self.base);
         match self.send(self.http.get(&url), &url).await {
             Ok(resp) => {
-                let doc: SavepointDoc = self.json(resp).await?;
+                let doc: SavepointStatus = self.json(resp).await?;
                 Ok(Some(SavepointView {
                     state: doc.state,
                     path: doc.path,
@@ -165,10 +129,8 @@ impl JobClient {
     /// `POST /v1/parallelism`.
     pub async fn set_parallelism(&self, workers: i32) -> Result<(), JobError> {
         let url = format!("{}/v1/parallelism", self.base);
-        let req = self
-            .http
-            .post(&url)
-            .json(&serde_json::json!({ "workers": workers }));
+        let workers = usize::try_from(workers).unwrap_or(0);
+        let req = self.http.post(&url).json(&ParallelismRequest { workers });
         self.send(req, &url).await.map(|_| ())
     }
 }

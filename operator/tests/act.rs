@@ -4,6 +4,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use tidewater_crds::job_api::{RunState, SavepointState};
 
 use common::{Seen, context, serve};
 use http::{Request, Response};
@@ -189,7 +190,7 @@ fn running() -> IngestionPipeline {
     };
     p.status = Some(decide(&p, &obs(None)).status);
     let job = JobView {
-        state: "running".into(),
+        state: RunState::Running,
         active_workers: 2,
         last_checkpoint: None,
         total_lag: 0,
@@ -394,7 +395,7 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
     };
     let running_job = Some(tidewater_operator::decide::JobView {
-        state: "running".into(),
+        state: RunState::Running,
         active_workers: 2,
         last_checkpoint: None,
         total_lag: 0,
@@ -405,7 +406,7 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
     d.status.operation.as_mut().unwrap().savepoint_id = Some("sp-9".into());
     p.status = Some(d.status);
     let done = Some(SavepointView {
-        state: "completed".into(),
+        state: SavepointState::Completed,
         path: Some("s3://lake/sp/sp-9.json".into()),
         reason: None,
     });

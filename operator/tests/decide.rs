@@ -3,6 +3,7 @@
 //! the job reports, and checks the deployment, the job action, the lifecycle and conditions.
 
 use chrono::{DateTime, Duration as Span, Utc};
+use tidewater_crds::job_api::{RunState, SavepointState};
 use tidewater_crds::{
     IngestionPipeline,
     deploy::{JobState, UpgradeMode},
@@ -25,7 +26,7 @@ fn t0() -> DateTime<Utc> {
 
 fn running_job() -> Option<JobView> {
     Some(JobView {
-        state: "running".into(),
+        state: RunState::Running,
         active_workers: 2,
         last_checkpoint: None,
         total_lag: 42,
@@ -46,7 +47,7 @@ fn observe(job: Option<JobView>, savepoint: Option<SavepointView>, now: DateTime
 
 fn completed(path: &str) -> Option<SavepointView> {
     Some(SavepointView {
-        state: "completed".into(),
+        state: SavepointState::Completed,
         path: Some(path.into()),
         reason: None,
     })
@@ -179,7 +180,7 @@ fn savepoint_upgrade_stops_with_a_savepoint_then_deploys_from_it() {
     apply(&mut p, &d, "sp-1");
 
     let pending = Some(SavepointView {
-        state: "pending".into(),
+        state: SavepointState::Pending,
         path: None,
         reason: None,
     });
@@ -390,7 +391,7 @@ fn a_failed_savepoint_is_reported_and_retried() {
     let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
     apply(&mut p, &d, "sp-5");
     let failed = Some(SavepointView {
-        state: "failed".into(),
+        state: SavepointState::Failed,
         path: None,
         reason: Some("checkpoint 9 aborted: worker 2 lost".into()),
     });
@@ -459,7 +460,7 @@ fn the_autoscaler_rescales_live_within_bounds_after_its_window() {
     });
     let job = |rows: u64, lag: i64| {
         Some(JobView {
-            state: "running".into(),
+            state: RunState::Running,
             active_workers: 2,
             last_checkpoint: None,
             total_lag: lag,

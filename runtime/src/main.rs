@@ -9,6 +9,7 @@ use std::{
 };
 
 use clap::{Parser, Subcommand};
+use tidewater_crds::job_api::RunState;
 use tidewater_runtime::{
     config::PipelineConfig,
     control::{
@@ -407,7 +408,7 @@ fn coordinator_main(
         let coordinator = match Coordinator::start(config, options, shared.clone(), events).await {
             Ok(c) => c,
             Err(e) => {
-                shared.set_state("failed", Some(e.to_string()));
+                shared.set_state(RunState::Failed, Some(e.to_string()));
                 return Err(e.to_string());
             }
         };

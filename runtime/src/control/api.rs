@@ -16,7 +16,10 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use serde::{Deserialize, Serialize};
+use tidewater_crds::job_api::{
+    ErrorBody, JobStatus, ParallelismRequest, RunState, SavepointRequest, SavepointState,
+    SavepointStatus,
+};
 
 use crate::{
     control::{
@@ -28,121 +31,6 @@ use crate::{
 
 /// How long a command poll waits for a command before answering with none.
 pub const LONG_POLL: Duration = Duration::from_secs(1);
-
-/// `GET /v1/status`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct StatusDoc {
-    /// Pipeline name.
-    pub pipeline: String,
-    /// Pipeline uid (fencing identity).
-    pub pipeline_uid: String,
-    /// This coordinator run.
-    pub run_id: String,
-    /// `starting`, `running`, `savepointing`, `stopping`, `finished` or `failed`.
-    pub state: String,
-    /// Target number of workers.
-    pub target_workers: usize,
-    /// Workers known to the coordinator.
-    pub workers: Vec<WorkerStatus>,
-    /// The newest completed checkpoint.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_checkpoint: Option<CheckpointDoc>,
-    /// Every partition read, with its owner, checkpointed offset and lag.
-    pub partitions: Vec<PartitionStatus>,
-    /// Sum of the partitions' lag (records).
-    pub total_lag: i64,
-    /// Rows committed by this run.
-    pub rows_committed: u64,
-    /// Checkpoints aborted by this run (a worker lost mid-checkpoint).
-    pub aborted_checkpoints: u64,
-    /// Why the run failed, when it did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// One worker in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct WorkerStatus {
-    /// Worker id within this run.
-    pub id: WorkerId,
-    /// Process name.
-    pub name: String,
-    /// `active`, `idle` (beyond the target) or `leaving`.
-    pub state: String,
-    /// Partitions owned, as `topic/partition`.
-    pub partitions: Vec<String>,
-    /// Seconds since a remote worker was last heard from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen_seconds: Option<f64>,
-}
-
-/// A completed checkpoint in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct CheckpointDoc {
-    /// Checkpoint id.
-    pub id: u64,
-    /// Completion time, RFC 3339.
-    pub time: String,
-    /// Committed snapshot per table (tables the checkpoint wrote to).
-    pub snapshots: BTreeMap<String, i64>,
-}
-
-/// One partition in the status.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct PartitionStatus {
-    /// Topic.
-    pub topic: String,
-    /// Partition.
-    pub partition: i32,
-    /// Owning worker.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub worker: Option<WorkerId>,
-    /// Next offset as of the newest completed checkpoint.
-    pub offset: i64,
-    /// High watermark minus that offset, when known.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lag: Option<i64>,
-}
-
-/// `GET /v1/savepoints/{id}`.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-#[serde(rename_all = "camelCase")]
-pub struct SavepointStatus {
-    /// Savepoint id.
-    pub id: String,
-    /// `pending`, `completed` or `failed`.
-    pub state: String,
-    /// Whether the job stops after it.
-    pub stop: bool,
-    /// Durable path, once completed (what `--from-savepoint` takes).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    /// Checkpoint id it was taken at.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_id: Option<u64>,
-    /// Why it failed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-}
-
-/// `POST /v1/savepoints` body.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct SavepointRequest {
-    /// Stop the job once the savepoint completed.
-    #[serde(default)]
-    pub stop: bool,
-}
-
-/// `POST /v1/parallelism` body.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ParallelismRequest {
-    /// Target number of workers.
-    pub workers: usize,
-}
 
 /// What a worker needs to register; known once the coordinator has recovered.
 #[derive(Debug, Clone)]
@@ -164,7 +52,7 @@ pub struct Shared {
     /// Links to workers.
     pub hub: Hub,
     /// Published status.
-    pub status: RwLock<StatusDoc>,
+    pub status: RwLock<JobStatus>,
     /// Savepoints requested in this run.
     pub savepoints: Mutex<BTreeMap<String, SavepointStatus>>,
     /// Set when workers may register.
@@ -177,17 +65,14 @@ impl Shared {
         Self {
             metrics,
             hub,
-            status: RwLock::new(StatusDoc {
-                state: "starting".into(),
-                ..StatusDoc::default()
-            }),
+            status: RwLock::new(JobStatus::default()),
             savepoints: Mutex::new(BTreeMap::new()),
             registration: RwLock::new(None),
         }
     }
 
     /// Replaces the published status.
-    pub fn publish(&self, status: StatusDoc) {
+    pub fn publish(&self, status: JobStatus) {
         *self
             .status
             .write()
@@ -195,12 +80,12 @@ impl Shared {
     }
 
     /// Changes only the state (and error) of the published status.
-    pub fn set_state(&self, state: &str, error: Option<String>) {
+    pub fn set_state(&self, state: RunState, error: Option<String>) {
         let mut s = self
             .status
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        s.state = state.into();
+        s.state = state;
         s.error = error;
     }
 
@@ -212,17 +97,19 @@ impl Shared {
             .insert(status.id.clone(), status);
     }
 
-    fn state(&self) -> String {
+    fn state(&self) -> RunState {
         self.status
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .state
-            .clone()
     }
 }
 
 fn error(code: StatusCode, message: impl Into<String>) -> Response {
-    (code, Json(serde_json::json!({ "error": message.into() }))).into_response()
+    let body = ErrorBody {
+        error: message.into(),
+    };
+    (code, Json(body)).into_response()
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {
@@ -239,7 +126,7 @@ async fn trigger_savepoint(
     body: Option<Json<SavepointRequest>>,
 ) -> Response {
     let state = s.state();
-    if state != "running" && state != "savepointing" {
+    if !state.is_live() {
         return error(
             StatusCode::CONFLICT,
             format!("the job is {state}: savepoints are taken only while it runs"),
@@ -249,7 +136,7 @@ async fn trigger_savepoint(
     let id = format!("sp-{}", uuid::Uuid::now_v7().simple());
     let status = SavepointStatus {
         id: id.clone(),
-        state: "pending".into(),
+        state: SavepointState::Pending,
         stop,
         ..SavepointStatus::default()
     };
@@ -298,11 +185,7 @@ async fn parallelism(
     s.hub.emit(Event::Parallelism {
         workers: req.workers,
     });
-    (
-        StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "workers": req.workers })),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, Json(req)).into_response()
 }
 
 async fn register(State(s): State<Arc<Shared>>, Json(req): Json<RegisterRequest>) -> Response {
@@ -318,7 +201,7 @@ async fn register(State(s): State<Arc<Shared>>, Json(req): Json<RegisterRequest>
         );
     };
     let state = s.state();
-    if state != "running" && state != "savepointing" {
+    if !state.is_live() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("the job is {state}"),

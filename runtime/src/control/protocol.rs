@@ -6,8 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::offsets::{Offsets, TopicPartition};
 
-/// A worker's identity within one coordinator run (never reused by that run).
-pub type WorkerId = u64;
+pub use tidewater_crds::job_api::WorkerId;
 
 /// Coordinator → worker.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

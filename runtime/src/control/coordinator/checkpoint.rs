@@ -6,11 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tidewater_crds::job_api::{CheckpointStatus, RunState, SavepointState, SavepointStatus};
+
 use crate::{
     checkpoint::{CheckpointRecord, TableCommitPlan, savepoint::SavepointRecord},
     commit::{self, CommitOutcome, TableError},
     control::{
-        api::{CheckpointDoc, SavepointStatus},
         assignment::plan_assignment,
         hub::Event,
         protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
@@ -145,7 +146,7 @@ impl Coordinator {
         let mut releases = releases(&self.owner, &plan);
         let participants: BTreeSet<WorkerId> = self.owner.values().copied().collect();
         if matches!(kind, Kind::Savepoint { .. }) {
-            self.publish("savepointing");
+            self.publish(RunState::Savepointing);
         }
         let mut gone = None;
         for &w in &participants {
@@ -181,7 +182,7 @@ impl Coordinator {
                 if let Kind::Savepoint { id: sp, .. } = &kind {
                     self.fail_savepoint(sp, &format!("checkpoint {id} aborted: {reason}"));
                 }
-                self.publish("running");
+                self.publish(RunState::Running);
                 return Ok(None);
             }
         };
@@ -204,7 +205,7 @@ impl Coordinator {
             );
             self.metrics.mark_committed();
             self.assign_unowned()?;
-            self.publish("running");
+            self.publish(RunState::Running);
             return Ok(None);
         }
         let file_count = files.len();
@@ -261,7 +262,7 @@ impl Coordinator {
             snapshots.insert(self.table_key.clone(), outcome.snapshot_id());
         }
         self.offsets = record.offsets.clone();
-        self.last_checkpoint = Some(CheckpointDoc {
+        self.last_checkpoint = Some(CheckpointStatus {
             id,
             time: record.created_at.clone(),
             snapshots: snapshots.clone(),
@@ -313,7 +314,7 @@ impl Coordinator {
                     tracing::info!(savepoint = %sp_id, %path, checkpoint = id, stop, "savepoint completed");
                     self.shared.set_savepoint(SavepointStatus {
                         id: sp_id,
-                        state: "completed".into(),
+                        state: SavepointState::Completed,
                         stop,
                         path: Some(path.clone()),
                         checkpoint_id: Some(id),
@@ -328,7 +329,7 @@ impl Coordinator {
         }
         self.assign_unowned()?;
         self.retire_idle();
-        self.publish("running");
+        self.publish(RunState::Running);
         Ok(None)
     }
 
@@ -343,7 +344,7 @@ impl Coordinator {
             .is_some_and(|s| s.stop);
         self.shared.set_savepoint(SavepointStatus {
             id: id.into(),
-            state: "failed".into(),
+            state: SavepointState::Failed,
             stop,
             path: None,
             checkpoint_id: None,

@@ -16,12 +16,14 @@ use iceberg::{Catalog, TableIdent};
 use tidewater_crds::types::StartingOffsets;
 use tokio::sync::mpsc::UnboundedReceiver;
 
+use tidewater_crds::job_api::{CheckpointStatus, RunState};
+
 use crate::{
     checkpoint::store::StateStore,
     commit::TableError,
     config::PipelineConfig,
     control::{
-        api::{CheckpointDoc, Shared},
+        api::Shared,
         hub::{Event, Hub},
         protocol::{ToCoordinator, WorkerAck, WorkerId},
     },
@@ -168,7 +170,7 @@ pub struct Coordinator {
     origin: Option<String>,
     rebalance: bool,
     savepoints: VecDeque<(String, bool)>,
-    last_checkpoint: Option<CheckpointDoc>,
+    last_checkpoint: Option<CheckpointStatus>,
     lag: BTreeMap<TopicPartition, i64>,
     rows_committed: u64,
     aborted: u64,
@@ -200,7 +202,7 @@ impl Coordinator {
             let step = tokio::select! {
                 () = &mut shutdown => {
                     tracing::info!("shutdown requested: taking a final checkpoint");
-                    self.publish("stopping");
+                    self.publish(RunState::Stopping);
                     break self.checkpoint(Kind::Periodic).await.map(|_| Outcome::Stopped);
                 }
                 _ = checkpoint.tick() => self.checkpoint(Kind::Periodic).await,
@@ -244,10 +246,10 @@ impl Coordinator {
         }
         self.stop_workers().await;
         match &result {
-            Ok(_) => self.publish("finished"),
+            Ok(_) => self.publish(RunState::Finished),
             Err(e) => {
-                self.publish("failed");
-                self.shared.set_state("failed", Some(e.to_string()));
+                self.publish(RunState::Failed);
+                self.shared.set_state(RunState::Failed, Some(e.to_string()));
             }
         }
         result

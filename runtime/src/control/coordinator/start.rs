@@ -8,6 +8,8 @@ use std::{
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
+use tidewater_crds::job_api::RunState;
+
 use crate::{
     checkpoint::{
         CheckpointRecord, CommittedState, Recovery, decide_recovery, max_checkpoint_id,
@@ -147,7 +149,7 @@ impl Coordinator {
             base_dir: coordinator.options.base_dir.display().to_string(),
             heartbeat_timeout: coordinator.options.heartbeat_timeout,
         });
-        coordinator.publish("running");
+        coordinator.publish(RunState::Running);
         coordinator.metrics.set_ready(true);
         coordinator.spawn_liveness();
         Ok(coordinator)

@@ -2,15 +2,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::{
-    control::{
-        api::{PartitionStatus, StatusDoc, WorkerStatus},
-        protocol::WorkerId,
-    },
-    metrics::PartitionLabels,
-    offsets::get_offset,
-    source,
-};
+use tidewater_crds::job_api::{JobStatus, PartitionStatus, RunState, WorkerState, WorkerStatus};
+
+use crate::{control::protocol::WorkerId, metrics::PartitionLabels, offsets::get_offset, source};
 
 use super::{Coordinator, blocking};
 
@@ -36,13 +30,12 @@ impl Coordinator {
             .status
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .state
-            .clone();
-        self.publish(&state);
+            .state;
+        self.publish(state);
     }
 
     /// Publishes the status document for `GET /v1/status`.
-    pub(super) fn publish(&self, state: &str) {
+    pub(super) fn publish(&self, state: RunState) {
         let active: BTreeSet<WorkerId> = self.active_workers().into_iter().collect();
         let seen = self.hub.last_seen();
         let workers = self
@@ -52,13 +45,12 @@ impl Coordinator {
                 id,
                 name: m.name.clone(),
                 state: if m.leaving {
-                    "leaving"
+                    WorkerState::Leaving
                 } else if active.contains(&id) {
-                    "active"
+                    WorkerState::Active
                 } else {
-                    "idle"
-                }
-                .into(),
+                    WorkerState::Idle
+                },
                 partitions: self
                     .owner
                     .iter()
@@ -82,11 +74,11 @@ impl Coordinator {
         self.metrics
             .active_workers
             .set(i64::try_from(self.owner.values().collect::<BTreeSet<_>>().len()).unwrap_or(0));
-        self.shared.publish(StatusDoc {
+        self.shared.publish(JobStatus {
             pipeline: self.config.name.clone(),
             pipeline_uid: self.config.uid.clone(),
             run_id: self.run_id.clone(),
-            state: state.into(),
+            state,
             target_workers: self.target,
             workers,
             last_checkpoint: self.last_checkpoint.clone(),
