@@ -1,0 +1,254 @@
+//! The `tidewater` binary as a test runs it: `run`, `coordinator` and `worker` processes with logs,
+//! fail points, signals and HTTP.
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+
+use crate::{OAUTH_CLIENT, OAUTH_ENV, S3_KEY_ID, S3_SECRET, free_port, tidewater_bin, wait_for};
+
+/// Sends signal `sig` (TERM, STOP, CONT, …) to process `pid`.
+pub fn signal(pid: u32, sig: &str) -> Result<()> {
+    let status = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()?;
+    anyhow::ensure!(status.success(), "kill -{sig} {pid}");
+    Ok(())
+}
+
+/// A `tidewater` process (`run`, `coordinator` or `worker`).
+pub struct Tidewater {
+    child: Option<Child>,
+    pub metrics_port: u16,
+    pub log: PathBuf,
+}
+
+impl Tidewater {
+    /// Starts `tidewater run -f spec` with optional fail points; logs go to `log`.
+    pub fn start(spec: &Path, log: &Path, failpoints: Option<&str>) -> Result<Self> {
+        Self::start_with(spec, log, failpoints, &[])
+    }
+
+    /// `tidewater run -f spec EXTRA…`.
+    pub fn start_with(
+        spec: &Path,
+        log: &Path,
+        failpoints: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args: Vec<String> = vec!["run".into(), "-f".into(), spec.display().to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn(&args, "--metrics-addr", log, failpoints)
+    }
+
+    /// `tidewater coordinator -f spec EXTRA…` on a free port.
+    pub fn coordinator(
+        spec: &Path,
+        log: &Path,
+        failpoints: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        Self::coordinator_at(free_port(), spec, log, failpoints, extra)
+    }
+
+    /// A coordinator on a given port (a restarted coordinator keeps its address, as behind
+    /// a Kubernetes Service).
+    pub fn coordinator_at(
+        port: u16,
+        spec: &Path,
+        log: &Path,
+        failpoints: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let mut args: Vec<String> = vec![
+            "coordinator".into(),
+            "-f".into(),
+            spec.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        Self::spawn_on(port, &args, "--listen", log, failpoints)
+    }
+
+    /// `tidewater worker --coordinator URL --name NAME`.
+    pub fn worker(coordinator_url: &str, name: &str, log: &Path) -> Result<Self> {
+        Self::worker_with(coordinator_url, name, log, None)
+    }
+
+    /// A worker with fail points armed.
+    pub fn worker_with(
+        coordinator_url: &str,
+        name: &str,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
+        let args: Vec<String> = vec![
+            "worker".into(),
+            "--coordinator".into(),
+            coordinator_url.into(),
+            "--name".into(),
+            name.into(),
+        ];
+        Self::spawn(&args, "--metrics-addr", log, failpoints)
+    }
+
+    /// The coordinator's base URL (for workers).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.metrics_port)
+    }
+
+    fn spawn(
+        args: &[String],
+        addr_flag: &str,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
+        Self::spawn_on(free_port(), args, addr_flag, log, failpoints)
+    }
+
+    fn spawn_on(
+        metrics_port: u16,
+        args: &[String],
+        addr_flag: &str,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)?;
+        let mut cmd = Command::new(tidewater_bin());
+        cmd.args(args)
+            .arg(addr_flag)
+            .arg(format!("127.0.0.1:{metrics_port}"))
+            .env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
+            .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
+            .env(OAUTH_ENV, format!("{}:{}", OAUTH_CLIENT.0, OAUTH_CLIENT.1))
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        match failpoints {
+            Some(f) => cmd.env("TIDEWATER_FAILPOINTS", f),
+            None => cmd.env_remove("TIDEWATER_FAILPOINTS"),
+        };
+        Ok(Self {
+            child: Some(cmd.spawn()?),
+            metrics_port,
+            log: log.to_path_buf(),
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL, like `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Sends a signal by name (TERM, STOP, CONT).
+    pub fn signal(&self, sig: &str) {
+        let _ = signal(self.pid(), sig);
+    }
+
+    /// Exit status if the process has ended.
+    pub fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// Waits up to `timeout` for the process to end.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        wait_for("process exit", timeout, || self.try_wait()).ok()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        self.signal("TERM");
+        let status = self
+            .wait_timeout(timeout)
+            .context("tidewater did not stop after SIGTERM")?;
+        self.child = None;
+        Ok(status)
+    }
+
+    /// GET a path on the HTTP port.
+    pub fn http_get(&self, path: &str) -> Result<(u16, String)> {
+        self.http("GET", path, None)
+    }
+
+    /// POST a JSON body to a path on the HTTP port.
+    pub fn http_post(&self, path: &str, json: &str) -> Result<(u16, String)> {
+        self.http("POST", path, Some(json))
+    }
+
+    fn http(&self, method: &str, path: &str, json: Option<&str>) -> Result<(u16, String)> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        match json {
+            Some(b) => write!(
+                s,
+                "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )?,
+            None => write!(s, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?,
+        }
+        let mut body = String::new();
+        s.read_to_string(&mut body)?;
+        let code = body
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0);
+        let body = body
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        Ok((code, body))
+    }
+
+    /// `GET /v1/status` as JSON.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let (code, body) = self.http_get("/v1/status")?;
+        anyhow::ensure!(code == 200, "status {code}: {body}");
+        Ok(serde_json::from_str(&body)?)
+    }
+
+    /// Waits until `/readyz` answers 200 (recovered and reading).
+    pub fn wait_healthy(&self, timeout: Duration) -> Result<()> {
+        wait_for("readyz", timeout, || match self.http_get("/readyz") {
+            Ok((200, _)) => Some(()),
+            _ => None,
+        })
+    }
+
+    /// The value of a metric line (`name` including labels) from `/metrics`.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (_, body) = self.http_get("/metrics").ok()?;
+        body.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Tidewater {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}

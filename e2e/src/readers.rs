@@ -1,0 +1,118 @@
+//! Independent readers of what the runtime wrote: PyIceberg and DuckDB through e2e/readers (a
+//! Python process), rows, distinct ids and live data files.
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+
+use crate::{PipelineSpec, repo_root, venv_python};
+
+/// One live data file as PyIceberg lists it.
+#[derive(Debug, Clone)]
+pub struct LiveDataFile {
+    pub path: String,
+    /// Parquet codec of the first column chunk.
+    pub codec: String,
+    /// The partition tuple as JSON.
+    pub partition: String,
+    pub size: u64,
+}
+
+/// Counts from the independent readers.
+#[derive(Debug, Clone, Default)]
+pub struct TableView {
+    pub exists: bool,
+    pub pyiceberg_rows: u64,
+    pub pyiceberg_distinct: u64,
+    pub duckdb_rows: u64,
+    pub duckdb_distinct: u64,
+    pub raw: serde_json::Value,
+}
+
+impl TableView {
+    /// Both readers see exactly `n` rows with `n` distinct ids: nothing lost, nothing twice.
+    #[track_caller]
+    pub fn assert_exactly(&self, n: u64) {
+        assert_eq!(self.pyiceberg_rows, n, "PyIceberg rows: {self:?}");
+        assert_eq!(
+            self.pyiceberg_distinct, n,
+            "PyIceberg distinct ids: {self:?}"
+        );
+        assert_eq!(self.duckdb_rows, n, "DuckDB rows: {self:?}");
+        assert_eq!(self.duckdb_distinct, n, "DuckDB distinct ids: {self:?}");
+    }
+}
+
+/// Reads a table with PyIceberg and DuckDB (e2e/readers/inspect_table.py).
+pub fn inspect_table(catalog_uri: &str, warehouse: &Path, table: &str) -> Result<TableView> {
+    read_table(catalog_uri, warehouse, table, "pyiceberg,duckdb")
+}
+
+/// Runs the reader script with the given readers (`pyiceberg`, `duckdb`).
+fn read_table(
+    catalog_uri: &str,
+    warehouse: &Path,
+    table: &str,
+    readers: &str,
+) -> Result<TableView> {
+    let args: Vec<String> = vec![
+        "--catalog-uri".into(),
+        catalog_uri.into(),
+        "--table".into(),
+        table.into(),
+        "--readers".into(),
+        readers.into(),
+        "--warehouse".into(),
+        format!("file://{}", warehouse.display()),
+    ];
+    run_reader(&args)
+}
+
+pub(crate) fn run_reader(args: &[String]) -> Result<TableView> {
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("e2e/readers/inspect_table.py"))
+        .args(args)
+        .output()?;
+    if out.status.code() == Some(3) {
+        return Ok(TableView::default());
+    }
+    anyhow::ensure!(
+        out.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let n = |path: &str| {
+        raw.pointer(path)
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    };
+    Ok(TableView {
+        exists: true,
+        pyiceberg_rows: n("/pyiceberg/rows"),
+        pyiceberg_distinct: n("/pyiceberg/distinct"),
+        duckdb_rows: n("/duckdb/rows"),
+        duckdb_distinct: n("/duckdb/distinct"),
+        raw,
+    })
+}
+
+/// Polls until the readers see `rows` rows (PyIceberg only, for speed).
+pub fn wait_for_rows(spec: &PipelineSpec, rows: u64, timeout: Duration) -> Result<TableView> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let view = inspect_table_fast(spec)?;
+        if view.pyiceberg_rows >= rows || Instant::now() > deadline {
+            return Ok(view);
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
+    spec.read("pyiceberg")
+}
