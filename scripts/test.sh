@@ -12,6 +12,7 @@ echo "== build"; cargo build --workspace --all-targets
 echo "== generated CRDs"; bash scripts/gen-crds.sh --check
 echo "== helm chart"; bash scripts/check-chart.sh
 echo "== dependency boundaries"; bash scripts/check-deps.sh
+echo "== file length"; bash scripts/check-length.sh
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
 echo "== tests"; cargo nextest run --workspace
 # The Kubernetes walk needs a real API server: the one KUBECONFIG names, or a control plane
