@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tidewater_crds::job_api::{JobStatus, ParallelismRequest, SavepointRequest, SavepointStatus};
 
-use crate::decide::{JobView, SavepointView};
+use crate::pipeline::decide::{JobView, SavepointView};
 
 /// Errors talking to a coordinator.
 #[derive(Debug, thiserror::Error)]

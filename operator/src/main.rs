@@ -5,7 +5,10 @@ use std::{process::ExitCode, sync::Arc};
 
 use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
-use tidewater_operator::controller::{self, Address, Context};
+use tidewater_operator::{
+    kube_io::{Address, Context},
+    pipeline, policy,
+};
 
 #[derive(Parser)]
 #[command(
@@ -108,10 +111,7 @@ fn main() -> ExitCode {
             },
         });
         tracing::info!("reconciling IngestionPipelines and CompactionPolicies");
-        tokio::join!(
-            controller::run(ctx.clone()),
-            tidewater_operator::policy_controller::run(ctx)
-        );
+        tokio::join!(pipeline::run(ctx.clone()), policy::run(ctx));
         ExitCode::SUCCESS
     })
 }

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use kube::{Client, client::Body, core::DeserializeGuard};
 use serde_json::{Value, json};
 use tidewater_crds::IngestionPipeline;
-use tidewater_operator::controller::{Address, reconcile};
+use tidewater_operator::{kube_io::Address, pipeline::reconcile};
 
 fn fixture() -> IngestionPipeline {
     IngestionPipeline::from_yaml(include_str!("fixtures/clicks.yaml")).unwrap()
@@ -179,7 +179,7 @@ async fn create_applies_children_in_order_then_writes_status() {
 
 /// A pipeline that went through create and became Running (status as the API server holds it).
 fn running() -> IngestionPipeline {
-    use tidewater_operator::decide::{JobView, Observed, decide};
+    use tidewater_operator::pipeline::decide::{JobView, Observed, decide};
     let mut p = fixture();
     let obs = |job| Observed {
         job,
@@ -287,7 +287,7 @@ async fn a_spec_that_validation_rejects_is_reported_not_deployed() {
 async fn deletion_removes_the_finalizer_after_the_status() {
     let mut p = fixture();
     p.metadata.finalizers = Some(vec![
-        tidewater_operator::decide::FINALIZER.into(),
+        tidewater_operator::pipeline::decide::FINALIZER.into(),
         "other/keep".into(),
     ]);
     p.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
@@ -381,7 +381,7 @@ async fn savepoint_upgrade_stops_with_a_savepoint_then_redeploys_from_it() {
 
 #[tokio::test]
 async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
-    use tidewater_operator::decide::{Observed, SavepointView, decide};
+    use tidewater_operator::pipeline::decide::{Observed, SavepointView, decide};
     // Walk: running → upgrade (savepoint sp-9) → deployed from it, never Ready.
     let mut p = running();
     p.spec.image = Some("ghcr.io/tidewater/runtime:broken".into());
@@ -394,7 +394,7 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
         now,
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
     };
-    let running_job = Some(tidewater_operator::decide::JobView {
+    let running_job = Some(tidewater_operator::pipeline::decide::JobView {
         state: RunState::Running,
         active_workers: 2,
         last_checkpoint: None,

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use tidewater_crds::IngestionPipeline;
-use tidewater_operator::children::{
+use tidewater_operator::pipeline::children::{
     Deploy, FINGERPRINT_ANNOTATION, Start, children, render_pipeline,
 };
 

@@ -9,7 +9,7 @@ use tidewater_crds::{
     deploy::{JobState, UpgradeMode},
     status::{LifecycleState, OperationKind, SavepointTrigger},
 };
-use tidewater_operator::{
+use tidewater_operator::pipeline::{
     children::Start,
     decide::{Decision, JobAction, JobView, Observed, SavepointView, decide},
 };
@@ -505,7 +505,7 @@ fn the_autoscaler_rescales_live_within_bounds_after_its_window() {
 
 #[test]
 fn deletion_takes_a_final_savepoint_then_lets_go() {
-    use tidewater_operator::decide::FINALIZER;
+    use tidewater_operator::pipeline::decide::FINALIZER;
     let mut p = deployed();
     let d = decide(&p, &observe(running_job(), None, t0() + Span::seconds(60)));
     assert_eq!(d.finalizer, None, "no finalizer unless savepointOnDeletion");

@@ -4,7 +4,7 @@
 mod common;
 
 use tidewater_crds::{CompactionPolicy, IngestionPipeline};
-use tidewater_operator::maintenance::{
+use tidewater_operator::policy::decide::{
     FinishedRun, POLICY_LABEL, children, cron_name, resolve, run_job_name, status,
 };
 

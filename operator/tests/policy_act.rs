@@ -1,6 +1,7 @@
 //! The CompactionPolicy controller against a mock API server (tower-test): the exact requests
-//! of a reconcile, in order — policy file, CronJob, the run Job of a new runNonce, Event, Job
-//! listing, status — and an invalid policy reported in status without children.
+//! of a reconcile, in order — observe (Job listing), then act: policy file, CronJob, the run
+//! Job of a new runNonce, Event, status — and an invalid policy reported in status without
+//! children.
 
 mod common;
 
@@ -11,7 +12,7 @@ use http::{Method, Request, Response};
 use kube::{Client, client::Body, core::DeserializeGuard};
 use serde_json::{Value, json};
 use tidewater_crds::CompactionPolicy;
-use tidewater_operator::{controller::Address, policy_controller::reconcile};
+use tidewater_operator::{kube_io::Address, policy::reconcile};
 
 /// Job listings are empty; a policy is answered whole; everything else is echoed.
 fn answer(method: &Method, path: &str, body: Value) -> Value {
@@ -56,21 +57,21 @@ async fn a_policy_with_a_new_run_nonce() {
     assert_eq!(
         calls,
         vec![
+            ("GET".into(), format!("{batch}/jobs")),
             ("PATCH".into(), format!("{ns}/configmaps/clicks-maintenance-policy")),
             ("PATCH".into(), format!("{batch}/cronjobs/clicks-maintenance-compaction")),
             ("PATCH".into(), format!("{batch}/jobs/clicks-maintenance-run-4")),
             ("POST".into(), "/apis/events.k8s.io/v1/namespaces/analytics/events".into()),
-            ("GET".into(), format!("{batch}/jobs")),
             (
                 "PATCH".into(),
                 "/apis/tidewater.dev/v1alpha1/namespaces/analytics/compactionpolicies/clicks-maintenance/status".into()
             ),
         ]
     );
-    let cron = &seen[1].body;
+    let cron = &seen[2].body;
     assert_eq!(cron["spec"]["schedule"], "*/30 * * * *");
     assert_eq!(cron["spec"]["concurrencyPolicy"], "Forbid");
-    let job = &seen[2].body;
+    let job = &seen[3].body;
     assert_eq!(
         job["spec"]["template"]["spec"]["containers"][0]["args"],
         json!([
@@ -97,13 +98,14 @@ async fn an_invalid_policy_is_reported_and_nothing_is_created() {
         .iter()
         .map(|s| format!("{} {}", s.method, s.path))
         .collect();
-    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    assert!(calls[0].starts_with("GET /apis/batch/v1/"), "{calls:?}");
     assert!(
-        calls[0].starts_with("POST /apis/events.k8s.io"),
+        calls[1].starts_with("POST /apis/events.k8s.io"),
         "{calls:?}"
     );
-    assert!(calls[1].ends_with("/compactionpolicies/clicks-maintenance/status"));
-    let degraded = &seen[1].body["status"]["conditions"][0];
+    assert!(calls[2].ends_with("/compactionpolicies/clicks-maintenance/status"));
+    let degraded = &seen[2].body["status"]["conditions"][0];
     assert_eq!(degraded["type"], "Degraded");
     assert_eq!(degraded["status"], "True");
     assert!(

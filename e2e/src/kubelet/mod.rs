@@ -279,7 +279,7 @@ async fn tick(client: &Client, state: &mut NodeState) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tidewater_operator::children::{Deploy, Start, children};
+    use tidewater_operator::pipeline::children::{Deploy, Start, children};
 
     /// A pod as a controller would create it from `template`.
     fn pod_of(template: k8s_openapi::api::core::v1::PodTemplateSpec, name: &str) -> Pod {
@@ -389,7 +389,7 @@ mod tests {
     fn a_maintenance_job_reports_to_a_file_of_its_own() {
         let policy: tidewater_crds::CompactionPolicy =
             serde_yaml::from_str(include_str!("../../../examples/compaction.yaml")).unwrap();
-        let kids = tidewater_operator::maintenance::children(&policy, &policy.spec, "tw:1");
+        let kids = tidewater_operator::policy::decide::children(&policy, &policy.spec, "tw:1");
         let template = kids
             .cron
             .unwrap()

@@ -8,7 +8,7 @@ use http::{Method, Request, Response};
 use kube::{Client, client::Body, runtime::events::Reporter};
 use serde_json::{Value, json};
 use tidewater_crds::CompactionPolicy;
-use tidewater_operator::controller::{Address, Context};
+use tidewater_operator::kube_io::{Address, Context};
 
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 

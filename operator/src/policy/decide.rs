@@ -22,7 +22,10 @@ use tidewater_crds::{
     cron::Schedule,
 };
 
-use crate::children::{container_security, pod_security, secret_env_vars, secret_volumes};
+use crate::{
+    conditions,
+    pipeline::children::{container_security, pod_security, secret_env_vars, secret_volumes},
+};
 
 /// Label on every Job of a policy.
 pub const POLICY_LABEL: &str = "tidewater.dev/compaction-policy";
@@ -417,4 +420,95 @@ pub fn status(
         }
     }
     (s, notes)
+}
+
+/// What a policy's reconcile observed besides the policy.
+#[derive(Debug, Clone)]
+pub struct PolicyObserved {
+    /// The pipeline `pipelineRef` names, when it exists.
+    pub pipeline: Option<IngestionPipeline>,
+    /// The policy's finished Jobs, oldest first.
+    pub runs: Vec<FinishedRun>,
+    /// When the observation was made.
+    pub now: chrono::DateTime<chrono::Utc>,
+    /// The runtime image when the policy names none.
+    pub default_image: String,
+}
+
+/// What to do for a policy.
+#[derive(Debug, Clone)]
+pub struct PolicyDecision {
+    /// Children to apply; none for a policy that cannot run as written.
+    pub children: Option<PolicyChildren>,
+    /// A CronJob to delete if it exists (the policy has no schedule, or it is suspended).
+    pub remove_cron: Option<String>,
+    /// Why the policy cannot run as written (`status` carries the `Degraded` condition).
+    pub invalid: Option<String>,
+    /// Events, in order.
+    pub notes: Vec<PolicyNote>,
+    /// The new status.
+    pub status: CompactionPolicyStatus,
+    /// When to look again.
+    pub requeue: std::time::Duration,
+}
+
+/// The one decision of a reconcile: validate, resolve, render the children, fold the finished
+/// runs into the status.
+pub fn decide(policy: &CompactionPolicy, obs: &PolicyObserved) -> PolicyDecision {
+    let errors = tidewater_crds::compaction::validate_policy(&policy.spec);
+    let resolved = if errors.is_empty() {
+        resolve(policy, obs.pipeline.as_ref())
+    } else {
+        Err(errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "))
+    };
+    let spec = match resolved {
+        Ok(spec) => spec,
+        Err(message) => {
+            let mut status = policy.status.clone().unwrap_or_default();
+            status.observed_generation = policy.metadata.generation;
+            status.conditions = vec![conditions::invalid_spec(
+                &message,
+                policy.metadata.generation,
+                obs.now,
+            )];
+            return PolicyDecision {
+                children: None,
+                remove_cron: None,
+                notes: Vec::new(),
+                invalid: Some(message),
+                status,
+                requeue: std::time::Duration::from_secs(60),
+            };
+        }
+    };
+    let image = spec
+        .image
+        .clone()
+        .unwrap_or_else(|| obs.default_image.clone());
+    let kids = children(policy, &spec, &image);
+    let mut notes: Vec<PolicyNote> = kids
+        .run
+        .iter()
+        .map(|job| PolicyNote {
+            reason: "RunRequested".into(),
+            message: format!("job {}", job.name_any()),
+            warning: false,
+        })
+        .collect();
+    let (status, more) = status(policy, &obs.runs, obs.now);
+    notes.extend(more);
+    PolicyDecision {
+        remove_cron: kids.cron.is_none().then(|| cron_name(&policy.name_any())),
+        children: Some(kids),
+        invalid: None,
+        notes,
+        status,
+        // Finished Jobs wake the controller (watched); the schedule's next run refreshes
+        // nextRun.
+        requeue: std::time::Duration::from_secs(300),
+    }
 }

@@ -79,7 +79,7 @@ mod tests {
     use super::*;
 
     fn spec() -> IngestionPipelineSpec {
-        IngestionPipeline::from_yaml(include_str!("../../examples/clickstream.yaml"))
+        IngestionPipeline::from_yaml(include_str!("../../../examples/clickstream.yaml"))
             .unwrap()
             .spec
     }

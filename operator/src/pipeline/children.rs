@@ -27,7 +27,7 @@ use tidewater_crds::{
     deploy::{SecretEnv, SecretMount},
 };
 
-use crate::spec_change::runtime_fingerprint;
+use crate::pipeline::spec_change::runtime_fingerprint;
 
 /// Port of the coordinator's API (workers, /v1, probes, /metrics).
 pub const API_PORT: i32 = 9464;
