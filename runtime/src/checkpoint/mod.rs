@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::offsets::Offsets;
+use crate::{offsets::Offsets, write::DataFileRef};
 
 /// Snapshot summary key: pipeline uid.
 pub const SUMMARY_PIPELINE_UID: &str = "tidewater.pipeline-uid";
@@ -57,8 +57,8 @@ pub struct CheckpointRecord {
 pub struct TableCommitPlan {
     /// Partition spec id of the files.
     pub partition_spec_id: i32,
-    /// Data files in Iceberg's JSON data-file form.
-    pub data_files: Vec<String>,
+    /// The data files, as written.
+    pub data_files: Vec<DataFileRef>,
     /// Rows in the files.
     pub rows: u64,
 }

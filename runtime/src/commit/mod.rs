@@ -6,7 +6,6 @@ use std::collections::HashMap;
 
 use iceberg::{
     Catalog, ErrorKind, TableIdent,
-    spec::deserialize_data_file_from_json,
     transaction::{ApplyTransactionAction, Transaction},
 };
 
@@ -113,14 +112,7 @@ pub async fn commit_checkpoint(
         let files = plan
             .data_files
             .iter()
-            .map(|json| {
-                deserialize_data_file_from_json(
-                    json,
-                    plan.partition_spec_id,
-                    &partition_type,
-                    schema,
-                )
-            })
+            .map(|f| f.decode(plan.partition_spec_id, &partition_type, schema))
             .collect::<Result<Vec<_>, _>>()?;
         let properties = HashMap::from([
             (

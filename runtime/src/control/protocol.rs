@@ -4,7 +4,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::offsets::{Offsets, TopicPartition};
+use crate::{
+    offsets::{Offsets, TopicPartition},
+    write::DataFileRef,
+};
 
 pub use tidewater_crds::job_api::WorkerId;
 
@@ -60,7 +63,7 @@ pub struct WorkerAck {
     /// Checkpoint id of the barrier answered.
     pub checkpoint_id: u64,
     /// Data files, in Iceberg's JSON data-file form.
-    pub data_files: Vec<String>,
+    pub data_files: Vec<DataFileRef>,
     /// Partition spec the files were written with.
     pub partition_spec_id: i32,
     /// Next offset of every owned partition at the barrier.

@@ -158,18 +158,15 @@ impl Maintenance {
                 .map_err(|e| MaintenanceError::Catalog(format!("state store {location}: {e}")))?;
             for r in records {
                 for plan in r.commits.values() {
-                    for json in &plan.data_files {
-                        let v: serde_json::Value = serde_json::from_str(json).map_err(|e| {
-                            MaintenanceError::Catalog(format!("checkpoint record: {e}"))
-                        })?;
+                    for file in &plan.data_files {
                         // Never guess: a record whose files cannot be named stops the run.
-                        let path = v["file_path"].as_str().ok_or_else(|| {
+                        let path = file.path().map_err(|e| {
                             MaintenanceError::Catalog(format!(
-                                "checkpoint record {} of {uid}: a data file without file_path",
+                                "checkpoint record {} of {uid}: {e}",
                                 r.checkpoint_id
                             ))
                         })?;
-                        out.insert(path.to_string());
+                        out.insert(path);
                     }
                 }
             }

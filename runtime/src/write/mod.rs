@@ -1,7 +1,10 @@
 //! Data files for one table between two barriers: Arrow batches in, Iceberg data files out.
 //! Parquet settings come from the table properties overridden by the spec's writeProperties.
 
+pub mod data_file;
 pub mod partition;
+
+pub use data_file::DataFileRef;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -14,10 +17,7 @@ use arrow_schema::SchemaRef as ArrowSchemaRef;
 use iceberg::{
     arrow::schema_to_arrow_schema,
     io::FileIO,
-    spec::{
-        DataFile, DataFileFormat, FormatVersion, PartitionSpecRef, SchemaRef,
-        serialize_data_file_to_json,
-    },
+    spec::{DataFile, DataFileFormat, FormatVersion, PartitionSpecRef, SchemaRef},
     table::Table,
     writer::{
         IcebergWriter, IcebergWriterBuilder,
@@ -165,12 +165,12 @@ impl WriterFactory {
         })
     }
 
-    /// Serializes data files for the checkpoint record.
-    pub fn to_json(&self, files: Vec<DataFile>) -> iceberg::Result<Vec<String>> {
+    /// References to written files, for the acknowledgement and the checkpoint record.
+    pub fn references(&self, files: Vec<DataFile>) -> iceberg::Result<Vec<DataFileRef>> {
         let partition_type = self.partition_spec.partition_type(&self.schema)?;
         files
             .into_iter()
-            .map(|f| serialize_data_file_to_json(f, &partition_type, self.format_version))
+            .map(|f| DataFileRef::encode(f, &partition_type, self.format_version))
             .collect()
     }
 }
@@ -209,16 +209,16 @@ impl TableWriter {
         }
     }
 
-    /// Closes all files and returns them in the checkpoint record's JSON form.
+    /// Closes all files and returns references to them, with their total size.
     ///
     /// Files on a local filesystem are fsynced (with their directories) first, so a
     /// checkpoint record never references data that a power loss could take away; object
     /// stores are durable when the upload completes.
-    pub async fn close(self) -> iceberg::Result<(Vec<String>, u64)> {
+    pub async fn close(self) -> iceberg::Result<(Vec<DataFileRef>, u64)> {
         let factory = self.factory.clone();
         let files = self.close_files().await?;
         let bytes = files.iter().map(DataFile::file_size_in_bytes).sum();
-        Ok((factory.to_json(files)?, bytes))
+        Ok((factory.references(files)?, bytes))
     }
 
     /// Closes all files (fsynced when local) and returns them.

@@ -19,6 +19,7 @@ use crate::{
     failpoint,
     offsets::{Offsets, TopicPartition, set_offset},
     source,
+    write::DataFileRef,
 };
 
 use super::{Collected, Coordinator, Kind, Outcome, RunError, blocking};
@@ -43,7 +44,7 @@ struct Folded {
     /// `base` advanced by every acknowledged offset.
     offsets: Offsets,
     /// The data files written, in acknowledgement order.
-    files: Vec<String>,
+    files: Vec<DataFileRef>,
     rows: u64,
     dead: u64,
     bytes: u64,
@@ -403,7 +404,7 @@ mod tests {
             WorkerAck {
                 worker,
                 checkpoint_id: 3,
-                data_files: files.iter().map(|f| (*f).to_string()).collect(),
+                data_files: files.iter().map(|f| DataFileRef::from(*f)).collect(),
                 offsets,
                 rows,
                 bytes: rows * 10,
@@ -424,7 +425,8 @@ mod tests {
         set_offset(&mut want, "a", 0, 15);
         set_offset(&mut want, "a", 2, 7);
         assert_eq!(f.offsets, want, "partition 1 keeps its base offset");
-        assert_eq!(f.files, ["f1", "f2", "f3"]);
+        let files: Vec<DataFileRef> = ["f1", "f2", "f3"].map(DataFileRef::from).into();
+        assert_eq!(f.files, files);
         assert_eq!((f.rows, f.bytes, f.dead, f.spec_id), (12, 120, 2, 2));
         assert_eq!((f.min_ts, f.max_ts), (Some(100), Some(105)));
         assert_eq!(fold_acks(&base, vec![]).offsets, base);
