@@ -250,7 +250,9 @@ fn main() -> ExitCode {
                     .await
                     .map_err(|e| format!("metrics endpoint {metrics_addr}: {e}"))?;
                 tracing::info!(%coordinator, %name, metrics = %bound, "worker starting");
-                remote::run(&coordinator, &name, metrics, shutdown_signal()).await
+                remote::run(&coordinator, &name, metrics, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())
             });
             finish(result.map(|()| "worker stopped".to_string()))
         }

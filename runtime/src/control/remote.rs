@@ -15,7 +15,7 @@ use tidewater_crds::IngestionPipeline;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
 use crate::{
-    commit,
+    commit::{self, TableError},
     config::PipelineConfig,
     control::{
         api::LONG_POLL,
@@ -26,9 +26,59 @@ use crate::{
         worker::{self, WorkerSetup},
     },
     metrics::Metrics,
-    storage,
-    write::WriterFactory,
+    storage::{self, StorageError},
+    write::{WriterFactory, WriterSetupError},
 };
+
+/// Why a worker process cannot work for the coordinator it registered with.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    /// The HTTP client could not be built.
+    #[error("http client: {0}")]
+    Client(#[source] reqwest::Error),
+    /// The pipeline the coordinator handed out does not parse.
+    #[error("pipeline from the coordinator: {0}")]
+    Pipeline(#[from] serde_yaml::Error),
+    /// The pipeline the coordinator handed out does not resolve (names the fields).
+    #[error("pipeline from the coordinator is invalid: {0}")]
+    InvalidPipeline(String),
+    /// Object storage settings.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The catalog or the table.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// The table could not be loaded.
+    #[error("load table {table}: {source}")]
+    LoadTable {
+        /// The table, as the spec names it.
+        table: String,
+        /// Why.
+        source: iceberg::Error,
+    },
+    /// Writers cannot be prepared for the table.
+    #[error(transparent)]
+    Writer(#[from] WriterSetupError),
+    /// The worker thread could not be started.
+    #[error("spawn worker: {0}")]
+    SpawnWorker(#[source] std::io::Error),
+}
+
+/// Why a registration was not accepted (retried; logged now and then).
+#[derive(Debug, thiserror::Error)]
+enum RegisterError {
+    /// No answer.
+    #[error("{0}")]
+    Unreachable(#[from] reqwest::Error),
+    /// An answer other than 200 (still recovering, not running).
+    #[error("{status}: {body}")]
+    Refused {
+        /// HTTP status.
+        status: StatusCode,
+        /// The answer's body.
+        body: String,
+    },
+}
 
 /// How a session with one coordinator run ended.
 #[derive(Debug)]
@@ -45,12 +95,12 @@ pub async fn run(
     name: &str,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), String> {
+) -> Result<(), RemoteError> {
     let base = coordinator.trim_end_matches('/').to_string();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .build()
-        .map_err(|e| format!("http client: {e}"))?;
+        .map_err(RemoteError::Client)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -91,22 +141,20 @@ async fn register(
     client: &reqwest::Client,
     base: &str,
     name: &str,
-) -> Result<RegisterResponse, String> {
+) -> Result<RegisterResponse, RegisterError> {
     let resp = client
         .post(format!("{base}/v1/workers"))
         .json(&RegisterRequest { name: name.into() })
         .timeout(Duration::from_secs(10))
         .send()
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     if !resp.status().is_success() {
-        let status = resp.status();
-        return Err(format!(
-            "{status}: {}",
-            resp.text().await.unwrap_or_default()
-        ));
+        return Err(RegisterError::Refused {
+            status: resp.status(),
+            body: resp.text().await.unwrap_or_default(),
+        });
     }
-    resp.json().await.map_err(|e| e.to_string())
+    Ok(resp.json().await?)
 }
 
 async fn session(
@@ -115,31 +163,30 @@ async fn session(
     reg: RegisterResponse,
     metrics: &Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
-) -> Result<SessionEnd, String> {
-    let resource = IngestionPipeline::from_yaml(&reg.pipeline_yaml)
-        .map_err(|e| format!("pipeline from the coordinator: {e}"))?;
+) -> Result<SessionEnd, RemoteError> {
+    let resource = IngestionPipeline::from_yaml(&reg.pipeline_yaml)?;
     let config = PipelineConfig::resolve(resource, Path::new(&reg.base_dir)).map_err(|errors| {
-        format!(
-            "pipeline from the coordinator is invalid: {}",
+        RemoteError::InvalidPipeline(
             errors
                 .iter()
                 .map(ToString::to_string)
                 .collect::<Vec<_>>()
-                .join("; ")
+                .join("; "),
         )
     })?;
     let storage_props = match &config.s3 {
-        Some(s3) => storage::s3_properties(s3).map_err(|e| e.to_string())?,
+        Some(s3) => storage::s3_properties(s3)?,
         None => Default::default(),
     };
-    let catalog = commit::open_catalog(&config.catalog, &storage_props)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ident = commit::table_ident(&config).map_err(|e| e.to_string())?;
+    let catalog = commit::open_catalog(&config.catalog, &storage_props).await?;
+    let ident = commit::table_ident(&config)?;
     let table = catalog
         .load_table(&ident)
         .await
-        .map_err(|e| format!("load table {}: {e}", config.table_display()))?;
+        .map_err(|source| RemoteError::LoadTable {
+            table: config.table_display(),
+            source,
+        })?;
     let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
     let (commands, commands_rx) = mpsc::channel();
     let (events_tx, events_rx) = unbounded_channel();
@@ -153,7 +200,7 @@ async fn session(
         commands: commands_rx,
         events: events_tx,
     })
-    .map_err(|e| format!("spawn worker: {e}"))?;
+    .map_err(RemoteError::SpawnWorker)?;
     metrics.set_ready(true);
     let heartbeat = Duration::from_millis(reg.heartbeat_timeout_ms);
     let link = format!("{base}/v1/workers/{id}");

@@ -9,16 +9,19 @@ use std::{
     time::Duration,
 };
 
-use rdkafka::{Message, Offset, TopicPartitionList, consumer::Consumer, message::BorrowedMessage};
+use rdkafka::{
+    Message, Offset, TopicPartitionList, consumer::Consumer, error::KafkaError,
+    message::BorrowedMessage,
+};
 
 use crate::{
     config::PipelineConfig,
     control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
-    decode::RowBatcher,
+    decode::{RowBatcher, UnsupportedColumn},
     failpoint,
     metrics::{Metrics, ReasonLabels},
     offsets::{Offsets, TopicPartition, set_offset},
-    source::{self, DeadLetterProducer, KafkaConsumer},
+    source::{self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer},
     write::{TableWriter, WriterFactory},
 };
 
@@ -47,6 +50,83 @@ pub struct WorkerSetup {
     pub events: tokio::sync::mpsc::UnboundedSender<ToCoordinator>,
 }
 
+/// Why a worker stops the pipeline (sent to the coordinator as the failure's reason).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The worker thread panicked.
+    #[error("worker panicked: {0}")]
+    Panicked(String),
+    /// The consumer or the dead-letter producer could not be created.
+    #[error("{what}: {source}")]
+    Client {
+        /// Which client.
+        what: &'static str,
+        /// Why.
+        source: ClientError,
+    },
+    /// The thread's runtime for the Iceberg writer could not be built.
+    #[error("worker runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The table cannot be decoded into.
+    #[error(transparent)]
+    Decoder(#[from] UnsupportedColumn),
+    /// Assigning or releasing partitions failed.
+    #[error("{what}: {source}")]
+    Assignment {
+        /// `assign clicks/3`, `assign`, `release`.
+        what: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// A record cannot be decoded and there is no dead-letter topic.
+    #[error(
+        "record {at} cannot be converted ({kind}: {message}) and spec.deadLetter is not set; \
+         stopping without committing past it"
+    )]
+    Undecodable {
+        /// `topic/partition@offset`.
+        at: String,
+        /// The reason's kind (the dead-letter header).
+        kind: &'static str,
+        /// The reason.
+        message: String,
+    },
+    /// A record could not be handed to the dead-letter producer.
+    #[error("dead-lettering record {at}: {source}")]
+    DeadLetterSend {
+        /// `topic/partition@offset`.
+        at: String,
+        /// Why.
+        source: KafkaError,
+    },
+    /// Dead letters were not delivered.
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    /// Writing data files failed.
+    #[error("{what} data file(s): {source}")]
+    Write {
+        /// `open`, `write` or `close`.
+        what: &'static str,
+        /// Why (boxed: iceberg's error is large and this path is cold).
+        source: Box<iceberg::Error>,
+    },
+    /// The coordinator's end of the link is gone.
+    #[error("coordinator is gone")]
+    CoordinatorGone,
+}
+
+fn assignment(what: impl Into<String>) -> impl FnOnce(KafkaError) -> WorkerError {
+    let what = what.into();
+    move |source| WorkerError::Assignment { what, source }
+}
+
+fn write(what: &'static str) -> impl FnOnce(iceberg::Error) -> WorkerError {
+    move |source| WorkerError::Write {
+        what,
+        source: Box::new(source),
+    }
+}
+
 /// Starts a worker thread.
 pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
@@ -63,9 +143,10 @@ pub fn spawn(setup: WorkerSetup) -> std::io::Result<std::thread::JoinHandle<()>>
                         .cloned()
                         .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_string()))
                         .unwrap_or_default();
-                    Err(format!("worker panicked: {what}"))
+                    Err(WorkerError::Panicked(what))
                 });
-            if let Err(reason) = outcome {
+            if let Err(e) = outcome {
+                let reason = e.to_string();
                 tracing::error!(worker = id, %reason, "worker failed");
                 let _ = events.send(ToCoordinator::Failed { worker: id, reason });
             }
@@ -102,19 +183,25 @@ struct State {
     awaiting_first: HashMap<(String, i32), std::time::Instant>,
 }
 
-fn run(setup: WorkerSetup) -> Result<(), String> {
-    let consumer = source::consumer(&setup.config).map_err(|e| format!("kafka consumer: {e}"))?;
+fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
+    let consumer = source::consumer(&setup.config).map_err(|source| WorkerError::Client {
+        what: "kafka consumer",
+        source,
+    })?;
     let dlq = setup
         .config
         .dead_letter
         .as_ref()
         .map(|d| DeadLetterProducer::new(d, &setup.config.name))
         .transpose()
-        .map_err(|e| format!("dead-letter producer: {e}"))?;
+        .map_err(|source| WorkerError::Client {
+            what: "dead-letter producer",
+            source,
+        })?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("worker runtime: {e}"))?;
+        .map_err(WorkerError::Runtime)?;
     let mut state = State {
         id: setup.id,
         run_id: setup.run_id,
@@ -176,12 +263,12 @@ fn run(setup: WorkerSetup) -> Result<(), String> {
 }
 
 /// The partitions of `offsets` positioned at their offsets.
-fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, String> {
+fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, WorkerError> {
     let mut tpl = TopicPartitionList::new();
     for (topic, parts) in offsets {
         for (&p, &next) in parts {
             tpl.add_partition_offset(topic, p, Offset::Offset(next))
-                .map_err(|e| format!("assign {topic}/{p}: {e}"))?;
+                .map_err(assignment(format!("assign {topic}/{p}")))?;
         }
     }
     Ok(tpl)
@@ -189,7 +276,7 @@ fn partition_list(offsets: &Offsets) -> Result<TopicPartitionList, String> {
 
 impl State {
     /// Returns false when the worker should exit.
-    fn handle(&mut self, cmd: ToWorker, consumer: &KafkaConsumer) -> Result<bool, String> {
+    fn handle(&mut self, cmd: ToWorker, consumer: &KafkaConsumer) -> Result<bool, WorkerError> {
         match cmd {
             ToWorker::Assign { partitions } => {
                 let tpl = partition_list(&partitions)?;
@@ -202,7 +289,7 @@ impl State {
                 }
                 consumer
                     .incremental_assign(&tpl)
-                    .map_err(|e| format!("assign: {e}"))?;
+                    .map_err(assignment("assign"))?;
                 tracing::info!(worker = self.id, added = tpl.count(), "assigned");
                 Ok(true)
             }
@@ -225,7 +312,7 @@ impl State {
                 self.awaiting_first.clear();
                 self.owned = partitions;
                 let tpl = partition_list(&self.owned)?;
-                consumer.assign(&tpl).map_err(|e| format!("assign: {e}"))?;
+                consumer.assign(&tpl).map_err(assignment("assign"))?;
                 tracing::info!(
                     worker = self.id,
                     partitions = tpl.count(),
@@ -241,7 +328,7 @@ impl State {
         &mut self,
         release: &[TopicPartition],
         consumer: &KafkaConsumer,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkerError> {
         let mut tpl = TopicPartitionList::new();
         for tp in release {
             if let Some(parts) = self.owned.get_mut(&tp.topic)
@@ -255,7 +342,7 @@ impl State {
         self.owned.retain(|_, parts| !parts.is_empty());
         consumer
             .incremental_unassign(&tpl)
-            .map_err(|e| format!("release: {e}"))?;
+            .map_err(assignment("release"))?;
         tracing::info!(
             worker = self.id,
             released = tpl.count(),
@@ -264,7 +351,7 @@ impl State {
         Ok(())
     }
 
-    fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), String> {
+    fn on_message(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
         let Some(next) = self
             .owned
             .get_mut(m.topic())
@@ -329,23 +416,25 @@ impl State {
         m: &BorrowedMessage<'_>,
         kind: &'static str,
         message: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), WorkerError> {
         let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
         let Some(dlq) = &self.dlq else {
-            return Err(format!(
-                "record {at} cannot be converted ({kind}: {message}) and spec.deadLetter is not \
-                 set; stopping without committing past it"
-            ));
+            return Err(WorkerError::Undecodable {
+                at,
+                kind,
+                message: message.to_string(),
+            });
         };
-        dlq.send(m, kind, message)
-            .map_err(|e| format!("dead-lettering record {at}: {e}"))?;
+        if let Err(source) = dlq.send(m, kind, message) {
+            return Err(WorkerError::DeadLetterSend { at, source });
+        }
         self.epoch.dead_lettered += 1;
         *self.epoch.dead_by_kind.entry(kind).or_default() += 1;
         tracing::debug!(record = %at, kind, message, "dead-lettered");
         Ok(())
     }
 
-    fn flush_batch(&mut self) -> Result<(), String> {
+    fn flush_batch(&mut self) -> Result<(), WorkerError> {
         let Some(batch) = self.batcher.finish() else {
             return Ok(());
         };
@@ -360,13 +449,13 @@ impl State {
             let w = self
                 .rt
                 .block_on(self.factory.open(prefix))
-                .map_err(|e| format!("open data file: {e}"))?;
+                .map_err(write("open"))?;
             self.writer = Some(w);
         }
         let writer = self.writer.as_mut().expect("just opened");
         self.rt
             .block_on(writer.write(batch))
-            .map_err(|e| format!("write data file: {e}"))?;
+            .map_err(write("write"))?;
         failpoint::hit(failpoint::points::WORKER_MID_WRITE);
         self.publish_metrics();
         Ok(())
@@ -388,14 +477,11 @@ impl State {
         }
     }
 
-    fn barrier(&mut self, checkpoint_id: u64) -> Result<(), String> {
+    fn barrier(&mut self, checkpoint_id: u64) -> Result<(), WorkerError> {
         failpoint::hit(failpoint::points::WORKER_BARRIER);
         self.flush_batch()?;
         let (data_files, bytes) = match self.writer.take() {
-            Some(w) => self
-                .rt
-                .block_on(w.close())
-                .map_err(|e| format!("close data files: {e}"))?,
+            Some(w) => self.rt.block_on(w.close()).map_err(write("close"))?,
             None => (Vec::new(), 0),
         };
         if let Some(d) = &self.dlq {
@@ -419,6 +505,6 @@ impl State {
         self.last_barrier = checkpoint_id;
         self.events
             .send(ToCoordinator::Ack(ack))
-            .map_err(|_| "coordinator is gone".to_string())
+            .map_err(|_| WorkerError::CoordinatorGone)
     }
 }

@@ -164,19 +164,30 @@ pub struct RowBatcher {
     rows: usize,
 }
 
+/// A table the JSON decoder cannot fill: a required column of a type it does not support.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "required column `{column}` has type {data_type} which JSON ingestion does not support yet"
+)]
+pub struct UnsupportedColumn {
+    /// The column.
+    pub column: String,
+    /// Its Arrow type.
+    pub data_type: String,
+}
+
 impl RowBatcher {
     /// A batcher for an Arrow schema derived from the table's Iceberg schema. Fails when a
     /// required column has a type the converter cannot fill.
-    pub fn new(schema: SchemaRef) -> Result<Self, String> {
+    pub fn new(schema: SchemaRef) -> Result<Self, UnsupportedColumn> {
         let mut columns = Vec::new();
         for field in schema.fields() {
             let kind = Kind::of(field.data_type());
             if kind == Kind::Unsupported && !field.is_nullable() {
-                return Err(format!(
-                    "required column `{}` has type {} which JSON ingestion does not support yet",
-                    field.name(),
-                    field.data_type()
-                ));
+                return Err(UnsupportedColumn {
+                    column: field.name().clone(),
+                    data_type: field.data_type().to_string(),
+                });
             }
             columns.push(Column {
                 name: field.name().clone(),

@@ -109,7 +109,8 @@ impl Maintenance {
             "write.target-file-size-bytes".to_string(),
             self.settings.target_bytes.to_string(),
         )]);
-        let factory = WriterFactory::new(&table, &overrides).map_err(MaintenanceError::Policy)?;
+        let factory = WriterFactory::new(&table, &overrides)
+            .map_err(|e| MaintenanceError::Policy(e.to_string()))?;
         // Groups are rewritten in parallel, one per core.
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut written: Vec<(plan::Group, Vec<DataFile>)> = Vec::new();

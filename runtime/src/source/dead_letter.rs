@@ -19,6 +19,24 @@ use rdkafka::{
 use super::client::{ClientError, apply_security};
 use crate::config::DeadLetter;
 
+/// Dead letters that did not reach their topic: the checkpoint must not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The producer could not flush within the timeout.
+    #[error("dead-letter flush: {0}")]
+    Flush(#[source] KafkaError),
+    /// Deliveries failed since the last flush.
+    #[error("{failed} dead-letter record(s) could not be delivered to {topic}: {last_error}")]
+    Undelivered {
+        /// How many.
+        failed: u64,
+        /// The dead-letter topic.
+        topic: String,
+        /// The last delivery error librdkafka reported.
+        last_error: String,
+    },
+}
+
 /// Counts failed dead-letter deliveries.
 #[derive(Default)]
 pub struct DeliveryTracker {
@@ -145,10 +163,10 @@ impl DeadLetterProducer {
 
     /// Waits until every queued record is acknowledged; fails if any delivery failed since
     /// the last flush.
-    pub fn flush(&self, timeout: Duration) -> Result<(), String> {
+    pub fn flush(&self, timeout: Duration) -> Result<(), DeadLetterError> {
         self.producer
             .flush(timeout)
-            .map_err(|e| format!("dead-letter flush: {e}"))?;
+            .map_err(DeadLetterError::Flush)?;
         let failed = self.producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {
             let last = self
@@ -158,11 +176,11 @@ impl DeadLetterProducer {
                 .lock()
                 .expect("lock")
                 .clone();
-            return Err(format!(
-                "{failed} dead-letter record(s) could not be delivered to {}: {}",
-                self.topic,
-                last.unwrap_or_default()
-            ));
+            return Err(DeadLetterError::Undelivered {
+                failed,
+                topic: self.topic.clone(),
+                last_error: last.unwrap_or_default(),
+            });
         }
         Ok(())
     }

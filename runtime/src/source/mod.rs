@@ -12,7 +12,7 @@ pub use admin::{commit_group_offsets, discover_partitions, lag, resolve_start};
 pub use client::{
     ClientError, KafkaConsumer, Remembering, consumer, security_properties, with_cause,
 };
-pub use dead_letter::{DeadLetterProducer, DeliveryTracker, headers};
+pub use dead_letter::{DeadLetterError, DeadLetterProducer, DeliveryTracker, headers};
 
 /// How long a metadata, watermark or offset query may take.
 const META_TIMEOUT: Duration = Duration::from_secs(10);

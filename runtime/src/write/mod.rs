@@ -41,43 +41,72 @@ type FileBuilder =
 /// Default target size of a data file (Iceberg's default).
 const DEFAULT_TARGET_FILE_SIZE: usize = 512 * 1024 * 1024;
 
+/// Writers cannot be prepared for a table.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterSetupError {
+    /// A table property (or a spec override of it) has a value the writer cannot use.
+    #[error("table property {property}: {message}")]
+    Property {
+        /// The property, e.g. `write.parquet.compression-level`.
+        property: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
+    /// The table's schema or location cannot be written (no Arrow form, no location).
+    #[error(transparent)]
+    Iceberg(#[from] iceberg::Error),
+}
+
+fn bad(property: &'static str, message: impl Into<String>) -> WriterSetupError {
+    WriterSetupError::Property {
+        property,
+        message: message.into(),
+    }
+}
+
+const COMPRESSION_LEVEL: &str = "write.parquet.compression-level";
+const COMPRESSION_CODEC: &str = "write.parquet.compression-codec";
+
 /// Parquet writer properties from Iceberg `write.parquet.*` properties.
-pub fn parquet_properties(props: &HashMap<String, String>) -> Result<WriterProperties, String> {
+pub fn parquet_properties(
+    props: &HashMap<String, String>,
+) -> Result<WriterProperties, WriterSetupError> {
     let level = props
-        .get("write.parquet.compression-level")
+        .get(COMPRESSION_LEVEL)
         .map(|l| {
             l.parse::<i32>()
-                .map_err(|_| format!("bad compression level `{l}`"))
+                .map_err(|_| bad(COMPRESSION_LEVEL, format!("`{l}` is not a number")))
         })
         .transpose()?;
     let codec = props
-        .get("write.parquet.compression-codec")
+        .get(COMPRESSION_CODEC)
         .map_or("zstd", String::as_str)
         .to_ascii_lowercase();
     let compression = match codec.as_str() {
         "zstd" => Compression::ZSTD(
-            ZstdLevel::try_new(level.unwrap_or(1)).map_err(|e| format!("zstd level: {e}"))?,
+            ZstdLevel::try_new(level.unwrap_or(1))
+                .map_err(|e| bad(COMPRESSION_LEVEL, format!("zstd: {e}")))?,
         ),
         "snappy" => Compression::SNAPPY,
         "gzip" => Compression::GZIP(
             GzipLevel::try_new(u32::try_from(level.unwrap_or(6)).unwrap_or(6))
-                .map_err(|e| format!("gzip level: {e}"))?,
+                .map_err(|e| bad(COMPRESSION_LEVEL, format!("gzip: {e}")))?,
         ),
         "brotli" => Compression::BROTLI(
             BrotliLevel::try_new(u32::try_from(level.unwrap_or(1)).unwrap_or(1))
-                .map_err(|e| format!("brotli level: {e}"))?,
+                .map_err(|e| bad(COMPRESSION_LEVEL, format!("brotli: {e}")))?,
         ),
         "lz4" | "lz4_raw" => Compression::LZ4_RAW,
         "uncompressed" | "none" => Compression::UNCOMPRESSED,
-        other => return Err(format!("unknown compression codec `{other}`")),
+        other => return Err(bad(COMPRESSION_CODEC, format!("unknown codec `{other}`"))),
     };
     let mut builder = WriterProperties::builder().set_compression(compression);
-    let size = |key: &str| -> Result<Option<usize>, String> {
+    let size = |key: &'static str| -> Result<Option<usize>, WriterSetupError> {
         props
             .get(key)
             .map(|v| {
                 v.parse::<usize>()
-                    .map_err(|_| format!("{key}: `{v}` is not a size"))
+                    .map_err(|_| bad(key, format!("`{v}` is not a size in bytes")))
             })
             .transpose()
     };
@@ -105,17 +134,24 @@ pub struct WriterFactory {
 
 impl WriterFactory {
     /// Prepares writers for the table's current schema and default partition spec.
-    pub fn new(table: &Table, overrides: &BTreeMap<String, String>) -> Result<Self, String> {
+    pub fn new(
+        table: &Table,
+        overrides: &BTreeMap<String, String>,
+    ) -> Result<Self, WriterSetupError> {
         let metadata = table.metadata();
         let mut props = metadata.properties().clone();
         props.extend(overrides.iter().map(|(k, v)| (k.clone(), v.clone())));
         let schema = metadata.current_schema().clone();
-        let arrow_schema = Arc::new(schema_to_arrow_schema(&schema).map_err(|e| e.to_string())?);
+        let arrow_schema = Arc::new(schema_to_arrow_schema(&schema)?);
         let target_file_size = props
             .get("write.target-file-size-bytes")
             .map(|v| {
-                v.parse::<usize>()
-                    .map_err(|_| format!("bad target file size `{v}`"))
+                v.parse::<usize>().map_err(|_| {
+                    bad(
+                        "write.target-file-size-bytes",
+                        format!("`{v}` is not a size in bytes"),
+                    )
+                })
             })
             .transpose()?
             .unwrap_or(DEFAULT_TARGET_FILE_SIZE);
@@ -126,7 +162,7 @@ impl WriterFactory {
             properties: parquet_properties(&props)?,
             target_file_size,
             file_io: table.file_io().clone(),
-            locations: DefaultLocationGenerator::new(metadata).map_err(|e| e.to_string())?,
+            locations: DefaultLocationGenerator::new(metadata)?,
             schema,
         })
     }

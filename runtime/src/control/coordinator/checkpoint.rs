@@ -102,7 +102,7 @@ impl Coordinator {
                         self.config.checkpoint_timeout
                     )));
                 }
-                Ok(None) => return Err(RunError::Setup("event stream closed".into())),
+                Ok(None) => return Err(RunError::EventsClosed),
                 Ok(Some(e)) => e,
             };
             match event {

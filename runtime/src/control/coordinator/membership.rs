@@ -100,9 +100,8 @@ impl Coordinator {
             if self.owner.contains_key(tp) {
                 continue;
             }
-            let start = get_offset(&self.offsets, &tp.topic, tp.partition).ok_or_else(|| {
-                RunError::Setup(format!("no start offset for {}/{}", tp.topic, tp.partition))
-            })?;
+            let start = get_offset(&self.offsets, &tp.topic, tp.partition)
+                .ok_or_else(|| RunError::NoStartOffset(tp.clone()))?;
             set_offset(
                 per_worker.entry(w).or_default(),
                 &tp.topic,
@@ -164,7 +163,10 @@ impl Coordinator {
                     .map_err(|e| source::with_cause(&admin, e))
             })
             .await
-            .map_err(|e| RunError::Kafka(format!("metadata: {e}")))?
+            .map_err(|message| RunError::Kafka {
+                during: "metadata".into(),
+                message,
+            })?
         };
         let new: Vec<TopicPartition> = found
             .into_iter()
@@ -182,11 +184,9 @@ impl Coordinator {
                 let (admin, tp2) = (self.admin.clone(), tp.clone());
                 let start = blocking(move || source::resolve_start(&admin, &tp2, policy))
                     .await
-                    .map_err(|e| {
-                        RunError::Kafka(format!(
-                            "start offset of {}/{}: {e}",
-                            tp.topic, tp.partition
-                        ))
+                    .map_err(|e| RunError::Kafka {
+                        during: format!("start offset of {}/{}", tp.topic, tp.partition),
+                        message: e.to_string(),
                     })?;
                 set_offset(&mut self.offsets, &tp.topic, tp.partition, start);
             }

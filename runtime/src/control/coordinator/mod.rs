@@ -30,7 +30,7 @@ use crate::{
     metrics::Metrics,
     offsets::{Offsets, TopicPartition},
     source, storage,
-    write::WriterFactory,
+    write::{WriterFactory, WriterSetupError},
 };
 
 mod checkpoint;
@@ -50,9 +50,17 @@ pub enum RunError {
     /// Object storage settings.
     #[error(transparent)]
     Storage(#[from] storage::StorageError),
-    /// Kafka side.
-    #[error("kafka: {0}")]
-    Kafka(String),
+    /// A Kafka client could not be created from the spec.
+    #[error("kafka client: {0}")]
+    KafkaClient(#[from] source::ClientError),
+    /// A broker query failed; `message` carries librdkafka's last reported cause.
+    #[error("kafka {during}: {message}")]
+    Kafka {
+        /// What was being asked (`metadata`, `start offset of clicks/3`).
+        during: String,
+        /// The error.
+        message: String,
+    },
     /// A worker stopped the pipeline.
     #[error("worker {worker}: {reason}")]
     Worker {
@@ -64,9 +72,18 @@ pub enum RunError {
     /// The requested start is refused.
     #[error("cannot start from savepoint: {0}")]
     Restore(String),
-    /// Setup problems.
-    #[error("{0}")]
-    Setup(String),
+    /// Writers cannot be prepared for the table.
+    #[error(transparent)]
+    Writer(#[from] WriterSetupError),
+    /// An in-process worker thread could not be started.
+    #[error("spawn worker: {0}")]
+    SpawnWorker(#[source] std::io::Error),
+    /// A partition to assign has no start offset (a bug: discovery sets one).
+    #[error("no start offset for {}/{}", .0.topic, .0.partition)]
+    NoStartOffset(TopicPartition),
+    /// The coordinator's event stream ended (its HTTP server and links are gone).
+    #[error("event stream closed")]
+    EventsClosed,
 }
 
 /// How often per-partition lag is refreshed (one watermark request per partition).
@@ -208,7 +225,7 @@ impl Coordinator {
                 _ = checkpoint.tick() => self.checkpoint(Kind::Periodic).await,
                 _ = discovery.tick() => match self.discover().await {
                     // Reading goes on with the partitions already owned; the next tick retries.
-                    Err(RunError::Kafka(e)) => {
+                    Err(e @ RunError::Kafka { .. }) => {
                         tracing::warn!(error = %e, "partition discovery failed; retrying at the next interval");
                         Ok(None)
                     }
@@ -217,7 +234,7 @@ impl Coordinator {
                 _ = lag.tick() => { self.update_lag().await; Ok(None) }
                 event = self.events.recv() => match event {
                     Some(e) => self.on_event(e).map(|()| None),
-                    None => Err(RunError::Setup("event stream closed".into())),
+                    None => Err(RunError::EventsClosed),
                 },
             };
             match step {

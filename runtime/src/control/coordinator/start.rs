@@ -96,10 +96,8 @@ impl Coordinator {
         );
         // An append does not change what writers need (schema, spec, properties, location),
         // so the table loaded before a recovered commit serves.
-        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)
-            .map_err(RunError::Setup)?;
-        let admin =
-            Arc::new(source::consumer(&config).map_err(|e| RunError::Kafka(e.to_string()))?);
+        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
+        let admin = Arc::new(source::consumer(&config)?);
         let hub = shared.hub.clone();
         let metrics = shared.metrics.clone();
         let target = config.parallelism;
@@ -279,7 +277,7 @@ impl Coordinator {
             commands: rx,
             events: events_tx,
         })
-        .map_err(|e| RunError::Setup(format!("spawn worker: {e}")))?;
+        .map_err(RunError::SpawnWorker)?;
         self.members.insert(
             id,
             Member {
