@@ -6,7 +6,7 @@
 //! `checkpoint` (durable records, savepoints and the pure recovery/commit decisions) →
 //! `commit` (catalogs, table creation, fenced commits). `control` runs it: coordinator,
 //! workers, the job API. `maintenance` is the compaction application. `offsets` holds the
-//! base types all of them share; `config`, `storage`, `metrics` and `failpoint` serve all.
+//! base types all of them share; `config`, `secret`, `storage`, `metrics` and `failpoint` serve all.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
@@ -18,6 +18,7 @@ pub mod failpoint;
 pub mod maintenance;
 pub mod metrics;
 pub mod offsets;
+pub mod secret;
 pub mod source;
 pub mod storage;
 pub mod write;

@@ -7,16 +7,25 @@ use std::collections::BTreeMap;
 use opendal::Operator;
 use tidewater_crds::pipeline::S3Spec;
 
+use crate::secret::SecretRef;
+
 /// Credentials and settings could not be assembled.
 #[derive(Debug, thiserror::Error)]
 #[error("spec.storage.s3: {0}")]
 pub struct StorageError(pub String);
 
-fn secret(file: Option<&str>, env: &str) -> Result<Option<String>, StorageError> {
+/// A credential from its file when the spec names one, else from the standard variable
+/// (optional: an unset `AWS_SESSION_TOKEN` is normal).
+fn secret(file: Option<&str>, field: &str, env: &str) -> Result<Option<String>, StorageError> {
     match file {
-        Some(f) => std::fs::read_to_string(f)
-            .map(|s| Some(s.trim().to_string()))
-            .map_err(|e| StorageError(format!("cannot read credential file {f}: {e}"))),
+        Some(_) => SecretRef {
+            file,
+            file_field: field,
+            env: None,
+            env_field: "",
+        }
+        .read()
+        .map_err(|e| StorageError(e.to_string())),
         None => Ok(std::env::var(env).ok().filter(|v| !v.is_empty())),
     }
 }
@@ -41,21 +50,24 @@ pub fn s3_properties(s3: &S3Spec) -> Result<BTreeMap<String, String>, StorageErr
         (
             "s3.access-key-id",
             s3.access_key_id_file.as_deref(),
+            "accessKeyIdFile",
             "AWS_ACCESS_KEY_ID",
         ),
         (
             "s3.secret-access-key",
             s3.secret_access_key_file.as_deref(),
+            "secretAccessKeyFile",
             "AWS_SECRET_ACCESS_KEY",
         ),
         (
             "s3.session-token",
             s3.session_token_file.as_deref(),
+            "sessionTokenFile",
             "AWS_SESSION_TOKEN",
         ),
     ];
-    for (key, file, env) in pairs {
-        if let Some(v) = secret(file, env)? {
+    for (key, file, field, env) in pairs {
+        if let Some(v) = secret(file, field, env)? {
             props.insert(key.into(), v);
         }
     }

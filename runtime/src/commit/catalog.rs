@@ -12,9 +12,8 @@ use iceberg_catalog_sql::SqlCatalogBuilder;
 use iceberg_storage_opendal::OpenDalResolvingStorageFactory;
 use tidewater_crds::pipeline::{CatalogAuthSpec, CatalogAuthType, CatalogType};
 
-use crate::config::CatalogConnection;
-
 use super::TableError;
+use crate::{config::CatalogConnection, secret::SecretRef};
 
 /// Opens the catalog of the spec (creating a SQLite file when missing). `storage_props` are
 /// the resolved `s3.*` properties, handed to the catalog's file IO.
@@ -80,24 +79,16 @@ fn sqlite_create_mode(uri: &str) -> Result<String, TableError> {
 
 /// Reads the REST catalog secret from its file or variable.
 pub(crate) fn read_catalog_secret(auth: &CatalogAuthSpec) -> Result<String, TableError> {
-    Ok(match (&auth.secret_file, &auth.secret_env) {
-        (Some(f), _) => std::fs::read_to_string(f)
-            .map(|s| s.trim().to_string())
-            .map_err(|e| {
-                TableError::Definition(format!(
-                    "spec.sink.catalog.auth.secretFile: cannot read {f}: {e}"
-                ))
-            })?,
-        (None, Some(v)) => std::env::var(v).map_err(|_| {
-            TableError::Definition(format!(
-                "spec.sink.catalog.auth.secretEnv: environment variable {v} is not set"
-            ))
-        })?,
-        (None, None) => {
-            return Err(TableError::Definition(
-                "spec.sink.catalog.auth: no secretFile or secretEnv".into(),
-            ));
-        }
+    SecretRef {
+        file: auth.secret_file.as_deref(),
+        file_field: "spec.sink.catalog.auth.secretFile",
+        env: auth.secret_env.as_deref(),
+        env_field: "spec.sink.catalog.auth.secretEnv",
+    }
+    .read()
+    .map_err(|e| TableError::Definition(e.to_string()))?
+    .ok_or_else(|| {
+        TableError::Definition("spec.sink.catalog.auth: no secretFile or secretEnv".into())
     })
 }
 

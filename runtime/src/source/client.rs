@@ -11,7 +11,7 @@ use rdkafka::{
 };
 use tidewater_crds::pipeline::KafkaSecuritySpec;
 
-use crate::config::PipelineConfig;
+use crate::{config::PipelineConfig, secret::SecretRef};
 
 /// A Kafka client could not be configured or created.
 #[derive(Debug, thiserror::Error)]
@@ -43,23 +43,15 @@ pub fn security_properties(
         }
     }
     if let Some(sasl) = &security.sasl {
-        let password = match (&sasl.password_file, &sasl.password_env) {
-            (Some(f), _) => std::fs::read_to_string(f)
-                .map(|p| p.trim_end_matches(['\r', '\n']).to_string())
-                .map_err(|e| {
-                    ClientError::Security(format!("sasl.passwordFile: cannot read {f}: {e}"))
-                })?,
-            (None, Some(v)) => std::env::var(v).map_err(|_| {
-                ClientError::Security(format!(
-                    "sasl.passwordEnv: environment variable {v} is not set"
-                ))
-            })?,
-            (None, None) => {
-                return Err(ClientError::Security(
-                    "sasl: no passwordFile or passwordEnv".into(),
-                ));
-            }
-        };
+        let password = SecretRef {
+            file: sasl.password_file.as_deref(),
+            file_field: "sasl.passwordFile",
+            env: sasl.password_env.as_deref(),
+            env_field: "sasl.passwordEnv",
+        }
+        .read()
+        .map_err(|e| ClientError::Security(e.to_string()))?
+        .ok_or_else(|| ClientError::Security("sasl: no passwordFile or passwordEnv".into()))?;
         props.push(("sasl.mechanism", sasl.mechanism.as_str().to_string()));
         props.push(("sasl.username", sasl.username.clone()));
         props.push(("sasl.password", password));
