@@ -1,6 +1,6 @@
 //! Object storage: `spec.storage.s3` plus credentials from mounted files or the environment,
-//! turned into Iceberg FileIO properties and into an opendal operator for the state store.
-//! Reading the credential sources is the only I/O here.
+//! turned into Iceberg FileIO properties and into an opendal operator; and the one listing of
+//! files under a location, local or S3 (the state store and orphan removal both use it).
 
 use std::collections::BTreeMap;
 
@@ -112,9 +112,196 @@ pub fn s3_operator(
         .finish())
 }
 
+/// A file found by [`list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Where it is, in the form of the listed location (a path, `file://…` or `s3://…`).
+    pub uri: String,
+    /// Its name (the last segment).
+    pub name: String,
+    /// Last modified, milliseconds since the epoch; 0 unless asked for, or unknown.
+    pub modified_ms: i64,
+}
+
+/// A location could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// Local filesystem.
+    #[error("list {path}: {source}")]
+    Io {
+        /// The directory or file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Object store.
+    #[error("list {path}: {source}")]
+    Object {
+        /// The prefix or object.
+        path: String,
+        /// Why.
+        source: opendal::Error,
+    },
+    /// The bucket's settings.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// How deep [`list`] looks and what it reports.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListOptions {
+    /// Every file below the location, not only its direct children.
+    pub recursive: bool,
+    /// Modification times (one stat per object on S3).
+    pub modified: bool,
+}
+
+/// The files under `location` (an absolute path, `file://…` or `s3://bucket/prefix`); a
+/// location that does not exist lists as empty.
+pub async fn list(
+    location: &str,
+    s3_props: &BTreeMap<String, String>,
+    options: ListOptions,
+) -> Result<Vec<Listed>, ListError> {
+    match split_s3(location) {
+        Some((bucket, prefix)) => list_s3(bucket, prefix, s3_props, options).await,
+        None => {
+            let location = location.to_string();
+            tokio::task::spawn_blocking(move || list_local(&location, options))
+                .await
+                .expect("listing task panicked")
+        }
+    }
+}
+
+fn list_local(location: &str, options: ListOptions) -> Result<Vec<Listed>, ListError> {
+    let scheme = if location.starts_with("file://") {
+        "file://"
+    } else {
+        ""
+    };
+    let io = |path: &std::path::Path| {
+        let path = path.display().to_string();
+        move |source| ListError::Io { path, source }
+    };
+    let mut out = Vec::new();
+    let mut stack = vec![std::path::PathBuf::from(
+        location.strip_prefix("file://").unwrap_or(location),
+    )];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io(&dir))?;
+            let path = entry.path();
+            let meta = entry.metadata().map_err(io(&path))?;
+            if meta.is_dir() {
+                if options.recursive {
+                    stack.push(path);
+                }
+                continue;
+            }
+            let modified_ms = if options.modified {
+                meta.modified()
+                    .map_err(io(&path))?
+                    .duration_since(std::time::SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            } else {
+                0
+            };
+            out.push(Listed {
+                uri: format!("{scheme}{}", path.display()),
+                name: entry.file_name().to_string_lossy().into_owned(),
+                modified_ms,
+            });
+        }
+    }
+    Ok(out)
+}
+
+async fn list_s3(
+    bucket: &str,
+    prefix: &str,
+    s3_props: &BTreeMap<String, String>,
+    options: ListOptions,
+) -> Result<Vec<Listed>, ListError> {
+    let op = s3_operator(bucket, s3_props)?;
+    let dir = format!("{prefix}/");
+    let object = |path: &str| {
+        let path = format!("s3://{bucket}/{path}");
+        move |source| ListError::Object { path, source }
+    };
+    let entries = match op.list_with(&dir).recursive(options.recursive).await {
+        Ok(e) => e,
+        Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(object(&dir)(e)),
+    };
+    let mut out = Vec::new();
+    for e in entries {
+        if e.metadata().is_dir() {
+            continue;
+        }
+        let modified_ms = if options.modified {
+            op.stat(e.path())
+                .await
+                .map_err(object(e.path()))?
+                .last_modified()
+                .map_or(0, |t| t.into_inner().as_millisecond())
+        } else {
+            0
+        };
+        out.push(Listed {
+            uri: format!("s3://{bucket}/{}", e.path()),
+            name: e.name().to_string(),
+            modified_ms,
+        });
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn lists_local_files_flat_or_recursively() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("a/b")).unwrap();
+        std::fs::write(dir.path().join("top.json"), "1").unwrap();
+        std::fs::write(dir.path().join("a/b/deep.parquet"), "2").unwrap();
+        let root = dir.path().display().to_string();
+        let names = |v: Vec<Listed>| {
+            let mut n: Vec<String> = v.into_iter().map(|l| l.name).collect();
+            n.sort();
+            n
+        };
+        let flat = list(&root, &BTreeMap::new(), ListOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(names(flat), ["top.json"]);
+        let options = ListOptions {
+            recursive: true,
+            modified: true,
+        };
+        let all = list(&format!("file://{root}"), &BTreeMap::new(), options)
+            .await
+            .unwrap();
+        assert!(
+            all.iter()
+                .all(|l| l.uri.starts_with("file:///") && l.modified_ms > 0)
+        );
+        assert_eq!(names(all), ["deep.parquet", "top.json"]);
+        let missing = format!("{root}/nothing-here");
+        assert!(
+            list(&missing, &BTreeMap::new(), options)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
 
     #[test]
     fn splits_s3_uris() {

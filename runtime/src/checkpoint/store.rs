@@ -15,7 +15,7 @@ use opendal::Operator;
 
 use crate::{
     checkpoint::{CheckpointRecord, savepoint::SavepointRecord},
-    storage::{StorageError, s3_operator, split_s3},
+    storage::{self, ListError, ListOptions, StorageError, s3_operator, split_s3},
 };
 
 /// State store errors.
@@ -40,6 +40,9 @@ pub enum StateError {
     /// Storage settings.
     #[error(transparent)]
     Storage(#[from] StorageError),
+    /// Listing the records.
+    #[error("state store: {0}")]
+    List(#[from] ListError),
     /// A savepoint file that is not a savepoint.
     #[error("savepoint {path}: {reason}")]
     BadSavepoint {
@@ -162,51 +165,28 @@ impl StateStore {
         }
     }
 
-    /// Names and contents of the files under `sub`.
+    /// Names and contents of the record files (`*.json`, not temporary) under `sub`.
     async fn list(&self, sub: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        match &self.backend {
-            Backend::Local(root) => {
-                let dir = root.join(sub);
-                blocking(move || {
-                    let entries = match fs::read_dir(&dir) {
-                        Ok(e) => e,
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(vec![]),
-                        Err(e) => return Err(io(&dir)(e)),
-                    };
-                    let mut out = Vec::new();
-                    for entry in entries {
-                        let path = entry.map_err(io(&dir))?.path();
-                        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-                            continue;
-                        };
-                        if name.starts_with('.') || !name.ends_with(".json") {
-                            continue;
-                        }
-                        out.push((name.to_string(), fs::read(&path).map_err(io(&path))?));
-                    }
-                    Ok(out)
-                })
-                .await
+        let files =
+            storage::list(&self.location(sub), &self.s3_props, ListOptions::default()).await?;
+        let mut out = Vec::new();
+        for f in files {
+            if f.name.starts_with('.') || !f.name.ends_with(".json") {
+                continue;
             }
-            Backend::S3 { op, prefix, .. } => {
-                let dir = format!("{}/", key(prefix, sub));
-                let entries = match op.list(&dir).await {
-                    Ok(e) => e,
-                    Err(e) if e.kind() == opendal::ErrorKind::NotFound => return Ok(vec![]),
-                    Err(e) => return Err(obj(&dir)(e)),
-                };
-                let mut out = Vec::new();
-                for entry in entries {
-                    let name = entry.name().to_string();
-                    if !name.ends_with(".json") || name.starts_with('.') {
-                        continue;
-                    }
-                    let bytes = op.read(entry.path()).await.map_err(obj(entry.path()))?;
-                    out.push((name, bytes.to_vec()));
+            let bytes = match &self.backend {
+                Backend::Local(_) => {
+                    let path = PathBuf::from(&f.uri);
+                    blocking(move || fs::read(&path).map_err(io(&path))).await?
                 }
-                Ok(out)
-            }
+                Backend::S3 { op, prefix, .. } => {
+                    let k = key(prefix, &format!("{sub}/{}", f.name));
+                    op.read(&k).await.map_err(obj(&k))?.to_vec()
+                }
+            };
+            out.push((f.name, bytes));
         }
+        Ok(out)
     }
 
     async fn remove(&self, sub: &str, name: &str) -> Result<(), StateError> {

@@ -1,85 +1,16 @@
 //! Orphan removal: files under the table location that no snapshot and no pipeline's checkpoint
 //! record references, older than the grace period.
 
-use super::{Maintenance, MaintenanceError, files, millis, now_ms};
+use std::collections::{BTreeMap, BTreeSet};
+
+use iceberg::{TableIdent, spec::TableMetadata};
+use tidewater_crds::compaction::TableReport;
+
+use super::{Maintenance, MaintenanceError, files, now_ms};
 use crate::{
     checkpoint::{SUMMARY_PIPELINE_UID, SUMMARY_STATE_LOCATION, store::StateStore},
     storage,
 };
-use iceberg::{TableIdent, spec::TableMetadata};
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::SystemTime,
-};
-use tidewater_crds::compaction::TableReport;
-
-/// Every file under `location` with its modification time (ms).
-async fn list_files(
-    location: &str,
-    s3_props: &BTreeMap<String, String>,
-) -> Result<Vec<(String, i64)>, MaintenanceError> {
-    if let Some(path) = location
-        .strip_prefix("file://")
-        .or_else(|| location.starts_with('/').then_some(location))
-    {
-        let mut out = Vec::new();
-        let mut stack = vec![std::path::PathBuf::from(path)];
-        while let Some(dir) = stack.pop() {
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e.into()),
-            };
-            for entry in entries {
-                let entry = entry?;
-                let meta = entry.metadata()?;
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                } else {
-                    let modified = meta
-                        .modified()?
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(millis)
-                        .unwrap_or(0);
-                    let p = entry.path().display().to_string();
-                    let p = if location.starts_with("file://") {
-                        format!("file://{p}")
-                    } else {
-                        p
-                    };
-                    out.push((p, modified));
-                }
-            }
-        }
-        return Ok(out);
-    }
-    let (bucket, prefix) = storage::split_s3(location)
-        .ok_or_else(|| MaintenanceError::Catalog(format!("cannot list {location}")))?;
-    let op = storage::s3_operator(bucket, s3_props)
-        .map_err(|e| MaintenanceError::Catalog(format!("list {location}: {e}")))?;
-    let bucket_root = format!("s3://{bucket}");
-    let entries = op
-        .list_with(&format!("{prefix}/"))
-        .recursive(true)
-        .await
-        .map_err(|e| MaintenanceError::Catalog(format!("list {location}: {e}")))?;
-    let mut out = Vec::new();
-    for e in entries {
-        if e.metadata().is_dir() {
-            continue;
-        }
-        let meta = op
-            .stat(e.path())
-            .await
-            .map_err(|err| MaintenanceError::Catalog(format!("stat {}: {err}", e.path())))?;
-        let modified = meta
-            .last_modified()
-            .map(|t| t.into_inner().as_millisecond())
-            .unwrap_or(0);
-        out.push((format!("{bucket_root}/{}", e.path()), modified));
-    }
-    Ok(out)
-}
 
 impl Maintenance {
     /// Deletes files under the table location older than `older_ms` that no snapshot, no
@@ -97,7 +28,16 @@ impl Maintenance {
             .location()
             .trim_end_matches('/')
             .to_string();
-        let listed = list_files(&location, &self.s3_props).await?;
+        let options = storage::ListOptions {
+            recursive: true,
+            modified: true,
+        };
+        let listed: Vec<(String, i64)> = storage::list(&location, &self.s3_props, options)
+            .await
+            .map_err(|e| MaintenanceError::Catalog(e.to_string()))?
+            .into_iter()
+            .map(|f| (f.uri, f.modified_ms))
+            .collect();
         let table = self.catalog.load_table(ident).await?;
         let meta = table.metadata();
         let io = table.file_io();
