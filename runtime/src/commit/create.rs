@@ -1,7 +1,10 @@
 //! Tables on first use: the spec's `createTable` definition mapped to an Iceberg schema and
 //! partition spec (field ids assigned here), and load-or-create against the catalog.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use iceberg::{
     Catalog, Namespace, NamespaceIdent, TableCreation, TableIdent,
@@ -143,4 +146,47 @@ fn primitive(t: ColumnType) -> PrimitiveType {
         ColumnType::Uuid => PrimitiveType::Uuid,
         ColumnType::Binary => PrimitiveType::Binary,
     }
+}
+
+/// A pipeline's catalog and table, opened with the pipeline's storage settings.
+pub struct PipelineTable {
+    /// The catalog.
+    pub catalog: Arc<dyn Catalog>,
+    /// The table's identifier.
+    pub ident: TableIdent,
+    /// The table as loaded (or created).
+    pub table: Table,
+    /// The resolved `s3.*` properties (for the state store too).
+    pub storage_props: BTreeMap<String, String>,
+}
+
+/// Opens the pipeline's catalog and its table. Only the coordinator passes `create`: a
+/// worker process never creates a table, it writes into the one its coordinator made.
+pub async fn open_pipeline_table(
+    config: &PipelineConfig,
+    create: bool,
+) -> Result<PipelineTable, TableError> {
+    let storage_props = match &config.s3 {
+        Some(s3) => crate::storage::s3_properties(s3)?,
+        None => BTreeMap::new(),
+    };
+    let catalog = super::open_catalog(&config.catalog, &storage_props).await?;
+    let ident = table_ident(config)?;
+    let table = if create {
+        load_or_create(catalog.as_ref(), config).await?
+    } else {
+        catalog
+            .load_table(&ident)
+            .await
+            .map_err(|source| TableError::Load {
+                table: config.table_display(),
+                source: Box::new(source),
+            })?
+    };
+    Ok(PipelineTable {
+        catalog,
+        ident,
+        table,
+        storage_props,
+    })
 }

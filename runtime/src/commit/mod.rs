@@ -24,7 +24,9 @@ mod pinned;
 
 pub use catalog::open_catalog;
 pub(crate) use catalog::{client_trusting, read_catalog_secret};
-pub use create::{load_or_create, table_definition, table_ident};
+pub use create::{
+    PipelineTable, load_or_create, open_pipeline_table, table_definition, table_ident,
+};
 pub use history::last_pipeline_commit;
 use pinned::PinnedCatalog;
 
@@ -34,6 +36,17 @@ pub enum TableError {
     /// The catalog or file IO failed.
     #[error("iceberg: {0}")]
     Iceberg(#[from] iceberg::Error),
+    /// Object storage settings.
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    /// The table could not be loaded.
+    #[error("load table {table}: {source}")]
+    Load {
+        /// The table, as the spec names it.
+        table: String,
+        /// Why (boxed: iceberg's error is large).
+        source: Box<iceberg::Error>,
+    },
     /// The table is missing and there is no definition to create it.
     #[error("table {0} does not exist and spec.sink.createTable is not set")]
     Missing(String),

@@ -26,7 +26,6 @@ use crate::{
         worker::{self, WorkerSetup},
     },
     metrics::Metrics,
-    storage::{self, StorageError},
     write::{WriterFactory, WriterSetupError},
 };
 
@@ -42,20 +41,9 @@ pub enum RemoteError {
     /// The pipeline the coordinator handed out does not resolve (names the fields).
     #[error("pipeline from the coordinator is invalid: {0}")]
     InvalidPipeline(String),
-    /// Object storage settings.
-    #[error(transparent)]
-    Storage(#[from] StorageError),
     /// The catalog or the table.
     #[error(transparent)]
     Table(#[from] TableError),
-    /// The table could not be loaded.
-    #[error("load table {table}: {source}")]
-    LoadTable {
-        /// The table, as the spec names it.
-        table: String,
-        /// Why.
-        source: iceberg::Error,
-    },
     /// Writers cannot be prepared for the table.
     #[error(transparent)]
     Writer(#[from] WriterSetupError),
@@ -174,19 +162,7 @@ async fn session(
                 .join("; "),
         )
     })?;
-    let storage_props = match &config.s3 {
-        Some(s3) => storage::s3_properties(s3)?,
-        None => Default::default(),
-    };
-    let catalog = commit::open_catalog(&config.catalog, &storage_props).await?;
-    let ident = commit::table_ident(&config)?;
-    let table = catalog
-        .load_table(&ident)
-        .await
-        .map_err(|source| RemoteError::LoadTable {
-            table: config.table_display(),
-            source,
-        })?;
+    let table = commit::open_pipeline_table(&config, false).await?.table;
     let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
     let (commands, commands_rx) = mpsc::channel();
     let (events_tx, events_rx) = unbounded_channel();

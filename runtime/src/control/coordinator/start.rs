@@ -17,7 +17,7 @@ use crate::{
         savepoint::{RestoreTarget, already_restored, check_restore},
         store::StateStore,
     },
-    commit::{self},
+    commit::{self, PipelineTable},
     config::PipelineConfig,
     control::{
         api::{Registration, Shared},
@@ -26,7 +26,7 @@ use crate::{
         worker::{self, WorkerSetup},
     },
     offsets::Offsets,
-    source, storage,
+    source,
     write::WriterFactory,
 };
 
@@ -51,13 +51,12 @@ impl Coordinator {
         events: UnboundedReceiver<Event>,
     ) -> Result<Self, RunError> {
         let run_id = uuid::Uuid::now_v7().simple().to_string()[..12].to_string();
-        let storage_props = match &config.s3 {
-            Some(s3) => storage::s3_properties(s3)?,
-            None => BTreeMap::new(),
-        };
-        let catalog = commit::open_catalog(&config.catalog, &storage_props).await?;
-        let table = commit::load_or_create(catalog.as_ref(), &config).await?;
-        let ident = commit::table_ident(&config)?;
+        let PipelineTable {
+            catalog,
+            ident,
+            table,
+            storage_props,
+        } = commit::open_pipeline_table(&config, true).await?;
         let table_key = config.table_display();
         let store = StateStore::open(&config.state_location, &storage_props)?;
         let records = store.load_all(&config.uid).await?;
