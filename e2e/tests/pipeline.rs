@@ -61,6 +61,28 @@ fn lands_every_record_once_picks_up_new_partitions_and_reports_progress() -> Res
     assert!(records_in >= 7000.0, "records_in {records_in}");
     assert!(tw.metric("tidewater_commits_total").unwrap_or(0.0) >= 2.0);
     assert!(tw.metric("tidewater_seconds_since_last_commit").is_some());
+    // The events carry `page` and `session`, which the table has no column for: they are not
+    // written, and not dropped silently either — counted per field, logged once per field
+    // (by each of the two workers at most).
+    for field in ["page", "session"] {
+        let n = tw.metric(&format!(
+            "tidewater_unknown_field_records_total{{field=\"{field}\"}}"
+        ));
+        assert!(n.is_some_and(|n| n >= 7000.0), "{field}: {n:?}");
+        let log = tw.log_text();
+        let lines = log
+            .lines()
+            .filter(|l| l.contains("has no column for") && l.contains(&format!("field={field}")))
+            .count();
+        assert!(
+            (1..=2).contains(&lines),
+            "{field} logged {lines} times:\n{log}"
+        );
+    }
+    assert_eq!(
+        tw.metric("tidewater_unknown_field_records_total{field=\"id\"}"),
+        None
+    );
     let status = tw.stop(Duration::from_secs(30))?;
     assert!(status.success(), "exit {status:?}; log:\n{}", tw.log_text());
 

@@ -37,6 +37,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// Labels for fields of records that the table has no column for.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FieldLabels {
+    /// The field name (at most 100 names per worker; the rest are `(other)`).
+    pub field: String,
+}
+
 /// Every metric of one runtime process.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +57,8 @@ pub struct Metrics {
     pub rows_committed: Counter,
     /// Records sent to the dead-letter topic, by reason.
     pub dead_lettered: Family<ReasonLabels, Counter>,
+    /// Records written without a field they carried (the table has no column for it).
+    pub unknown_fields: Family<FieldLabels, Counter>,
     /// Kafka lag (high watermark − next offset) per partition.
     pub lag: Family<PartitionLabels, Gauge>,
     /// Barrier sent → checkpoint record durable, seconds.
@@ -103,6 +112,7 @@ impl Metrics {
             rows_out: Counter::default(),
             rows_committed: Counter::default(),
             dead_lettered: Family::default(),
+            unknown_fields: Family::default(),
             lag: Family::default(),
             checkpoint_duration: secs(),
             commit_duration: secs(),
@@ -144,6 +154,11 @@ impl Metrics {
             "dead_lettered_records",
             "Records sent to the dead-letter topic",
             m.dead_lettered.clone(),
+        );
+        m.registry.register(
+            "unknown_field_records",
+            "Records written without a field they carried: the table has no column for it",
+            m.unknown_fields.clone(),
         );
         m.registry.register(
             "partition_lag_records",

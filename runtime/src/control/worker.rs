@@ -17,9 +17,9 @@ use rdkafka::{
 use crate::{
     config::PipelineConfig,
     control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
-    decode::{RowBatcher, UnsupportedColumn},
+    decode::{RowBatcher, UNKNOWN_FIELD_NAMES, UnsupportedColumn},
     failpoint,
-    metrics::{Metrics, ReasonLabels},
+    metrics::{FieldLabels, Metrics, ReasonLabels},
     offsets::{Offsets, TopicPartition, set_offset},
     source::{self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer},
     write::{TableWriter, WriterFactory},
@@ -462,6 +462,30 @@ impl State {
     }
 
     fn publish_metrics(&mut self) {
+        let unknown = self.batcher.take_unknown_fields();
+        for name in &unknown.new_names {
+            tracing::warn!(
+                worker = self.id,
+                field = %name,
+                "records carry a field the table has no column for; it is not written \
+                 (counted in tidewater_unknown_field_records_total, logged once per field)"
+            );
+        }
+        if unknown.overflowed {
+            tracing::warn!(
+                worker = self.id,
+                names = UNKNOWN_FIELD_NAMES,
+                "more unknown field names than are tracked by name; further ones are counted as \
+                 field=\"(other)\" and not logged"
+            );
+        }
+        let others = (unknown.others > 0).then(|| ("(other)".to_string(), unknown.others));
+        for (field, n) in unknown.by_name.into_iter().chain(others) {
+            self.metrics
+                .unknown_fields
+                .get_or_create(&FieldLabels { field })
+                .inc_by(n);
+        }
         let e = &mut self.epoch;
         self.metrics
             .records_in

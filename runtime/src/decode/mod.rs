@@ -3,7 +3,12 @@
 //! A record is parsed completely into scalars before anything is appended, so a record that
 //! fails leaves the batch untouched and can be dead-lettered with a reason naming the field.
 
-use std::{collections::HashMap, fmt, sync::Arc};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap, HashSet},
+    fmt,
+    sync::Arc,
+};
 
 use arrow_array::{
     ArrayRef, RecordBatch,
@@ -148,6 +153,24 @@ impl Builder {
     }
 }
 
+/// How many distinct unknown field names a batcher tracks by name; further names are counted
+/// together (a stream with ever-new field names must not grow memory or metric series).
+pub const UNKNOWN_FIELD_NAMES: usize = 100;
+
+/// Fields of converted records that the table has no column for, since the last
+/// [`RowBatcher::take_unknown_fields`]. They are not in the written rows.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UnknownFields {
+    /// Records that carried each field, by name.
+    pub by_name: BTreeMap<String, u64>,
+    /// Occurrences of names beyond the first [`UNKNOWN_FIELD_NAMES`].
+    pub others: u64,
+    /// Names seen for the first time (each is reported once per batcher).
+    pub new_names: Vec<String>,
+    /// Set once, when the first name beyond the tracked ones was seen.
+    pub overflowed: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Column {
     name: String,
@@ -162,6 +185,11 @@ pub struct RowBatcher {
     index: HashMap<String, usize>,
     builders: Vec<Builder>,
     rows: usize,
+    unknown: UnknownFields,
+    /// Every unknown name tracked so far (at most [`UNKNOWN_FIELD_NAMES`]).
+    tracked: HashSet<String>,
+    /// Whether a name beyond the tracked ones was seen.
+    overflowed: bool,
 }
 
 /// A table the JSON decoder cannot fill: a required column of a type it does not support.
@@ -212,6 +240,9 @@ impl RowBatcher {
             index,
             builders,
             rows: 0,
+            unknown: UnknownFields::default(),
+            tracked: HashSet::new(),
+            overflowed: false,
         })
     }
 
@@ -227,19 +258,51 @@ impl RowBatcher {
 
     /// Converts one JSON record and appends it; on error nothing is appended.
     pub fn push(&mut self, payload: &[u8]) -> Result<(), ConvertError> {
-        let values = self.parse(payload)?;
+        let mut unknown = Vec::new();
+        let values = self.parse(payload, &mut unknown)?;
         for (builder, value) in self.builders.iter_mut().zip(values) {
             builder.append(value);
         }
         self.rows += 1;
+        for name in unknown {
+            self.note_unknown(&name);
+        }
         Ok(())
     }
 
-    fn parse<'a>(&self, payload: &'a [u8]) -> Result<Vec<Scalar<'a>>, ConvertError> {
+    fn note_unknown(&mut self, name: &str) {
+        if let Some(n) = self.unknown.by_name.get_mut(name) {
+            *n += 1;
+        } else if self.tracked.contains(name) {
+            self.unknown.by_name.insert(name.to_string(), 1);
+        } else if self.tracked.len() < UNKNOWN_FIELD_NAMES {
+            self.tracked.insert(name.to_string());
+            self.unknown.by_name.insert(name.to_string(), 1);
+            self.unknown.new_names.push(name.to_string());
+        } else {
+            if !self.overflowed {
+                self.overflowed = true;
+                self.unknown.overflowed = true;
+            }
+            self.unknown.others += 1;
+        }
+    }
+
+    /// The unknown fields of the records pushed since the last call.
+    pub fn take_unknown_fields(&mut self) -> UnknownFields {
+        std::mem::take(&mut self.unknown)
+    }
+
+    fn parse<'a>(
+        &self,
+        payload: &'a [u8],
+        unknown: &mut Vec<Cow<'a, str>>,
+    ) -> Result<Vec<Scalar<'a>>, ConvertError> {
         let mut failure = None;
         let seed = RecordSeed {
             batcher: self,
             failure: &mut failure,
+            unknown,
         };
         let mut de = serde_json::Deserializer::from_slice(payload);
         let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
@@ -278,12 +341,13 @@ impl RowBatcher {
     }
 }
 
-struct RecordSeed<'b> {
+struct RecordSeed<'b, 'de> {
     batcher: &'b RowBatcher,
     failure: &'b mut Option<ConvertError>,
+    unknown: &'b mut Vec<Cow<'de, str>>,
 }
 
-impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
+impl<'de> DeserializeSeed<'de> for RecordSeed<'_, 'de> {
     type Value = Vec<Scalar<'de>>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
@@ -291,7 +355,7 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for RecordSeed<'_> {
+impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
     type Value = Vec<Scalar<'de>>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -308,7 +372,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
             hint,
         })? {
             match slot {
-                Some(i) => {
+                Slot::Column(i) => {
                     hint = i + 1;
                     let column = &self.batcher.columns[i];
                     let seed = ValueSeed { kind: column.kind };
@@ -323,13 +387,22 @@ impl<'de> Visitor<'de> for RecordSeed<'_> {
                         }
                     }
                 }
-                None => {
+                Slot::Unknown(name) => {
                     map.next_value::<IgnoredAny>()?;
+                    self.unknown.push(name);
                 }
             }
         }
         Ok(values)
     }
+}
+
+/// Where a record's field goes.
+enum Slot<'de> {
+    /// Into this column.
+    Column(usize),
+    /// Nowhere: the table has no such column (the name, borrowed when it can be).
+    Unknown(Cow<'de, str>),
 }
 
 /// Resolves a field name to its column index without allocating.
@@ -338,8 +411,22 @@ struct KeySeed<'b> {
     hint: usize,
 }
 
+impl KeySeed<'_> {
+    fn column(&self, v: &str) -> Option<usize> {
+        if self
+            .batcher
+            .columns
+            .get(self.hint)
+            .is_some_and(|c| c.name == v)
+        {
+            return Some(self.hint);
+        }
+        self.batcher.index.get(v).copied()
+    }
+}
+
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
-    type Value = Option<usize>;
+    type Value = Slot<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_str(self)
@@ -347,22 +434,22 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
 }
 
 impl<'de> Visitor<'de> for KeySeed<'_> {
-    type Value = Option<usize>;
+    type Value = Slot<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a field name")
     }
 
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(self
+            .column(v)
+            .map_or(Slot::Unknown(Cow::Borrowed(v)), Slot::Column))
+    }
+
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        if self
-            .batcher
-            .columns
-            .get(self.hint)
-            .is_some_and(|c| c.name == v)
-        {
-            return Ok(Some(self.hint));
-        }
-        Ok(self.batcher.index.get(v).copied())
+        Ok(self
+            .column(v)
+            .map_or_else(|| Slot::Unknown(Cow::Owned(v.to_string())), Slot::Column))
     }
 }
 
@@ -388,6 +475,47 @@ mod tests {
             Field::new("price", DataType::Decimal128(10, 2), true),
             Field::new("n", DataType::Int32, true),
         ]))
+    }
+
+    #[test]
+    fn unknown_fields_are_counted_by_name_and_new_names_reported_once() {
+        let mut b = RowBatcher::new(schema()).unwrap();
+        b.push(br#"{"id": 1, "color": "red", "size\u0041": 3}"#)
+            .unwrap();
+        b.push(br#"{"id": 2, "color": "blue"}"#).unwrap();
+        // A record that is dead-lettered does not count: none of its fields are written.
+        assert!(b.push(br#"{"id": "x", "shape": 1}"#).is_err());
+        let u = b.take_unknown_fields();
+        assert_eq!(
+            u.by_name,
+            BTreeMap::from([("color".to_string(), 2), ("sizeA".to_string(), 1)])
+        );
+        assert_eq!(u.new_names, ["color", "sizeA"]);
+        assert_eq!((u.others, u.overflowed), (0, false));
+        b.push(br#"{"id": 3, "color": "green"}"#).unwrap();
+        let u = b.take_unknown_fields();
+        assert_eq!(u.by_name, BTreeMap::from([("color".to_string(), 1)]));
+        assert!(u.new_names.is_empty(), "reported once");
+        for i in 0..UNKNOWN_FIELD_NAMES + 5 {
+            b.push(format!(r#"{{"id": 4, "f{i}": 0}}"#).as_bytes())
+                .unwrap();
+        }
+        let u = b.take_unknown_fields();
+        assert_eq!(
+            u.by_name.len(),
+            UNKNOWN_FIELD_NAMES - 2,
+            "two names were tracked before"
+        );
+        assert_eq!((u.others, u.overflowed), (7, true));
+        b.push(br#"{"id": 5, "g": 0}"#).unwrap();
+        let u = b.take_unknown_fields();
+        assert_eq!(
+            (u.others, u.overflowed),
+            (1, false),
+            "overflow reported once"
+        );
+        let batch = b.finish().unwrap();
+        assert_eq!(batch.num_columns(), 6, "unknown fields are not in the rows");
     }
 
     fn err(payload: &str) -> ConvertError {
