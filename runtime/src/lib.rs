@@ -2,11 +2,12 @@
 //!
 //! The folders follow the data path, then the control plane around it:
 //! `source` (Kafka consumer, partition discovery, offsets, dead letters) → `decode`
-//! (records → Arrow, pure) → `write` (partitioned, rolling Parquet data files) →
-//! `checkpoint` (durable records, savepoints and the pure recovery/commit decisions) →
-//! `commit` (catalogs, table creation, fenced commits). `control` runs it: coordinator,
-//! workers, the job API. `maintenance` is the compaction application. `offsets` holds the
-//! base types all of them share; `config`, `secret`, `storage`, `metrics` and `failpoint` serve all.
+//! (records → Arrow, pure) → `route` (which table, pure; not wired yet) → `write`
+//! (partitioned, rolling Parquet data files) → `checkpoint` (durable records, savepoints and
+//! the pure recovery/commit decisions) → `commit` (catalogs, table creation, fenced commits).
+//! `control` runs it: coordinator, workers, the job API. `maintenance` is the compaction
+//! application. `offsets` holds the base types all of them share; `config`, `secret`,
+//! `storage`, `metrics` and `failpoint` serve all.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
@@ -18,6 +19,7 @@ pub mod failpoint;
 pub mod maintenance;
 pub mod metrics;
 pub mod offsets;
+pub mod route;
 pub mod secret;
 pub mod source;
 pub mod storage;
