@@ -230,6 +230,17 @@ pub async fn measured(
     result
 }
 
+/// Logs one outcome of a controller loop: a reconciled object at debug, errors as
+/// [`log_run_error`] does.
+pub fn log_outcome<K: std::fmt::Display, Q: std::fmt::Display>(
+    result: Result<K, kube::runtime::controller::Error<Error, Q>>,
+) {
+    match result {
+        Ok(obj) => tracing::debug!(object = %obj, "reconciled"),
+        Err(e) => log_run_error(&e),
+    }
+}
+
 /// Logs what the controller loop reports: expected outcomes (a conflict retried at once, an
 /// object deleted before its turn) at debug, the rest as warnings.
 pub fn log_run_error<Q: std::fmt::Display>(e: &kube::runtime::controller::Error<Error, Q>) {

@@ -164,7 +164,9 @@ pub async fn list(
     options: ListOptions,
 ) -> Result<Vec<Listed>, ListError> {
     match split_s3(location) {
-        Some((bucket, prefix)) => list_s3(bucket, prefix, s3_props, options).await,
+        Some((bucket, prefix)) => {
+            list_objects(&s3_operator(bucket, s3_props)?, bucket, prefix, options).await
+        }
         None => {
             let location = location.to_string();
             tokio::task::spawn_blocking(move || list_local(&location, options))
@@ -222,13 +224,13 @@ fn list_local(location: &str, options: ListOptions) -> Result<Vec<Listed>, ListE
     Ok(out)
 }
 
-async fn list_s3(
+/// [`list`] under `prefix` of `bucket` with an operator the caller already holds.
+pub async fn list_objects(
+    op: &Operator,
     bucket: &str,
     prefix: &str,
-    s3_props: &BTreeMap<String, String>,
     options: ListOptions,
 ) -> Result<Vec<Listed>, ListError> {
-    let op = s3_operator(bucket, s3_props)?;
     let dir = format!("{prefix}/");
     let object = |path: &str| {
         let path = format!("s3://{bucket}/{path}");

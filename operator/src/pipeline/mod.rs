@@ -27,7 +27,7 @@ use tidewater_crds::IngestionPipeline;
 use crate::{
     conditions,
     kube_io::{
-        Context, Error, error_policy, log_run_error, measured, namespace_of, report_invalid,
+        Context, Error, error_policy, log_outcome, measured, namespace_of, report_invalid,
         report_malformed,
     },
 };
@@ -110,11 +110,6 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(pipeline = %obj.name, "reconciled"),
-                Err(e) => log_run_error(&e),
-            }
-        })
+        .for_each(|result| async move { log_outcome(result.map(|(obj, _)| obj)) })
         .await;
 }

@@ -379,10 +379,7 @@ pub fn status(
         s.tables = tables;
         s.last_run = Some(summary);
     }
-    let now_t = Time(
-        k8s_openapi::jiff::Timestamp::from_millisecond(now.timestamp_millis())
-            .unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()),
-    );
+    let now_t = conditions::time(now);
     let failed = s.last_run.as_ref().is_some_and(|r| r.result == "Failed");
     s.conditions = vec![
         condition(

@@ -20,7 +20,7 @@ use kube::{
 };
 use tidewater_crds::CompactionPolicy;
 
-use crate::kube_io::{Context, Error, error_policy, log_run_error, measured, report_malformed};
+use crate::kube_io::{Context, Error, error_policy, log_outcome, measured, report_malformed};
 use decide::POLICY_LABEL;
 
 /// One reconcile of a (possibly malformed) policy, measured.
@@ -69,10 +69,6 @@ pub async fn run(ctx: Arc<Context>) {
         .owns(Api::<ConfigMap>::all(client), watcher::Config::default())
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                log_run_error(&e);
-            }
-        })
+        .for_each(|result| async move { log_outcome(result.map(|(obj, _)| obj)) })
         .await;
 }

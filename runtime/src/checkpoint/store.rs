@@ -167,8 +167,17 @@ impl StateStore {
 
     /// Names and contents of the record files (`*.json`, not temporary) under `sub`.
     async fn list(&self, sub: &str) -> Result<Vec<(String, Vec<u8>)>, StateError> {
-        let files =
-            storage::list(&self.location(sub), &self.s3_props, ListOptions::default()).await?;
+        // The store's own operator: records are listed at every checkpoint (pruning).
+        let files = match &self.backend {
+            Backend::Local(root) => {
+                let dir = root.join(sub).display().to_string();
+                storage::list(&dir, &BTreeMap::new(), ListOptions::default()).await?
+            }
+            Backend::S3 { op, bucket, prefix } => {
+                let dir = key(prefix, sub);
+                storage::list_objects(op, bucket, &dir, ListOptions::default()).await?
+            }
+        };
         let mut out = Vec::new();
         for f in files {
             if f.name.starts_with('.') || !f.name.ends_with(".json") {

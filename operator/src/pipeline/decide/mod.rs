@@ -7,7 +7,7 @@ mod step;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use tidewater_crds::{
     IngestionPipeline, IngestionPipelineSpec, IngestionPipelineStatus,
@@ -207,10 +207,7 @@ impl Ctx<'_> {
     /// Sets a condition, keeping `lastTransitionTime` when the status does not change.
     fn condition(&mut self, kind: &str, on: bool, reason: &str, message: &str) {
         let status = if on { "True" } else { "False" };
-        let now = Time(
-            k8s_openapi::jiff::Timestamp::from_millisecond(self.obs.now.timestamp_millis())
-                .expect("time in range"),
-        );
+        let now = crate::conditions::time(self.obs.now);
         let generation = self.p.metadata.generation;
         let conditions = &mut self.status.conditions;
         match conditions.iter_mut().find(|c| c.type_ == kind) {
