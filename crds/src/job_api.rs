@@ -122,6 +122,9 @@ pub struct JobStatus {
     /// Every partition read, with its owner, checkpointed offset and lag.
     #[serde(default)]
     pub partitions: Vec<PartitionStatus>,
+    /// Every table the pipeline writes (has committed to, or writes in this checkpoint), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
     /// Sum of the partitions' lag (records).
     #[serde(default)]
     pub total_lag: i64,

@@ -377,6 +377,10 @@ impl Default for FormatSpec {
     }
 }
 
+fn default_max_open_writers() -> u32 {
+    64
+}
+
 fn default_max_record_bytes() -> u64 {
     1024 * 1024
 }
@@ -390,23 +394,41 @@ pub enum FormatType {
     Json,
 }
 
-/// The Iceberg side.
+/// The Iceberg side: one table (`table`) or many (`route`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "self.table == oldSelf.table",
-    "message": "sink.table is immutable: a pipeline's exactly-once state belongs to its table; create a new pipeline for another table"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "has(self.table) != has(self.route)",
+        "message": "set exactly one of sink.table (one table) and sink.route (many tables)"
+    },
+    {
+        "rule": "has(self.table) == has(oldSelf.table) && (!has(self.table) || self.table == oldSelf.table)",
+        "message": "sink.table is immutable: a pipeline's exactly-once state belongs to its table; create a new pipeline for another table"
+    }
+]))]
 pub struct SinkSpec {
-    /// The Iceberg catalog that owns the table.
+    /// The Iceberg catalog that owns the tables.
     pub catalog: CatalogSpec,
     /// Target table as `namespace.name` (nested namespaces: `a.b.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 3))]
-    pub table: String,
+    pub table: Option<String>,
+    /// Many tables: which table each record goes to. Tables missing when their first record
+    /// arrives are created from `createTable` (or the matching rule's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteSpec>,
     /// How records are written.
     #[serde(default)]
     pub mode: WriteMode,
-    /// Table definition used only when the table does not exist yet.
+    /// Open data-file writers per worker (one per table being written). When a worker writes
+    /// more tables at once, the least recently written table's files are closed (they are
+    /// committed at the next checkpoint) and a new file is opened when its rows come back.
+    #[serde(default = "default_max_open_writers")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_open_writers: u32,
+    /// Table definition used only when a table does not exist yet (with `route`: the
+    /// template of every table the route creates, unless its rule has its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_table: Option<CreateTableSpec>,
     /// Iceberg write properties, e.g. `write.parquet.compression-codec` (zstd, snappy, gzip,
@@ -415,6 +437,43 @@ pub struct SinkSpec {
     /// `write.parquet.page-size-bytes`. They override the table's own properties.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub write_properties: BTreeMap<String, String>,
+}
+
+/// Which table each record goes to: the first rule whose `topic` pattern matches the whole
+/// topic name decides; records of other topics go to `table`. A template is text with
+/// placeholders `{topic}`, `{key}`, `{value.FIELD}` (a field of the JSON value, `.` for nested
+/// fields) and `{header.NAME}`; a substituted value is lowercased and every character outside
+/// `[a-z0-9_]` becomes `_` (a part starting with a digit gets a leading `_`). A record whose
+/// table cannot be resolved goes to the dead-letter topic with reason `unroutable`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.table) || size(self.rules) > 0",
+    "message": "a route needs a default table template or at least one rule"
+}]))]
+pub struct RouteSpec {
+    /// Default table template, e.g. `raw.{topic}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3))]
+    pub table: Option<String>,
+    /// Rules, tried in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RouteRule>,
+}
+
+/// One `topic pattern → table template` rule.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteRule {
+    /// Regular expression matched against the whole topic name.
+    #[schemars(length(min = 1))]
+    pub topic: String,
+    /// Table template for its records.
+    #[schemars(length(min = 3))]
+    pub table: String,
+    /// Definition of the tables this rule creates (instead of `sink.createTable`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_table: Option<CreateTableSpec>,
 }
 
 /// Iceberg catalog connection.

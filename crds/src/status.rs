@@ -39,6 +39,9 @@ pub struct IngestionPipelineStatus {
     /// Savepoints taken, newest last, bounded by `spec.savepointHistory`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub savepoints: Vec<SavepointInfo>,
+    /// Every table the pipeline writes (has committed to), sorted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tables: Vec<String>,
     /// Total Kafka lag in records.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<i64>,

@@ -294,11 +294,37 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
             "must be set with a rest catalog that has no spec.sink.catalog.warehouse".into(),
         );
     }
-    if let Err(e) = parse_table_ident(&sink.table) {
-        err("spec.sink.table", e);
+    match (&sink.table, &sink.route) {
+        (Some(table), None) => {
+            if let Err(e) = parse_table_ident(table) {
+                err("spec.sink.table", e);
+            }
+        }
+        (None, Some(route)) => {
+            if route.table.is_none() && route.rules.is_empty() {
+                err(
+                    "spec.sink.route",
+                    "needs a default table template (table) or at least one rule".into(),
+                );
+            }
+            for (i, rule) in route.rules.iter().enumerate() {
+                if let Some(create) = &rule.create_table {
+                    let path = format!("spec.sink.route.rules[{i}].createTable");
+                    validate_create_table(create, &path, &mut err);
+                }
+            }
+        }
+        (Some(_), Some(_)) => err(
+            "spec.sink",
+            "set exactly one of table (one table) and route (many tables), not both".into(),
+        ),
+        (None, None) => err(
+            "spec.sink",
+            "set exactly one of table (one table) and route (many tables)".into(),
+        ),
     }
     if let Some(create) = &sink.create_table {
-        validate_create_table(create, &mut err);
+        validate_create_table(create, "spec.sink.createTable", &mut err);
     }
     validate_write_properties(spec, &mut err);
 
@@ -367,17 +393,15 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
 
 fn validate_create_table(
     create: &crate::pipeline::CreateTableSpec,
+    at: &str,
     err: &mut impl FnMut(&str, String),
 ) {
     let mut columns = std::collections::HashMap::new();
     if create.schema.is_empty() {
-        err(
-            "spec.sink.createTable.schema",
-            "list at least one column".into(),
-        );
+        err(&format!("{at}.schema"), "list at least one column".into());
     }
     for (i, col) in create.schema.iter().enumerate() {
-        let path = format!("spec.sink.createTable.schema[{i}]");
+        let path = format!("{at}.schema[{i}]");
         if col.name.trim().is_empty() {
             err(&format!("{path}.name"), "must not be empty".into());
         }
@@ -395,7 +419,7 @@ fn validate_create_table(
     }
     let mut seen = HashSet::new();
     for (i, text) in create.partition_by.iter().enumerate() {
-        let path = format!("spec.sink.createTable.partitionBy[{i}]");
+        let path = format!("{at}.partitionBy[{i}]");
         let field = match PartitionField::parse(text) {
             Ok(f) => f,
             Err(e) => {
@@ -488,6 +512,37 @@ mod tests {
     }
 
     #[test]
+    fn a_sink_names_a_table_or_a_route() {
+        use crate::pipeline::{RouteRule, RouteSpec};
+        let mut spec = example().spec;
+        spec.sink.route = Some(RouteSpec {
+            table: Some("raw.{topic}".into()),
+            rules: vec![],
+        });
+        assert_eq!(paths(&spec), vec!["spec.sink"], "both");
+        spec.sink.table = None;
+        assert!(paths(&spec).is_empty());
+        let mut rule = RouteRule {
+            topic: "orders".into(),
+            table: "sales.orders".into(),
+            create_table: spec.sink.create_table.clone(),
+        };
+        rule.create_table.as_mut().unwrap().schema[0].column_type = "int128".into();
+        spec.sink.route = Some(RouteSpec {
+            table: None,
+            rules: vec![rule],
+        });
+        assert_eq!(
+            paths(&spec),
+            vec!["spec.sink.route.rules[0].createTable.schema[0].type"]
+        );
+        spec.sink.route.as_mut().unwrap().rules.clear();
+        assert_eq!(paths(&spec), vec!["spec.sink.route"], "an empty route");
+        spec.sink.route = None;
+        assert_eq!(paths(&spec), vec!["spec.sink"], "neither");
+    }
+
+    #[test]
     fn rest_catalogs_s3_and_secrets() {
         use crate::pipeline::{CatalogAuthSpec, CatalogAuthType, CatalogType, S3Spec, StorageSpec};
         let mut spec = example().spec;
@@ -576,7 +631,7 @@ mod tests {
         spec.parallelism = 0;
         spec.checkpoint.interval = "soon".into();
         spec.source.kafka.starting_offsets = "yesterday".into();
-        spec.sink.table = "clicks".into();
+        spec.sink.table = Some("clicks".into());
         let create = spec.sink.create_table.as_mut().unwrap();
         create.schema[1].column_type = "timestamp_ntz".into();
         create.partition_by = vec![

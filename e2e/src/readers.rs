@@ -116,3 +116,70 @@ pub fn wait_for_rows(spec: &PipelineSpec, rows: u64, timeout: Duration) -> Resul
 fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
     spec.read("pyiceberg")
 }
+
+/// One table of a catalog as the independent readers see it.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogTable {
+    pub columns: Vec<String>,
+    pub snapshots: u64,
+    pub pyiceberg_rows: u64,
+    /// Every id PyIceberg read, sorted (tables up to 100k rows).
+    pub ids: Vec<u64>,
+    pub pyiceberg_distinct: u64,
+    /// `None` unless DuckDB was asked.
+    pub duckdb: Option<(u64, u64)>,
+}
+
+/// Every table of a SQL catalog (e2e/readers/inspect_tables.py), by `namespace.name`; DuckDB
+/// counts too when `duckdb`.
+pub fn inspect_catalog(
+    catalog_uri: &str,
+    warehouse: &Path,
+    duckdb: bool,
+) -> Result<std::collections::BTreeMap<String, CatalogTable>> {
+    let out = Command::new(venv_python())
+        .arg(repo_root().join("e2e/readers/inspect_tables.py"))
+        .args(["--catalog-uri", catalog_uri, "--warehouse"])
+        .arg(format!("file://{}", warehouse.display()))
+        .args([
+            "--readers",
+            if duckdb {
+                "pyiceberg,duckdb"
+            } else {
+                "pyiceberg"
+            },
+        ])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "reader failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let n = |v: &serde_json::Value, p: &str| v.pointer(p).and_then(serde_json::Value::as_u64);
+    let tables = raw["tables"].as_object().cloned().unwrap_or_default();
+    Ok(tables
+        .into_iter()
+        .map(|(name, t)| {
+            let table = CatalogTable {
+                columns: t["columns"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(|c| c.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                snapshots: n(&t, "/snapshots").unwrap_or(0),
+                pyiceberg_rows: n(&t, "/pyiceberg/rows").unwrap_or(0),
+                pyiceberg_distinct: n(&t, "/pyiceberg/distinct").unwrap_or(0),
+                ids: t["pyiceberg"]["ids"]
+                    .as_array()
+                    .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
+                    .unwrap_or_default(),
+                duckdb: n(&t, "/duckdb/rows").zip(n(&t, "/duckdb/distinct")),
+            };
+            (name, table)
+        })
+        .collect())
+}

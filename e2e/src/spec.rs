@@ -53,6 +53,8 @@ pub struct PipelineSpec {
     pub ca_file: Option<PathBuf>,
     /// `spec.source.kafka.security`, as YAML lines indented for that key.
     pub kafka_security: Option<String>,
+    /// `spec.sink.route` instead of `table`, as YAML lines indented for that key.
+    pub route: Option<String>,
 }
 
 impl PipelineSpec {
@@ -83,6 +85,7 @@ impl PipelineSpec {
             checkpoint_timeout: "60s".into(),
             topic_pattern: None,
             kafka_security: None,
+            route: None,
         }
     }
 
@@ -149,7 +152,7 @@ spec:
       type: {catalog_type}
       uri: {uri}
       warehouse: {warehouse}
-{auth}    table: {table}
+{auth}{table}
     mode: append
     createTable:
       schema:
@@ -207,7 +210,10 @@ spec:
                     "  storage:\n    s3:\n      endpoint: {e}\n      region: us-east-1\n      pathStyleAccess: true\n"
                 ))
                 .unwrap_or_default(),
-            table = self.table,
+            table = match &self.route {
+                Some(route) => format!("    route:\n{route}"),
+                None => format!("    table: {}", self.table),
+            },
             interval = self.interval,
             timeout = self.checkpoint_timeout,
             starting = self.starting_offsets,

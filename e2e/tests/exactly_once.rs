@@ -4,7 +4,8 @@
 //! `kill -9` at random moments and 20 aborts at fail points that hit the dangerous windows
 //! deterministically (mid-write, between checkpoint record and commit, mid-commit, after
 //! commit before progress). Then PyIceberg and DuckDB must count exactly the produced rows
-//! and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog.
+//! and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog, and once with a
+//! route that spreads every checkpoint over four tables (crashes between two table commits).
 //!
 //! Zombie test: a paused writer (SIGSTOP) wakes up after another writer with the same
 //! pipeline uid took over; its commit must be refused, nothing duplicated.
@@ -17,7 +18,9 @@ use std::{
 
 use anyhow::Result;
 use rand::Rng;
-use tidewater_e2e::{BackgroundProducer, Broker, PipelineSpec, Postgres, Tidewater, wait_for_rows};
+use tidewater_e2e::{
+    BackgroundProducer, Broker, PipelineSpec, Postgres, Tidewater, inspect_catalog, wait_for_rows,
+};
 
 const FAILPOINTS: &[&str] = &[
     "worker.mid-write",
@@ -26,7 +29,27 @@ const FAILPOINTS: &[&str] = &[
     "commit.after-catalog-update",
 ];
 
+/// Fail points of a checkpoint that commits several tables.
+const MULTI_TABLE_FAILPOINTS: &[&str] = &[
+    "checkpoint.between-table-commits",
+    "checkpoint.after-record",
+    "commit.before-catalog-update",
+    "worker.mid-write",
+];
+
+/// The four tables of the routed crash test, by `event_type` (`id % 4`, see `event_json`).
+const KIND_TABLES: [&str; 4] = [
+    "analytics.clicks_click",
+    "analytics.clicks_view",
+    "analytics.clicks_purchase",
+    "analytics.clicks_scroll",
+];
+
 fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
+    crash_test_with(catalog_uri, iterations, false)
+}
+
+fn crash_test_with(catalog_uri: Option<String>, iterations: usize, routed: bool) -> Result<()> {
     let broker = Broker::start()?;
     broker.create_topic("clicks", 4)?;
     let dir = tempfile::tempdir()?;
@@ -34,6 +57,12 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
     if let Some(uri) = catalog_uri {
         spec.catalog_uri = uri;
     }
+    let failpoints = if routed {
+        spec.route = Some("      table: \"analytics.clicks_{value.event_type}\"\n".into());
+        MULTI_TABLE_FAILPOINTS
+    } else {
+        FAILPOINTS
+    };
     let file = dir.path().join("pipeline.yaml");
     spec.write(&file)?;
     let log = dir.path().join("tw.log");
@@ -44,7 +73,7 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
     let mut killed = 0;
     for i in 0..iterations {
         // Even iterations arm a fail point (in turn), odd ones are killed at a random moment.
-        let failpoint = (i % 2 == 0).then(|| FAILPOINTS[(i / 2) % FAILPOINTS.len()]);
+        let failpoint = (i % 2 == 0).then(|| failpoints[(i / 2) % failpoints.len()]);
         let armed = failpoint.map(|f| format!("{f}@{}", rng.random_range(1..=2)));
         let mut tw = Tidewater::start(&file, &log, armed.as_deref())?;
         let deadline = Instant::now()
@@ -76,7 +105,7 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
         }
     }
     let total = producer.finish()?;
-    for f in FAILPOINTS {
+    for f in failpoints {
         assert!(
             triggered.get(f).copied().unwrap_or(0) > 0,
             "fail point {f} never fired: {triggered:?}"
@@ -86,6 +115,9 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
         "crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), {total} events"
     );
 
+    if routed {
+        return check_kind_tables(&spec, &file, &log, total);
+    }
     // A last, undisturbed run drains the topic and stops cleanly.
     let mut tw = Tidewater::start(&file, &log, None)?;
     let view = wait_for_rows(&spec, total, Duration::from_secs(120))?;
@@ -105,6 +137,53 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
     assert_eq!(view.duckdb_rows, total, "DuckDB rows");
     assert_eq!(view.duckdb_distinct, total, "DuckDB distinct ids");
     Ok(())
+}
+
+/// The routed crash test's end: a last run drains the topic; each of the four tables holds
+/// exactly its share of the ids, once, for PyIceberg and DuckDB alike.
+fn check_kind_tables(
+    spec: &PipelineSpec,
+    file: &std::path::Path,
+    log: &std::path::Path,
+    total: u64,
+) -> Result<()> {
+    let want = |k: u64| (0..total).filter(|id| id % 4 == k).count() as u64;
+    let mut tw = Tidewater::start(file, log, None)?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, false)?;
+        let landed: u64 = tables.values().map(|t| t.pyiceberg_rows).sum();
+        if landed >= total || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "log:\n{}",
+        tw.log_text()
+    );
+    let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)?;
+    assert_eq!(tables.keys().map(String::as_str).collect::<Vec<_>>(), {
+        let mut k = KIND_TABLES.to_vec();
+        k.sort_unstable();
+        k
+    });
+    for (k, name) in KIND_TABLES.iter().enumerate() {
+        let t = &tables[*name];
+        let n = want(k as u64);
+        assert_eq!(
+            (t.pyiceberg_rows, t.pyiceberg_distinct, t.duckdb),
+            (n, n, Some((n, n))),
+            "{name}: PyIceberg rows, distinct ids, DuckDB (rows, distinct)"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn crash_test_across_tables() -> Result<()> {
+    crash_test_with(None, 40, true)
 }
 
 #[test]

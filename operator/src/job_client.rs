@@ -96,6 +96,7 @@ impl JobClient {
             .unwrap_or(i32::MAX),
             last_checkpoint: doc.last_checkpoint,
             total_lag: doc.total_lag,
+            tables: doc.tables,
             rows_committed: doc.rows_committed,
             partitions: i32::try_from(doc.partitions.len()).unwrap_or(i32::MAX),
         })

@@ -196,6 +196,7 @@ fn running() -> IngestionPipeline {
         total_lag: 0,
         rows_committed: 0,
         partitions: 4,
+        tables: vec![],
     };
     p.status = Some(decide(&p, &obs(Some(job))).status);
     p
@@ -401,6 +402,7 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
         total_lag: 0,
         rows_committed: 0,
         partitions: 4,
+        tables: vec![],
     });
     let mut d = decide(&p, &obs(running_job, None, start));
     d.status.operation.as_mut().unwrap().savepoint_id = Some("sp-9".into());

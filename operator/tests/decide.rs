@@ -32,6 +32,7 @@ fn running_job() -> Option<JobView> {
         total_lag: 42,
         rows_committed: 0,
         partitions: 6,
+        tables: vec!["analytics.clicks".into()],
     })
 }
 
@@ -466,6 +467,7 @@ fn the_autoscaler_rescales_live_within_bounds_after_its_window() {
             total_lag: lag,
             rows_committed: rows,
             partitions: 6,
+            tables: vec!["analytics.clicks".into()],
         })
     };
     let mut action = None;

@@ -108,7 +108,10 @@ fn pipeline_ref_takes_catalog_table_and_secrets_from_the_pipeline() {
     );
     let ip = pipeline();
     let spec = resolve(&p, Some(&ip)).unwrap();
-    assert_eq!(spec.tables, vec![ip.spec.sink.table.clone()]);
+    assert_eq!(
+        Some(spec.tables),
+        ip.spec.sink.table.clone().map(|t| vec![t])
+    );
     assert_eq!(spec.catalog.as_ref(), Some(&ip.spec.sink.catalog));
     assert_eq!(spec.secret_env, ip.spec.secret_env);
     assert_eq!(spec.secret_mounts, ip.spec.secret_mounts);

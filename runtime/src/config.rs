@@ -9,10 +9,14 @@ use std::{
 
 use tidewater_crds::{
     FieldError, IngestionPipeline,
-    pipeline::{CatalogAuthSpec, CatalogSpec, CatalogType, KafkaSecuritySpec, S3Spec},
+    pipeline::{
+        CatalogAuthSpec, CatalogSpec, CatalogType, CreateTableSpec, KafkaSecuritySpec, S3Spec,
+    },
     types::{StartingOffsets, parse_duration, parse_table_ident},
     validate,
 };
+
+use crate::route::Router;
 
 /// Why a pipeline file cannot be run.
 #[derive(Debug, thiserror::Error)]
@@ -88,10 +92,10 @@ pub struct PipelineConfig {
     pub catalog: CatalogConnection,
     /// S3 settings (credential file paths made absolute).
     pub s3: Option<S3Spec>,
-    /// Namespace parts of the target table.
-    pub table_namespace: Vec<String>,
-    /// Name of the target table.
-    pub table_name: String,
+    /// The one target table (`namespace.name`), or none with a route.
+    pub table: Option<String>,
+    /// Which table each record goes to (`spec.sink.route`), or none for one table.
+    pub router: Option<Router>,
     /// Number of workers.
     pub parallelism: usize,
     /// Dead-letter topic and brokers.
@@ -219,7 +223,27 @@ impl PipelineConfig {
         let spec = &resource.spec;
         let kafka = &spec.source.kafka;
         let name = resource.name_or_default();
-        let (table_namespace, table_name) = parse_table_ident(&spec.sink.table).expect("validated");
+        let router = match &spec.sink.route {
+            Some(route) => {
+                let rules: Vec<(String, String)> = route
+                    .rules
+                    .iter()
+                    .map(|r| (r.topic.clone(), r.table.clone()))
+                    .collect();
+                let router = Router::new(&rules, route.table.as_deref()).map_err(|e| {
+                    vec![FieldError {
+                        path: "spec.sink.route".into(),
+                        reason: e.to_string(),
+                    }]
+                })?;
+                Some(router)
+            }
+            None => None,
+        };
+        let table = spec.sink.table.as_deref().map(|t| {
+            let (namespace, name) = parse_table_ident(t).expect("validated");
+            format!("{}.{name}", namespace.join("."))
+        });
         let catalog = CatalogConnection::resolve(&spec.sink.catalog, base);
         let warehouse = &catalog.warehouse;
         let state_location = match &spec.checkpoint.state_location {
@@ -287,8 +311,8 @@ impl PipelineConfig {
                 .and_then(|s| s.s3.as_ref())
                 .map(|s3| resolve_s3(s3, base)),
             catalog,
-            table_namespace,
-            table_name,
+            table,
+            router,
             parallelism: spec.parallelism as usize,
             dead_letter: spec.dead_letter.as_ref().map(|d| DeadLetter {
                 topic: d.topic.clone(),
@@ -316,9 +340,17 @@ impl PipelineConfig {
         }
     }
 
-    /// `namespace.table` as written.
-    pub fn table_display(&self) -> String {
-        format!("{}.{}", self.table_namespace.join("."), self.table_name)
+    /// The sink as savepoints and logs name it: the table, or `route` for many tables.
+    pub fn sink_display(&self) -> String {
+        self.table.clone().unwrap_or_else(|| "route".into())
+    }
+
+    /// The table definition for tables created on first use: the route rule's own, else
+    /// `spec.sink.createTable`.
+    pub fn create_table(&self, rule: Option<usize>) -> Option<&CreateTableSpec> {
+        let sink = &self.resource.spec.sink;
+        rule.and_then(|i| sink.route.as_ref()?.rules.get(i)?.create_table.as_ref())
+            .or(sink.create_table.as_ref())
     }
 }
 
@@ -393,11 +425,39 @@ mod tests {
             c.state_location,
             "/srv/app/.tidewater/warehouse/_tidewater/default/clickstream"
         );
-        assert_eq!(c.table_display(), "analytics.clicks");
+        assert_eq!(c.table.as_deref(), Some("analytics.clicks"));
+        assert_eq!(c.sink_display(), "analytics.clicks");
         assert_eq!(c.parallelism, 2);
         assert_eq!(c.checkpoint_interval, Duration::from_secs(10));
         assert_eq!(c.consumer_group, "tidewater.clickstream");
         assert_eq!(c.dead_letter.unwrap().bootstrap_servers, "127.0.0.1:9092");
+    }
+
+    #[test]
+    fn resolves_the_multi_topic_example_and_its_table_definitions() {
+        let r =
+            IngestionPipeline::from_yaml(include_str!("../../examples/multi-topic.yaml")).unwrap();
+        let c = PipelineConfig::resolve(r, Path::new("/srv")).unwrap();
+        assert_eq!(
+            (c.table.as_deref(), c.sink_display().as_str()),
+            (None, "route")
+        );
+        let router = c.router.as_ref().unwrap();
+        assert_eq!(router.template_for("ev-kind").unwrap().0, Some(0));
+        assert_eq!(router.template_for("ev-03").unwrap().0, Some(1));
+        assert_eq!(router.template_for("ev-33").unwrap().0, None);
+        let columns = |rule| c.create_table(rule).unwrap().schema.len();
+        assert_eq!(
+            (columns(Some(0)), columns(Some(1)), columns(None)),
+            (2, 5, 5)
+        );
+        assert_eq!(c.resource.spec.sink.max_open_writers, 4);
+
+        let mut bad = c.resource.clone();
+        bad.spec.sink.route.as_mut().unwrap().rules[1].table = "hot.{topik}".into();
+        let errors = PipelineConfig::resolve(bad, Path::new("/srv")).unwrap_err();
+        assert_eq!(errors[0].path, "spec.sink.route");
+        assert!(errors[0].reason.contains("{topik}"), "{}", errors[0].reason);
     }
 
     #[test]

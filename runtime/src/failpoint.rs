@@ -19,6 +19,8 @@ pub mod points {
     pub const WORKER_MID_WRITE: &str = "worker.mid-write";
     /// The checkpoint record is durable; no table commit has started.
     pub const AFTER_RECORD: &str = "checkpoint.after-record";
+    /// One table of a checkpoint has committed, another has not (yet).
+    pub const BETWEEN_TABLE_COMMITS: &str = "checkpoint.between-table-commits";
     /// Manifests are written, the catalog pointer is not yet swapped.
     pub const MID_COMMIT: &str = "commit.before-catalog-update";
     /// The table commit landed; consumer-group offsets are not yet written.

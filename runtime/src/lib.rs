@@ -2,7 +2,7 @@
 //!
 //! The folders follow the data path, then the control plane around it:
 //! `source` (Kafka consumer, partition discovery, offsets, dead letters) → `decode`
-//! (records → Arrow, pure) → `route` (which table, pure; not wired yet) → `write`
+//! (records → Arrow, pure) → `route` (which table, pure) → `write`
 //! (partitioned, rolling Parquet data files) → `checkpoint` (durable records, savepoints and
 //! the pure recovery/commit decisions) → `commit` (catalogs, table creation, fenced commits).
 //! `control` runs it: coordinator, workers, the job API. `maintenance` is the compaction

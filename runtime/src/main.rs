@@ -183,7 +183,7 @@ fn main() -> ExitCode {
                     "{}: valid (pipeline {}, table {})",
                     file.display(),
                     c.name,
-                    c.table_display()
+                    c.sink_display()
                 );
                 ExitCode::SUCCESS
             }
@@ -406,7 +406,7 @@ fn coordinator_main(
         let bound = api::serve(listen, api::router(shared.clone()))
             .await
             .map_err(|e| format!("HTTP API {listen}: {e}"))?;
-        tracing::info!(pipeline = %config.name, table = %config.table_display(), api = %bound, "starting");
+        tracing::info!(pipeline = %config.name, table = %config.sink_display(), api = %bound, "starting");
         let coordinator = match Coordinator::start(config, options, shared.clone(), events).await {
             Ok(c) => c,
             Err(e) => {

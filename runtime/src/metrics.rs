@@ -44,6 +44,13 @@ pub struct FieldLabels {
     pub field: String,
 }
 
+/// Labels for per-table metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `namespace.name`.
+    pub table: String,
+}
+
 /// Every metric of one runtime process.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +66,12 @@ pub struct Metrics {
     pub dead_lettered: Family<ReasonLabels, Counter>,
     /// Records written without a field they carried (the table has no column for it).
     pub unknown_fields: Family<FieldLabels, Counter>,
+    /// Rows committed, per table.
+    pub table_rows: Family<TableLabels, Counter>,
+    /// Data files committed, per table.
+    pub table_files: Family<TableLabels, Counter>,
+    /// Snapshots committed, per table.
+    pub table_commits: Family<TableLabels, Counter>,
     /// Kafka lag (high watermark − next offset) per partition.
     pub lag: Family<PartitionLabels, Gauge>,
     /// Barrier sent → checkpoint record durable, seconds.
@@ -113,6 +126,9 @@ impl Metrics {
             rows_committed: Counter::default(),
             dead_lettered: Family::default(),
             unknown_fields: Family::default(),
+            table_rows: Family::default(),
+            table_files: Family::default(),
+            table_commits: Family::default(),
             lag: Family::default(),
             checkpoint_duration: secs(),
             commit_duration: secs(),
@@ -159,6 +175,21 @@ impl Metrics {
             "unknown_field_records",
             "Records written without a field they carried: the table has no column for it",
             m.unknown_fields.clone(),
+        );
+        m.registry.register(
+            "table_rows_committed",
+            "Rows in committed Iceberg snapshots, per table",
+            m.table_rows.clone(),
+        );
+        m.registry.register(
+            "table_files_committed",
+            "Data files in committed Iceberg snapshots, per table",
+            m.table_files.clone(),
+        );
+        m.registry.register(
+            "table_commits",
+            "Iceberg snapshots committed, per table",
+            m.table_commits.clone(),
         );
         m.registry.register(
             "partition_lag_records",

@@ -46,7 +46,15 @@ pub fn resolve(
         format!("spec.pipelineRef: IngestionPipeline {name} not found in this namespace")
     })?;
     spec.pipeline_ref = None;
-    spec.tables = vec![p.spec.sink.table.clone()];
+    // A routed pipeline's tables are the ones its status lists.
+    spec.tables = match &p.spec.sink.table {
+        Some(table) => vec![table.clone()],
+        None => p
+            .status
+            .as_ref()
+            .map(|s| s.tables.clone())
+            .unwrap_or_default(),
+    };
     if spec.catalog.is_none() {
         spec.catalog = Some(p.spec.sink.catalog.clone());
     }

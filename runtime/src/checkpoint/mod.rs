@@ -61,6 +61,9 @@ pub struct TableCommitPlan {
     pub data_files: Vec<DataFileRef>,
     /// Rows in the files.
     pub rows: u64,
+    /// Bytes of the files.
+    #[serde(default)]
+    pub bytes: u64,
 }
 
 /// The newest commit of a pipeline found in a table's history.
@@ -178,83 +181,140 @@ pub fn render_offsets(offsets: &Offsets) -> String {
 pub struct Recovery {
     /// Offsets to resume from (partitions absent here use the starting policy).
     pub start_offsets: Offsets,
-    /// The table's committed offsets of this pipeline after recovery.
-    pub table_base_offsets: Offsets,
+    /// Per table: its committed offsets of this pipeline after recovery.
+    pub table_base_offsets: BTreeMap<String, Offsets>,
     /// The first checkpoint id to use.
     pub next_checkpoint_id: u64,
-    /// A record whose table commit must be finished before anything else.
+    /// A record whose commits to `pending_tables` must be finished before anything else.
     pub pending: Option<CheckpointRecord>,
-    /// Records that were skipped because the table contradicts them, with the reason.
+    /// The tables of `pending` that do not hold it yet.
+    pub pending_tables: Vec<String>,
+    /// Records that were skipped because a table contradicts them, with the reason.
     pub skipped: Vec<(u64, String)>,
     /// Origin of the record resumed from (none when resuming from the table alone).
     pub origin: Option<String>,
 }
 
-/// The highest checkpoint id in the records or the table (0 when none): ids are never reused.
-pub fn max_checkpoint_id(records: &[CheckpointRecord], last: Option<&CommittedState>) -> u64 {
+/// Per table: its newest commit of this pipeline (`None`: none, or the table is gone).
+pub type TableStates = BTreeMap<String, Option<CommittedState>>;
+
+/// Every table a record names (with a base or with files).
+pub fn record_tables(record: &CheckpointRecord) -> impl Iterator<Item = &String> {
+    let mut tables: Vec<&String> = record
+        .table_base_offsets
+        .keys()
+        .chain(record.commits.keys())
+        .collect();
+    tables.sort();
+    tables.dedup();
+    tables.into_iter()
+}
+
+/// The highest checkpoint id in the records or the tables (0 when none): ids are never reused.
+pub fn max_checkpoint_id(records: &[CheckpointRecord], tables: &TableStates) -> u64 {
     records
         .iter()
         .map(|r| r.checkpoint_id)
-        .chain(last.map(|l| l.checkpoint_id))
+        .chain(tables.values().flatten().map(|l| l.checkpoint_id))
         .max()
         .unwrap_or(0)
 }
 
-/// Chooses the restart point from the durable records (any order) and the table's newest
-/// commit of this pipeline. The table is the truth: a record that contradicts it (written by
-/// a stale writer) is skipped.
+/// What the tables say of one record: the tables to finish and every table's base after
+/// recovery, or why a table contradicts it.
+fn check_record(
+    record: &CheckpointRecord,
+    tables: &TableStates,
+) -> Result<(Vec<String>, BTreeMap<String, Offsets>), String> {
+    let mut to_finish = Vec::new();
+    let mut bases = BTreeMap::new();
+    for table in record_tables(record) {
+        let last = tables.get(table).and_then(Option::as_ref);
+        if record.commits.contains_key(table) {
+            match decide_commit(last, record, table) {
+                CommitDecision::AlreadyCommitted { .. } => {}
+                CommitDecision::Commit => to_finish.push(table.clone()),
+                CommitDecision::Fenced { reason } => return Err(reason),
+            }
+            bases.insert(table.clone(), record.offsets.clone());
+        } else {
+            let base = record
+                .table_base_offsets
+                .get(table)
+                .cloned()
+                .unwrap_or_default();
+            let held = last.map(|l| l.offsets.clone()).unwrap_or_default();
+            if held != base {
+                return Err(format!(
+                    "its base offsets of table {table} differ from the table's"
+                ));
+            }
+            bases.insert(table.clone(), base);
+        }
+    }
+    Ok((to_finish, bases))
+}
+
+/// Chooses the restart point from the durable records (any order) and the newest commit of
+/// this pipeline in every table they name. The tables are the truth: a record that one of
+/// them contradicts (written by a stale writer) is skipped. The newest record that every
+/// table agrees with wins; its tables that do not hold it yet are finished (a crash between
+/// two table commits). Without such a record the one table that holds commits is trusted;
+/// several such tables cannot be brought to one consistent restart point, and that is refused.
 pub fn decide_recovery(
     records: &[CheckpointRecord],
-    last: Option<&CommittedState>,
-    table: &str,
-) -> Recovery {
+    tables: &TableStates,
+) -> Result<Recovery, String> {
     let mut sorted: Vec<&CheckpointRecord> = records.iter().collect();
     sorted.sort_by_key(|r| std::cmp::Reverse(r.checkpoint_id));
-    let max_seen = max_checkpoint_id(records, last);
-    let table_offsets = last.map(|l| l.offsets.clone()).unwrap_or_default();
+    let next_checkpoint_id = max_checkpoint_id(records, tables) + 1;
     let mut skipped = Vec::new();
     for record in sorted {
-        let base = record
-            .table_base_offsets
-            .get(table)
-            .cloned()
-            .unwrap_or_default();
-        let recovery = |pending, table_base_offsets| Recovery {
-            start_offsets: record.offsets.clone(),
-            table_base_offsets,
-            next_checkpoint_id: max_seen + 1,
-            pending,
-            skipped: skipped.clone(),
-            origin: record.origin.clone(),
-        };
-        if !record.commits.contains_key(table) {
-            if base == table_offsets {
-                return recovery(None, base);
+        match check_record(record, tables) {
+            Ok((pending_tables, table_base_offsets)) => {
+                return Ok(Recovery {
+                    start_offsets: record.offsets.clone(),
+                    table_base_offsets,
+                    next_checkpoint_id,
+                    pending: (!pending_tables.is_empty()).then(|| record.clone()),
+                    pending_tables,
+                    skipped,
+                    origin: record.origin.clone(),
+                });
             }
-            skipped.push((
-                record.checkpoint_id,
-                "its base offsets differ from the table's".into(),
-            ));
-            continue;
-        }
-        match decide_commit(last, record, table) {
-            CommitDecision::AlreadyCommitted { .. } => {
-                return recovery(None, record.offsets.clone());
-            }
-            CommitDecision::Commit => {
-                return recovery(Some(record.clone()), record.offsets.clone());
-            }
-            CommitDecision::Fenced { reason } => skipped.push((record.checkpoint_id, reason)),
+            Err(reason) => skipped.push((record.checkpoint_id, reason)),
         }
     }
-    Recovery {
-        start_offsets: table_offsets.clone(),
-        table_base_offsets: table_offsets,
-        next_checkpoint_id: max_seen + 1,
+    let committed: Vec<(&String, &CommittedState)> = tables
+        .iter()
+        .filter_map(|(t, l)| l.as_ref().map(|l| (t, l)))
+        .collect();
+    let (start_offsets, table_base_offsets) = match committed.as_slice() {
+        [] => (Offsets::new(), BTreeMap::new()),
+        [(table, last)] => (
+            last.offsets.clone(),
+            BTreeMap::from([((*table).clone(), last.offsets.clone())]),
+        ),
+        several => {
+            return Err(format!(
+                "tables {} hold commits of this pipeline, but no checkpoint record agrees with                  all of them, so there is no one point to resume from exactly once; start from a                  savepoint or fresh (--fresh), which re-reads from startingOffsets",
+                several
+                    .iter()
+                    .map(|(t, _)| t.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    };
+    Ok(Recovery {
+        start_offsets,
+        table_base_offsets,
+        next_checkpoint_id,
         pending: None,
+        pending_tables: Vec::new(),
         skipped,
         origin: None,
-    }
+    })
 }
 
 #[cfg(test)]
@@ -293,6 +353,7 @@ pub(crate) mod tests {
                         partition_spec_id: 0,
                         data_files: vec!["f".into()],
                         rows: 1,
+                        bytes: 10,
                     },
                 )])
             } else {
@@ -300,6 +361,11 @@ pub(crate) mod tests {
             },
             origin: None,
         }
+    }
+
+    /// The one table `T` with this newest commit.
+    pub(crate) fn one(last: Option<CommittedState>) -> TableStates {
+        BTreeMap::from([(T.to_string(), last)])
     }
 
     pub(crate) fn committed(id: u64, end: &[(i32, i64)]) -> CommittedState {
@@ -368,17 +434,18 @@ pub(crate) mod tests {
             record(1, &[], &[(0, 5)], true),
             record(2, &[(0, 5)], &[(0, 9)], true),
         ];
-        let r = decide_recovery(&records, Some(&committed(1, &[(0, 5)])), T);
+        let r = decide_recovery(&records, &one(Some(committed(1, &[(0, 5)])))).unwrap();
         assert_eq!(r.pending.as_ref().map(|p| p.checkpoint_id), Some(2));
+        assert_eq!(r.pending_tables, vec![T.to_string()]);
         assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
-        assert_eq!(r.table_base_offsets, offsets(&[(0, 9)]));
+        assert_eq!(r.table_base_offsets[T], offsets(&[(0, 9)]));
         assert_eq!(r.next_checkpoint_id, 3);
     }
 
     #[test]
     fn recovery_after_the_commit_landed_resumes_after_it() {
         let records = vec![record(2, &[(0, 5)], &[(0, 9)], true)];
-        let r = decide_recovery(&records, Some(&committed(2, &[(0, 9)])), T);
+        let r = decide_recovery(&records, &one(Some(committed(2, &[(0, 9)])))).unwrap();
         assert_eq!(r.pending, None);
         assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
     }
@@ -390,10 +457,10 @@ pub(crate) mod tests {
             record(2, &[(0, 5)], &[(0, 9)], true),
             record(3, &[(0, 9)], &[(0, 12)], false),
         ];
-        let r = decide_recovery(&records, Some(&committed(2, &[(0, 9)])), T);
+        let r = decide_recovery(&records, &one(Some(committed(2, &[(0, 9)])))).unwrap();
         assert_eq!(r.pending, None);
         assert_eq!(r.start_offsets, offsets(&[(0, 12)]));
-        assert_eq!(r.table_base_offsets, offsets(&[(0, 9)]));
+        assert_eq!(r.table_base_offsets[T], offsets(&[(0, 9)]));
         assert_eq!(r.next_checkpoint_id, 4);
     }
 
@@ -404,7 +471,7 @@ pub(crate) mod tests {
             record(4, &[(0, 9)], &[(0, 15)], true),
             record(5, &[(0, 7)], &[(0, 20)], true),
         ];
-        let r = decide_recovery(&records, Some(&committed(4, &[(0, 15)])), T);
+        let r = decide_recovery(&records, &one(Some(committed(4, &[(0, 15)])))).unwrap();
         assert_eq!(r.start_offsets, offsets(&[(0, 15)]));
         assert_eq!(r.skipped.len(), 1);
         assert_eq!(r.skipped[0].0, 5);
@@ -413,12 +480,106 @@ pub(crate) mod tests {
 
     #[test]
     fn recovery_without_records_trusts_the_table() {
-        let r = decide_recovery(&[], Some(&committed(7, &[(0, 30)])), T);
+        let r = decide_recovery(&[], &one(Some(committed(7, &[(0, 30)])))).unwrap();
         assert_eq!(r.start_offsets, offsets(&[(0, 30)]));
         assert_eq!(r.next_checkpoint_id, 8);
-        let fresh = decide_recovery(&[], None, T);
+        let fresh = decide_recovery(&[], &one(None)).unwrap();
         assert!(fresh.start_offsets.is_empty());
         assert_eq!(fresh.next_checkpoint_id, 1);
+    }
+
+    const U: &str = "raw.orders";
+
+    /// `record` that also names table `U`: with files when `u_files`, from base `u_base`.
+    fn with_u(mut r: CheckpointRecord, u_base: &[(i32, i64)], u_files: bool) -> CheckpointRecord {
+        r.table_base_offsets.insert(U.into(), offsets(u_base));
+        if u_files {
+            let plan = TableCommitPlan {
+                partition_spec_id: 0,
+                data_files: vec!["g".into()],
+                rows: 2,
+                bytes: 20,
+            };
+            r.commits.insert(U.into(), plan);
+        }
+        r
+    }
+
+    #[test]
+    fn a_crash_between_two_table_commits_finishes_the_second_only() {
+        let records = vec![with_u(
+            record(3, &[(0, 5)], &[(0, 9)], true),
+            &[(0, 5)],
+            true,
+        )];
+        // T already holds checkpoint 3; U still holds checkpoint 2.
+        let tables = BTreeMap::from([
+            (T.to_string(), Some(committed(3, &[(0, 9)]))),
+            (U.to_string(), Some(committed(2, &[(0, 5)]))),
+        ]);
+        let r = decide_recovery(&records, &tables).unwrap();
+        assert_eq!(r.pending_tables, vec![U.to_string()]);
+        assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
+        assert_eq!(r.table_base_offsets[T], offsets(&[(0, 9)]));
+        assert_eq!(r.table_base_offsets[U], offsets(&[(0, 9)]));
+        // Both landed: nothing pending.
+        let both = BTreeMap::from([
+            (T.to_string(), Some(committed(3, &[(0, 9)]))),
+            (U.to_string(), Some(committed(3, &[(0, 9)]))),
+        ]);
+        let r = decide_recovery(&records, &both).unwrap();
+        assert_eq!((r.pending, r.pending_tables.len()), (None, 0));
+    }
+
+    #[test]
+    fn a_table_created_in_the_checkpoint_gets_its_first_commit() {
+        let records = vec![with_u(record(3, &[(0, 5)], &[(0, 9)], false), &[], true)];
+        let tables = BTreeMap::from([
+            (T.to_string(), Some(committed(2, &[(0, 5)]))),
+            (U.to_string(), None),
+        ]);
+        let r = decide_recovery(&records, &tables).unwrap();
+        assert_eq!(r.pending_tables, vec![U.to_string()]);
+        assert_eq!(r.table_base_offsets[T], offsets(&[(0, 5)]), "T not written");
+        assert_eq!(r.table_base_offsets[U], offsets(&[(0, 9)]));
+    }
+
+    #[test]
+    fn one_contradicting_table_skips_the_record() {
+        // Record 4 believes U is at 5, but U moved on to 12 (a zombie's record); record 3 agrees.
+        let records = vec![
+            with_u(record(3, &[(0, 5)], &[(0, 9)], true), &[(0, 12)], false),
+            with_u(record(4, &[(0, 9)], &[(0, 15)], false), &[(0, 5)], false),
+        ];
+        let tables = BTreeMap::from([
+            (T.to_string(), Some(committed(3, &[(0, 9)]))),
+            (U.to_string(), Some(committed(1, &[(0, 12)]))),
+        ]);
+        let r = decide_recovery(&records, &tables).unwrap();
+        assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
+        assert_eq!(r.skipped.len(), 1);
+        assert!(r.skipped[0].1.contains(U), "{:?}", r.skipped);
+    }
+
+    #[test]
+    fn several_committed_tables_without_an_agreeing_record_are_refused() {
+        let tables = BTreeMap::from([
+            (T.to_string(), Some(committed(3, &[(0, 9)]))),
+            (U.to_string(), Some(committed(2, &[(0, 5)]))),
+        ]);
+        let err = decide_recovery(&[], &tables).unwrap_err();
+        assert!(
+            err.contains(T) && err.contains(U) && err.contains("--fresh"),
+            "{err}"
+        );
+        // One committed table and one without commits: the committed one is trusted.
+        let tables = BTreeMap::from([
+            (T.to_string(), Some(committed(3, &[(0, 9)]))),
+            (U.to_string(), None),
+        ]);
+        let r = decide_recovery(&[], &tables).unwrap();
+        assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
+        assert_eq!(r.next_checkpoint_id, 4);
     }
 
     #[test]

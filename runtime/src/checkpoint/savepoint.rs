@@ -1,10 +1,12 @@
 //! Savepoints: the durable record of a checkpoint taken on request, and the pure decision
 //! whether (and how) a pipeline may start from one. No I/O.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    checkpoint::{CheckpointRecord, CommittedState, render_offsets},
+    checkpoint::{CheckpointRecord, TableStates, record_tables, render_offsets},
     offsets::Offsets,
 };
 
@@ -19,7 +21,7 @@ pub struct SavepointRecord {
     pub created_at: String,
     /// Pipeline uid of the job that took it.
     pub pipeline_uid: String,
-    /// Target table (`namespace.name`).
+    /// The sink as the spec named it (`namespace.name`, or the route), compared on restore.
     pub table: String,
     /// Topics read when it was taken.
     pub topics: Vec<String>,
@@ -28,17 +30,23 @@ pub struct SavepointRecord {
 }
 
 impl SavepointRecord {
-    /// The offsets the table holds for the pipeline once this savepoint completed.
-    pub fn table_offsets(&self) -> Offsets {
-        if self.checkpoint.commits.contains_key(&self.table) {
+    /// The offsets `table` holds for the pipeline once this savepoint completed (nothing for
+    /// a table the savepoint does not name: it had no commit of the pipeline then).
+    pub fn table_offsets(&self, table: &str) -> Offsets {
+        if self.checkpoint.commits.contains_key(table) {
             self.checkpoint.offsets.clone()
         } else {
             self.checkpoint
                 .table_base_offsets
-                .get(&self.table)
+                .get(table)
                 .cloned()
                 .unwrap_or_default()
         }
+    }
+
+    /// The tables the savepoint names.
+    pub fn tables(&self) -> impl Iterator<Item = &String> {
+        record_tables(&self.checkpoint)
     }
 }
 
@@ -47,7 +55,7 @@ impl SavepointRecord {
 pub struct RestoreTarget<'a> {
     /// Its pipeline uid.
     pub uid: &'a str,
-    /// Its table.
+    /// Its sink (`namespace.name`, or the route), as [`SavepointRecord::table`].
     pub table: &'a str,
     /// Its topics.
     pub topics: &'a [String],
@@ -60,19 +68,21 @@ pub struct RestoreTarget<'a> {
 pub struct Restored {
     /// Offsets to resume from (topics no longer read removed).
     pub start_offsets: Offsets,
-    /// The table's committed offsets of this pipeline.
-    pub table_base_offsets: Offsets,
+    /// Per table: its committed offsets of this pipeline.
+    pub table_base_offsets: BTreeMap<String, Offsets>,
     /// Topics in the savepoint that the new spec no longer reads.
     pub dropped_topics: Vec<String>,
 }
 
 /// Decides whether `target` may start from `savepoint`, given the newest commit of the
-/// target's uid in the target's table. Refuses, with the reason, everything that would not be
-/// exactly-once: a savepoint older than what the table already holds is never restored.
+/// target's uid in every table the savepoint or the pipeline's records name (`tables`).
+/// Refuses, with the reason, everything that would not be exactly-once: a savepoint older
+/// than what any table already holds is never restored; a table that did not exist (or had no
+/// commit of the pipeline) when the savepoint was taken must still have none.
 pub fn check_restore(
     savepoint: &SavepointRecord,
     target: RestoreTarget<'_>,
-    table_last: Option<&CommittedState>,
+    tables: &TableStates,
 ) -> Result<Restored, String> {
     let allow = target.allow_non_restored_state;
     let hint = "set allowNonRestoredState (--allow-non-restored-state) to start from its offsets \
@@ -106,34 +116,40 @@ pub fn check_restore(
             dropped_topics.join(", ")
         ));
     }
-    let table_offsets = table_last.map(|l| l.offsets.clone()).unwrap_or_default();
-    if same_uid && same_table && table_offsets != savepoint.table_offsets() {
-        return Err(match table_last {
-            Some(l) => format!(
-                "table {} already holds checkpoint {} of this pipeline (offsets {}), but savepoint \
-                 {} is checkpoint {} (offsets {}): restoring it would write the records in \
-                 between twice. Restore the newest savepoint, or start from the latest checkpoint",
-                target.table,
-                l.checkpoint_id,
-                render_offsets(&l.offsets),
-                savepoint.id,
-                savepoint.checkpoint.checkpoint_id,
-                render_offsets(&savepoint.table_offsets()),
-            ),
-            None => format!(
-                "table {} has no commit of this pipeline, but savepoint {} expects offsets {}: \
-                 the table was dropped, replaced or rolled back",
-                target.table,
-                savepoint.id,
-                render_offsets(&savepoint.table_offsets())
-            ),
-        });
+    let mut table_base_offsets = BTreeMap::new();
+    for (table, last) in tables {
+        let held = last.as_ref().map(|l| l.offsets.clone()).unwrap_or_default();
+        let expected = savepoint.table_offsets(table);
+        if same_uid && same_table && held != expected {
+            return Err(match last {
+                Some(l) => format!(
+                    "table {table} already holds checkpoint {} of this pipeline (offsets {}), but \
+                     savepoint {} is checkpoint {} (offsets {}): restoring it would write the \
+                     records in between twice. Restore the newest savepoint, or start from the \
+                     latest checkpoint",
+                    l.checkpoint_id,
+                    render_offsets(&l.offsets),
+                    savepoint.id,
+                    savepoint.checkpoint.checkpoint_id,
+                    render_offsets(&expected),
+                ),
+                None => format!(
+                    "table {table} has no commit of this pipeline, but savepoint {} expects \
+                     offsets {}: the table was dropped, replaced or rolled back",
+                    savepoint.id,
+                    render_offsets(&expected)
+                ),
+            });
+        }
+        if last.is_some() {
+            table_base_offsets.insert(table.clone(), held);
+        }
     }
     let mut start_offsets = savepoint.checkpoint.offsets.clone();
     start_offsets.retain(|t, _| target.topics.contains(t));
     Ok(Restored {
         start_offsets,
-        table_base_offsets: table_offsets,
+        table_base_offsets,
         dropped_topics,
     })
 }
@@ -150,7 +166,7 @@ pub fn already_restored(records: &[CheckpointRecord], savepoint_id: &str) -> boo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::tests::{T, committed, offsets, record};
+    use crate::checkpoint::tests::{T, committed, offsets, one, record};
 
     fn savepoint(id: u64) -> SavepointRecord {
         SavepointRecord {
@@ -178,9 +194,9 @@ mod tests {
     #[test]
     fn restores_the_newest_savepoint_with_new_topics_and_parallelism() {
         let sp = savepoint(4);
-        let r = check_restore(&sp, target(false), Some(&committed(4, &[(0, 9)]))).unwrap();
+        let r = check_restore(&sp, target(false), &one(Some(committed(4, &[(0, 9)])))).unwrap();
         assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
-        assert_eq!(r.table_base_offsets, offsets(&[(0, 9)]));
+        assert_eq!(r.table_base_offsets[T], offsets(&[(0, 9)]));
         assert!(r.dropped_topics.is_empty());
     }
 
@@ -188,11 +204,12 @@ mod tests {
     fn refuses_a_savepoint_older_than_the_table_even_when_allowed() {
         let sp = savepoint(4);
         for allow in [false, true] {
-            let e = check_restore(&sp, target(allow), Some(&committed(7, &[(0, 20)]))).unwrap_err();
+            let e = check_restore(&sp, target(allow), &one(Some(committed(7, &[(0, 20)]))))
+                .unwrap_err();
             assert!(e.contains("already holds checkpoint 7"), "{e}");
             assert!(e.contains("twice"), "{e}");
         }
-        let e = check_restore(&sp, target(false), None).unwrap_err();
+        let e = check_restore(&sp, target(false), &one(None)).unwrap_err();
         assert!(e.contains("dropped, replaced or rolled back"), "{e}");
     }
 
@@ -200,19 +217,19 @@ mod tests {
     fn other_uid_table_or_removed_topics_need_permission() {
         let mut sp = savepoint(4);
         sp.pipeline_uid = "old-uid".into();
-        let e = check_restore(&sp, target(false), None).unwrap_err();
+        let e = check_restore(&sp, target(false), &one(None)).unwrap_err();
         assert!(
             e.contains("uid old-uid") && e.contains("allowNonRestoredState"),
             "{e}"
         );
-        let r = check_restore(&sp, target(true), None).unwrap();
+        let r = check_restore(&sp, target(true), &one(None)).unwrap();
         assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
         assert!(r.table_base_offsets.is_empty());
 
         let mut sp = savepoint(4);
         sp.table = "other.table".into();
         assert!(
-            check_restore(&sp, target(false), None)
+            check_restore(&sp, target(false), &one(None))
                 .unwrap_err()
                 .contains("other.table")
         );
@@ -220,12 +237,30 @@ mod tests {
         let mut sp = savepoint(4);
         crate::offsets::set_offset(&mut sp.checkpoint.offsets, "gone", 0, 3);
         let mut last = committed(4, &[(0, 9)]);
-        last.offsets = sp.table_offsets();
-        let e = check_restore(&sp, target(false), Some(&last)).unwrap_err();
+        last.offsets = sp.table_offsets(T);
+        let e = check_restore(&sp, target(false), &one(Some(last.clone()))).unwrap_err();
         assert!(e.contains("topic(s) gone"), "{e}");
-        let r = check_restore(&sp, target(true), Some(&last)).unwrap();
+        let r = check_restore(&sp, target(true), &one(Some(last))).unwrap();
         assert_eq!(r.dropped_topics, vec!["gone".to_string()]);
         assert_eq!(r.start_offsets, offsets(&[(0, 9)]));
+    }
+
+    #[test]
+    fn tables_created_after_the_savepoint_must_have_no_commits() {
+        let sp = savepoint(4);
+        let newer = "raw.orders";
+        // The table did not exist then and has no commit now: restored, T continues.
+        let mut tables = one(Some(committed(4, &[(0, 9)])));
+        tables.insert(newer.into(), None);
+        let r = check_restore(&sp, target(false), &tables).unwrap();
+        assert_eq!(r.table_base_offsets.keys().collect::<Vec<_>>(), vec![T]);
+        // It was written after the savepoint: restoring would write those records again.
+        tables.insert(newer.into(), Some(committed(6, &[(0, 14)])));
+        let e = check_restore(&sp, target(false), &tables).unwrap_err();
+        assert!(
+            e.contains("table raw.orders already holds checkpoint 6"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,28 +23,25 @@ use crate::config::PipelineConfig;
 
 use super::TableError;
 
-/// The table identifier of the spec.
-pub fn table_ident(config: &PipelineConfig) -> Result<TableIdent, TableError> {
-    let ns = NamespaceIdent::from_vec(config.table_namespace.clone())?;
-    Ok(TableIdent::new(ns, config.table_name.clone()))
+/// The identifier of a table key (`namespace.name`, as checkpoint records name tables).
+pub fn parse_ident(table: &str) -> Result<TableIdent, TableError> {
+    let (namespace, name) = tidewater_crds::types::parse_table_ident(table)
+        .map_err(|e| TableError::History(format!("table key: {e}")))?;
+    Ok(TableIdent::new(NamespaceIdent::from_vec(namespace)?, name))
 }
 
-/// Loads the table, creating it (and its namespace) from `createTable` when missing.
+/// Loads `table`, creating it (and its namespace) from `create` when missing. Safe against
+/// other writers creating it at the same time: the loser loads the winner's table.
 pub async fn load_or_create(
     catalog: &dyn Catalog,
-    config: &PipelineConfig,
+    table: &str,
+    create: Option<&CreateTableSpec>,
 ) -> Result<Table, TableError> {
-    let ident = table_ident(config)?;
+    let ident = parse_ident(table)?;
     if catalog.table_exists(&ident).await? {
         return Ok(catalog.load_table(&ident).await?);
     }
-    let create = config
-        .resource
-        .spec
-        .sink
-        .create_table
-        .as_ref()
-        .ok_or_else(|| TableError::Missing(config.table_display()))?;
+    let create = create.ok_or_else(|| TableError::Missing(table.to_string()))?;
     let (schema, spec) = table_definition(create)?;
     if !catalog.namespace_exists(ident.namespace()).await? {
         match catalog
@@ -71,7 +68,7 @@ pub async fn load_or_create(
         .build();
     match catalog.create_table(ident.namespace(), creation).await {
         Ok(t) => {
-            tracing::info!(table = %config.table_display(), "created table");
+            tracing::info!(%table, "created table");
             Ok(t)
         }
         Err(e) if catalog.table_exists(&ident).await.unwrap_or(false) => {
@@ -148,45 +145,45 @@ fn primitive(t: ColumnType) -> PrimitiveType {
     }
 }
 
-/// A pipeline's catalog and table, opened with the pipeline's storage settings.
-pub struct PipelineTable {
+/// A pipeline's catalog, opened with the pipeline's storage settings.
+pub struct PipelineCatalog {
     /// The catalog.
     pub catalog: Arc<dyn Catalog>,
-    /// The table's identifier.
-    pub ident: TableIdent,
-    /// The table as loaded (or created).
-    pub table: Table,
     /// The resolved `s3.*` properties (for the state store too).
     pub storage_props: BTreeMap<String, String>,
 }
 
-/// Opens the pipeline's catalog and its table. Only the coordinator passes `create`: a
-/// worker process never creates a table, it writes into the one its coordinator made.
-pub async fn open_pipeline_table(
-    config: &PipelineConfig,
-    create: bool,
-) -> Result<PipelineTable, TableError> {
+/// Opens the pipeline's catalog.
+pub async fn open_pipeline_catalog(config: &PipelineConfig) -> Result<PipelineCatalog, TableError> {
     let storage_props = match &config.s3 {
         Some(s3) => crate::storage::s3_properties(s3)?,
         None => BTreeMap::new(),
     };
     let catalog = super::open_catalog(&config.catalog, &storage_props).await?;
-    let ident = table_ident(config)?;
-    let table = if create {
-        load_or_create(catalog.as_ref(), config).await?
-    } else {
-        catalog
-            .load_table(&ident)
-            .await
-            .map_err(|source| TableError::Load {
-                table: config.table_display(),
-                source: Box::new(source),
-            })?
-    };
-    Ok(PipelineTable {
+    Ok(PipelineCatalog {
         catalog,
-        ident,
-        table,
         storage_props,
     })
+}
+
+/// Loads `table` of a pipeline's catalog; only `create` (the coordinator, or a worker routing
+/// its first record to a table) creates it when missing.
+pub async fn open_table(
+    catalog: &dyn Catalog,
+    config: &PipelineConfig,
+    table: &str,
+    rule: Option<usize>,
+    create: bool,
+) -> Result<Table, TableError> {
+    if create {
+        return load_or_create(catalog, table, config.create_table(rule)).await;
+    }
+    let ident = parse_ident(table)?;
+    catalog
+        .load_table(&ident)
+        .await
+        .map_err(|source| TableError::Load {
+            table: table.to_string(),
+            source: Box::new(source),
+        })
 }

@@ -25,7 +25,8 @@ mod pinned;
 pub use catalog::open_catalog;
 pub(crate) use catalog::{client_trusting, read_catalog_secret};
 pub use create::{
-    PipelineTable, load_or_create, open_pipeline_table, table_definition, table_ident,
+    PipelineCatalog, load_or_create, open_pipeline_catalog, open_table, parse_ident,
+    table_definition,
 };
 pub use history::last_pipeline_commit;
 use pinned::PinnedCatalog;

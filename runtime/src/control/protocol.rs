@@ -2,11 +2,13 @@
 //! over in-process channels; between processes they cross HTTP (`/v1/workers`), wrapped in
 //! sequence-numbered envelopes so a lost response never loses or repeats a command.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    checkpoint::TableCommitPlan,
     offsets::{Offsets, TopicPartition},
-    write::DataFileRef,
 };
 
 pub use tidewater_crds::job_api::WorkerId;
@@ -62,10 +64,9 @@ pub struct WorkerAck {
     pub worker: WorkerId,
     /// Checkpoint id of the barrier answered.
     pub checkpoint_id: u64,
-    /// Data files, in Iceberg's JSON data-file form.
-    pub data_files: Vec<DataFileRef>,
-    /// Partition spec the files were written with.
-    pub partition_spec_id: i32,
+    /// Per table (`namespace.name`): the data files written and their partition spec.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tables: BTreeMap<String, TableCommitPlan>,
     /// Next offset of every owned partition at the barrier.
     pub offsets: Offsets,
     /// Rows written into the files.
@@ -142,7 +143,15 @@ mod tests {
         let ack = ToCoordinator::Ack(WorkerAck {
             worker: 1,
             checkpoint_id: 7,
-            data_files: vec!["{}".into()],
+            tables: BTreeMap::from([(
+                "analytics.clicks".into(),
+                TableCommitPlan {
+                    partition_spec_id: 0,
+                    data_files: vec!["{}".into()],
+                    rows: 10,
+                    bytes: 100,
+                },
+            )]),
             offsets,
             rows: 10,
             ..WorkerAck::default()
@@ -150,6 +159,7 @@ mod tests {
         let json = serde_json::to_string(&ack).unwrap();
         assert!(json.starts_with(r#"{"ack":{"#));
         assert!(json.contains(r#""clicks":{"3":42}"#));
+        assert!(json.contains(r#""analytics.clicks":{"partition_spec_id":0"#));
         assert_eq!(serde_json::from_str::<ToCoordinator>(&json).unwrap(), ack);
         let barrier = ToWorker::Barrier {
             checkpoint_id: 9,

@@ -162,15 +162,21 @@ async fn session(
                 .join("; "),
         )
     })?;
-    let table = commit::open_pipeline_table(&config, false).await?.table;
-    let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
+    let mut prepared = Vec::new();
+    if let Some(key) = &config.table {
+        let catalog = commit::open_pipeline_catalog(&config).await?.catalog;
+        let table = commit::open_table(catalog.as_ref(), &config, key, None, false).await?;
+        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
+        prepared.push((key.clone(), factory));
+    }
     let (commands, commands_rx) = mpsc::channel();
     let (events_tx, events_rx) = unbounded_channel();
     let id = reg.worker_id;
+    let tables = worker::Tables::new(&config, prepared);
     let thread = worker::spawn(WorkerSetup {
         id,
         config,
-        factory,
+        tables,
         run_id: reg.run_id.clone(),
         metrics: metrics.clone(),
         commands: commands_rx,

@@ -3,9 +3,6 @@
 //! with placeholders — `{topic}`, `{key}`, `{value.a.b}` (a field of the JSON value) and
 //! `{header.name}` — and resolves to `namespace….table`.
 //!
-//! Not wired into pipelines yet: the spec's `sink.route` and the multi-table commit come
-//! with the dynamic-ingestion work; this module is the decision they will call.
-//!
 //! Identifier rule: the template's own text must already be valid (`[A-Za-z0-9_]`, dots
 //! between parts); a substituted value is lowercased, every character outside `[a-z0-9_]`
 //! (dots included, so a value never adds a namespace level) becomes `_`; then every part of
@@ -285,20 +282,27 @@ impl Router {
         Ok(Self { rules, default })
     }
 
-    /// The table for a record of `topic`.
-    pub fn resolve(&self, topic: &str, record: &impl RecordView) -> Result<TableName, Unroutable> {
-        let template = self
+    /// The template that decides for records of `topic`, with the index of its rule (`None`
+    /// for the default template).
+    pub fn template_for(&self, topic: &str) -> Result<(Option<usize>, &Template), Unroutable> {
+        if let Some((i, (_, t))) = self
             .rules
             .iter()
-            .find(|(re, _)| re.is_match(topic))
-            .map(|(_, t)| t)
-            .or(self.default.as_ref())
-            .ok_or_else(|| {
-                Unroutable(format!(
-                    "no route rule matches topic `{topic}` and there is no default table"
-                ))
-            })?;
-        template.resolve(topic, record)
+            .enumerate()
+            .find(|(_, (re, _))| re.is_match(topic))
+        {
+            return Ok((Some(i), t));
+        }
+        self.default.as_ref().map(|t| (None, t)).ok_or_else(|| {
+            Unroutable(format!(
+                "no route rule matches topic `{topic}` and there is no default table"
+            ))
+        })
+    }
+
+    /// The table for a record of `topic`.
+    pub fn resolve(&self, topic: &str, record: &impl RecordView) -> Result<TableName, Unroutable> {
+        self.template_for(topic)?.1.resolve(topic, record)
     }
 }
 

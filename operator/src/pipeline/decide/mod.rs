@@ -40,6 +40,8 @@ pub struct JobView {
     pub rows_committed: u64,
     /// Partitions read.
     pub partitions: i32,
+    /// Tables written.
+    pub tables: Vec<String>,
 }
 
 /// The savepoint of the operation in progress (`GET /v1/savepoints/{id}`).
@@ -306,6 +308,9 @@ fn decide_lifecycle(p: &IngestionPipeline, obs: &Observed) -> Decision {
         cx.status.lag = Some(job.total_lag);
         if job.last_checkpoint.is_some() {
             cx.status.last_checkpoint.clone_from(&job.last_checkpoint);
+        }
+        if !job.tables.is_empty() {
+            cx.status.tables.clone_from(&job.tables);
         }
     }
     if p.metadata.deletion_timestamp.is_some() {

@@ -2,9 +2,11 @@
 //! and savepoints on top of it. Folding the acknowledgements is pure.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
     time::{Duration, Instant},
 };
+
+use futures::StreamExt;
 
 use tidewater_crds::job_api::{CheckpointStatus, RunState, SavepointState, SavepointStatus};
 
@@ -17,12 +19,15 @@ use crate::{
         protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
     },
     failpoint,
+    metrics::TableLabels,
     offsets::{Offsets, TopicPartition, set_offset},
     source,
-    write::DataFileRef,
 };
 
 use super::{Collected, Coordinator, Kind, Outcome, RunError, blocking};
+
+/// How many tables of one checkpoint commit at the same time.
+const COMMIT_CONCURRENCY: usize = 8;
 
 /// Partitions each current owner must release because `plan` gives them to another worker.
 fn releases(
@@ -43,18 +48,18 @@ fn releases(
 struct Folded {
     /// `base` advanced by every acknowledged offset.
     offsets: Offsets,
-    /// The data files written, in acknowledgement order.
-    files: Vec<DataFileRef>,
+    /// Per table: the data files written, in acknowledgement order.
+    tables: BTreeMap<String, TableCommitPlan>,
     rows: u64,
     dead: u64,
     bytes: u64,
-    spec_id: i32,
     min_ts: Option<i64>,
     max_ts: Option<i64>,
 }
 
 /// Folds the acknowledgements of a checkpoint onto the offsets it started from (pure).
-fn fold_acks(base: &Offsets, acks: Vec<WorkerAck>) -> Folded {
+/// Workers that wrote one table with different partition specs cannot be committed together.
+fn fold_acks(base: &Offsets, acks: Vec<WorkerAck>) -> Result<Folded, String> {
     let mut f = Folded {
         offsets: base.clone(),
         ..Folded::default()
@@ -65,15 +70,35 @@ fn fold_acks(base: &Offsets, acks: Vec<WorkerAck>) -> Folded {
                 set_offset(&mut f.offsets, &topic, p, o);
             }
         }
-        f.files.extend(ack.data_files);
+        for (table, plan) in ack.tables {
+            match f.tables.entry(table) {
+                Entry::Vacant(v) => {
+                    v.insert(plan);
+                }
+                Entry::Occupied(mut o) => {
+                    if o.get().partition_spec_id != plan.partition_spec_id {
+                        return Err(format!(
+                            "workers wrote table {} with partition specs {} and {}",
+                            o.key(),
+                            o.get().partition_spec_id,
+                            plan.partition_spec_id
+                        ));
+                    }
+                    let have = o.get_mut();
+                    have.data_files.extend(plan.data_files);
+                    have.rows += plan.rows;
+                    have.bytes += plan.bytes;
+                }
+            }
+        }
         f.rows += ack.rows;
         f.bytes += ack.bytes;
         f.dead += ack.dead_lettered;
-        f.spec_id = ack.partition_spec_id;
         f.min_ts = f.min_ts.into_iter().chain(ack.min_timestamp_ms).min();
         f.max_ts = f.max_ts.into_iter().chain(ack.max_timestamp_ms).max();
     }
-    f
+    f.tables.retain(|_, plan| !plan.data_files.is_empty());
+    Ok(f)
 }
 
 impl Coordinator {
@@ -189,17 +214,16 @@ impl Coordinator {
         };
         let Folded {
             offsets,
-            files,
+            tables,
             rows,
             dead,
             bytes,
-            spec_id,
             min_ts,
             max_ts,
-        } = fold_acks(&self.offsets, acks);
+        } = fold_acks(&self.offsets, acks).map_err(RunError::Acks)?;
         self.move_partitions(&plan, &offsets, started);
         let is_savepoint = matches!(kind, Kind::Savepoint { .. });
-        if files.is_empty() && offsets == self.offsets && !is_savepoint {
+        if tables.is_empty() && offsets == self.offsets && !is_savepoint {
             tracing::debug!(
                 checkpoint = id,
                 "empty checkpoint: nothing to record or commit"
@@ -209,17 +233,9 @@ impl Coordinator {
             self.publish(RunState::Running);
             return Ok(None);
         }
-        let file_count = files.len();
-        let mut commits = BTreeMap::new();
-        if !files.is_empty() {
-            commits.insert(
-                self.table_key.clone(),
-                TableCommitPlan {
-                    partition_spec_id: spec_id,
-                    data_files: files,
-                    rows,
-                },
-            );
+        let file_count: usize = tables.values().map(|p| p.data_files.len()).sum();
+        for table in tables.keys() {
+            self.table_base.entry(table.clone()).or_default();
         }
         let record = CheckpointRecord {
             version: 1,
@@ -228,8 +244,8 @@ impl Coordinator {
             run_id: self.run_id.clone(),
             created_at: chrono::Utc::now().to_rfc3339(),
             offsets,
-            table_base_offsets: BTreeMap::from([(self.table_key.clone(), self.table_base.clone())]),
-            commits,
+            table_base_offsets: self.table_base.clone(),
+            commits: tables,
             origin: self.origin.clone(),
         };
         self.store.write(&record).await?;
@@ -237,16 +253,18 @@ impl Coordinator {
         self.metrics
             .checkpoint_duration
             .observe(started.elapsed().as_secs_f64());
-        let mut snapshots = BTreeMap::new();
         let mut commit_ms: Option<f64> = None;
-        if file_count > 0 {
+        let snapshots = if record.commits.is_empty() {
+            BTreeMap::new()
+        } else {
             let commit_started = Instant::now();
-            let outcome = self.commit_with_retry(&record).await?;
+            let to_commit: Vec<String> = record.commits.keys().cloned().collect();
+            let snapshots = self.commit_tables(&record, &to_commit).await?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             let commit_secs = commit_started.elapsed().as_secs_f64();
             self.metrics.commit_duration.observe(commit_secs);
             commit_ms = Some(commit_secs * 1000.0);
-            self.metrics.commits.inc();
+            self.metrics.commits.inc_by(snapshots.len() as u64);
             self.metrics.rows_committed.inc_by(rows);
             self.rows_committed += rows;
             #[allow(clippy::cast_precision_loss)]
@@ -259,9 +277,25 @@ impl Coordinator {
                         .observe((now_ms - ts).max(0) as f64 / 1000.0);
                 }
             }
-            self.table_base = record.offsets.clone();
-            snapshots.insert(self.table_key.clone(), outcome.snapshot_id());
-        }
+            for table in snapshots.keys() {
+                self.table_base
+                    .insert(table.clone(), record.offsets.clone());
+                let plan = &record.commits[table];
+                let labels = TableLabels {
+                    table: table.clone(),
+                };
+                self.metrics
+                    .table_rows
+                    .get_or_create(&labels)
+                    .inc_by(plan.rows);
+                self.metrics
+                    .table_files
+                    .get_or_create(&labels)
+                    .inc_by(plan.data_files.len() as u64);
+                self.metrics.table_commits.get_or_create(&labels).inc();
+            }
+            snapshots
+        };
         self.offsets = record.offsets.clone();
         self.last_checkpoint = Some(CheckpointStatus {
             id,
@@ -278,6 +312,7 @@ impl Coordinator {
             rows,
             dead_lettered = dead,
             files = file_count,
+            tables = snapshots.len(),
             snapshot = snapshots.values().next(),
             commit_ms,
             ms = started.elapsed().as_secs_f64() * 1000.0,
@@ -300,7 +335,7 @@ impl Coordinator {
                 id: sp_id.clone(),
                 created_at: chrono::Utc::now().to_rfc3339(),
                 pipeline_uid: self.config.uid.clone(),
-                table: self.table_key.clone(),
+                table: self.config.sink_display(),
                 topics: self
                     .partitions
                     .iter()
@@ -353,16 +388,43 @@ impl Coordinator {
         });
     }
 
-    pub(super) async fn commit_with_retry(
+    /// Commits `record` to each of `tables`, a few at a time; every table's commit is
+    /// validated and fenced on its own, so a crash between two of them is finished on restart.
+    pub(super) async fn commit_tables(
         &self,
         record: &CheckpointRecord,
+        tables: &[String],
+    ) -> Result<BTreeMap<String, i64>, RunError> {
+        let mut commits = futures::stream::iter(tables)
+            .map(|table| async move {
+                let outcome = self.commit_with_retry(record, table).await?;
+                Ok::<_, RunError>((table.clone(), outcome.snapshot_id()))
+            })
+            .buffer_unordered(COMMIT_CONCURRENCY);
+        let mut snapshots = BTreeMap::new();
+        while let Some(done) = commits.next().await {
+            let (table, snapshot) = done?;
+            snapshots.insert(table, snapshot);
+            if snapshots.len() < tables.len() {
+                failpoint::hit(failpoint::points::BETWEEN_TABLE_COMMITS);
+            }
+        }
+        Ok(snapshots)
+    }
+
+    /// Commits `record` to `table`, retrying what may be transient (not fencing).
+    async fn commit_with_retry(
+        &self,
+        record: &CheckpointRecord,
+        table: &str,
     ) -> Result<CommitOutcome, RunError> {
+        let ident = commit::parse_ident(table)?;
         let mut delay = Duration::from_millis(200);
         for attempt in 1.. {
             match commit::commit_checkpoint(
                 self.catalog.as_ref(),
-                &self.ident,
-                &self.table_key,
+                &ident,
+                table,
                 record,
                 &self.config.state_location,
             )
@@ -371,7 +433,7 @@ impl Coordinator {
                 Ok(o) => return Ok(o),
                 Err(e @ (TableError::Fenced(_) | TableError::History(_))) => return Err(e.into()),
                 Err(e) if attempt < 6 => {
-                    tracing::warn!(attempt, error = %e, "commit failed; retrying");
+                    tracing::warn!(attempt, %table, error = %e, "commit failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                 }
@@ -385,6 +447,7 @@ impl Coordinator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::write::DataFileRef;
 
     fn tp(topic: &str, partition: i32) -> TopicPartition {
         TopicPartition {
@@ -393,23 +456,35 @@ mod tests {
         }
     }
 
+    fn plan(spec: i32, files: &[&str], rows: u64) -> TableCommitPlan {
+        TableCommitPlan {
+            partition_spec_id: spec,
+            data_files: files.iter().map(|f| DataFileRef::from(*f)).collect(),
+            rows,
+            bytes: rows * 10,
+        }
+    }
+
     #[test]
-    fn acknowledgements_advance_the_base_and_add_up() {
+    fn acknowledgements_advance_the_base_and_add_up_per_table() {
         let mut base = Offsets::new();
         set_offset(&mut base, "a", 0, 10);
         set_offset(&mut base, "a", 1, 20);
-        let ack = |worker, p, o, files: &[&str], rows, ts: Option<i64>| {
+        let ack = |worker, p, o, tables: Vec<(&str, TableCommitPlan)>, ts: Option<i64>| {
             let mut offsets = Offsets::new();
             set_offset(&mut offsets, "a", p, o);
+            let rows = tables.iter().map(|(_, t)| t.rows).sum();
             WorkerAck {
                 worker,
                 checkpoint_id: 3,
-                data_files: files.iter().map(|f| DataFileRef::from(*f)).collect(),
+                tables: tables
+                    .into_iter()
+                    .map(|(t, p)| (t.to_string(), p))
+                    .collect(),
                 offsets,
                 rows,
                 bytes: rows * 10,
                 dead_lettered: 1,
-                partition_spec_id: 2,
                 min_timestamp_ms: ts,
                 max_timestamp_ms: ts.map(|t| t + 5),
             }
@@ -417,19 +492,48 @@ mod tests {
         let f = fold_acks(
             &base,
             vec![
-                ack(1, 0, 15, &["f1"], 5, Some(100)),
-                ack(2, 2, 7, &["f2", "f3"], 7, None),
+                ack(1, 0, 15, vec![("ns.t", plan(2, &["f1"], 5))], Some(100)),
+                ack(
+                    2,
+                    2,
+                    7,
+                    vec![
+                        ("ns.t", plan(2, &["f2", "f3"], 7)),
+                        ("ns.u", plan(0, &["g1"], 1)),
+                        ("ns.empty", plan(0, &[], 0)),
+                    ],
+                    None,
+                ),
             ],
-        );
+        )
+        .unwrap();
         let mut want = base.clone();
         set_offset(&mut want, "a", 0, 15);
         set_offset(&mut want, "a", 2, 7);
         assert_eq!(f.offsets, want, "partition 1 keeps its base offset");
-        let files: Vec<DataFileRef> = ["f1", "f2", "f3"].map(DataFileRef::from).into();
-        assert_eq!(f.files, files);
-        assert_eq!((f.rows, f.bytes, f.dead, f.spec_id), (12, 120, 2, 2));
+        assert_eq!(
+            f.tables,
+            BTreeMap::from([
+                ("ns.t".to_string(), plan(2, &["f1", "f2", "f3"], 12)),
+                ("ns.u".to_string(), plan(0, &["g1"], 1)),
+            ]),
+            "a table without files is not committed"
+        );
+        assert_eq!((f.rows, f.bytes, f.dead), (13, 130, 2));
         assert_eq!((f.min_ts, f.max_ts), (Some(100), Some(105)));
-        assert_eq!(fold_acks(&base, vec![]).offsets, base);
+        assert_eq!(fold_acks(&base, vec![]).unwrap().offsets, base);
+        let split = fold_acks(
+            &base,
+            vec![
+                ack(1, 0, 15, vec![("ns.t", plan(1, &["f1"], 5))], None),
+                ack(2, 2, 7, vec![("ns.t", plan(2, &["f2"], 5))], None),
+            ],
+        );
+        assert!(
+            split
+                .unwrap_err()
+                .contains("ns.t with partition specs 1 and 2")
+        );
     }
 
     #[test]

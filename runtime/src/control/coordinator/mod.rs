@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use iceberg::{Catalog, TableIdent};
+use iceberg::Catalog;
 use tidewater_crds::types::StartingOffsets;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -26,11 +26,12 @@ use crate::{
         api::Shared,
         hub::{Event, Hub},
         protocol::{ToCoordinator, WorkerAck, WorkerId},
+        worker::Tables,
     },
     metrics::Metrics,
     offsets::{Offsets, TopicPartition},
     source, storage,
-    write::{WriterFactory, WriterSetupError},
+    write::WriterSetupError,
 };
 
 mod checkpoint;
@@ -72,6 +73,12 @@ pub enum RunError {
     /// The requested start is refused.
     #[error("cannot start from savepoint: {0}")]
     Restore(String),
+    /// The durable records and the tables do not give one point to resume from.
+    #[error("cannot recover: {0}")]
+    Recovery(String),
+    /// The acknowledgements of a checkpoint cannot be committed together.
+    #[error("checkpoint acknowledgements: {0}")]
+    Acks(String),
     /// Writers cannot be prepared for the table.
     #[error(transparent)]
     Writer(#[from] WriterSetupError),
@@ -170,19 +177,20 @@ pub struct Coordinator {
     hub: Hub,
     events: UnboundedReceiver<Event>,
     catalog: Arc<dyn Catalog>,
-    ident: TableIdent,
-    table_key: String,
     store: StateStore,
     metrics: Arc<Metrics>,
     run_id: String,
     admin: Arc<source::KafkaConsumer>,
-    factory: WriterFactory,
+    /// What in-process workers write with.
+    worker_tables: Tables,
     members: BTreeMap<WorkerId, Member>,
     target: usize,
     partitions: BTreeSet<TopicPartition>,
     owner: BTreeMap<TopicPartition, WorkerId>,
     offsets: Offsets,
-    table_base: Offsets,
+    /// Per table: the offsets of its newest commit of this pipeline (every table the lineage
+    /// committed to; written into every checkpoint record).
+    table_base: BTreeMap<String, Offsets>,
     next_checkpoint_id: u64,
     origin: Option<String>,
     rebalance: bool,

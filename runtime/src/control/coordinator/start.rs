@@ -10,34 +10,70 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
 use tidewater_crds::job_api::RunState;
 
+use futures::StreamExt;
+use iceberg::Catalog;
+
 use crate::{
     checkpoint::{
-        CheckpointRecord, CommittedState, Recovery, decide_recovery, max_checkpoint_id,
+        CheckpointRecord, Recovery, TableStates, decide_recovery, max_checkpoint_id, record_tables,
         render_offsets,
         savepoint::{RestoreTarget, already_restored, check_restore},
         store::StateStore,
     },
-    commit::{self, PipelineTable},
+    commit::{self, PipelineCatalog, TableError},
     config::PipelineConfig,
     control::{
         api::{Registration, Shared},
         hub::Event,
         protocol::{ToCoordinator, WorkerId},
-        worker::{self, WorkerSetup},
+        worker::{self, Tables, WorkerSetup},
     },
     offsets::Offsets,
     source,
     write::WriterFactory,
 };
 
+/// How many tables are loaded at the same time during recovery.
+const LOAD_CONCURRENCY: usize = 8;
+
+/// The newest commit of pipeline `uid` in each of `tables` (`None` for a table that is gone).
+async fn table_states(
+    catalog: &dyn Catalog,
+    tables: impl IntoIterator<Item = String>,
+    uid: &str,
+) -> Result<TableStates, TableError> {
+    futures::stream::iter(tables)
+        .map(|table| async move {
+            let ident = commit::parse_ident(&table)?;
+            if !catalog.table_exists(&ident).await? {
+                return Ok((table, None));
+            }
+            let loaded = catalog
+                .load_table(&ident)
+                .await
+                .map_err(|source| TableError::Load {
+                    table: table.clone(),
+                    source: Box::new(source),
+                })?;
+            let last = commit::last_pipeline_commit(loaded.metadata(), uid)?;
+            Ok((table, last))
+        })
+        .buffer_unordered(LOAD_CONCURRENCY)
+        .collect::<Vec<Result<_, TableError>>>()
+        .await
+        .into_iter()
+        .collect()
+}
+
 use super::{Coordinator, LIVENESS_INTERVAL, Member, Options, RunError, StartMode};
 
 /// Where to begin, decided from the start mode, the durable records and the table.
 struct Begin {
     start_offsets: Offsets,
-    table_base_offsets: Offsets,
+    table_base_offsets: BTreeMap<String, Offsets>,
     next_checkpoint_id: u64,
-    pending: Option<CheckpointRecord>,
+    /// A record to finish, and the tables it must still be committed to.
+    pending: Option<(CheckpointRecord, Vec<String>)>,
     origin: Option<String>,
 }
 
@@ -51,51 +87,60 @@ impl Coordinator {
         events: UnboundedReceiver<Event>,
     ) -> Result<Self, RunError> {
         let run_id = uuid::Uuid::now_v7().simple().to_string()[..12].to_string();
-        let PipelineTable {
+        let PipelineCatalog {
             catalog,
-            ident,
-            table,
             storage_props,
-        } = commit::open_pipeline_table(&config, true).await?;
-        let table_key = config.table_display();
+        } = commit::open_pipeline_catalog(&config).await?;
+        // The one table of a pipeline without a route exists before anything is read.
+        let fixed = match &config.table {
+            Some(key) => {
+                let table = commit::open_table(catalog.as_ref(), &config, key, None, true).await?;
+                Some((key.clone(), table))
+            }
+            None => None,
+        };
         let store = StateStore::open(&config.state_location, &storage_props)?;
         let records = store.load_all(&config.uid).await?;
-        let last = commit::last_pipeline_commit(table.metadata(), &config.uid)?;
+        let mut states = table_states(
+            catalog.as_ref(),
+            records
+                .iter()
+                .flat_map(record_tables)
+                .filter(|t| fixed.as_ref().is_none_or(|(key, _)| *t != key))
+                .cloned()
+                .collect::<BTreeSet<_>>(),
+            &config.uid,
+        )
+        .await?;
+        let mut prepared = Vec::new();
+        if let Some((key, table)) = &fixed {
+            states.insert(
+                key.clone(),
+                commit::last_pipeline_commit(table.metadata(), &config.uid)?,
+            );
+            // An append does not change what writers need (schema, spec, properties,
+            // location), so the table loaded before a recovered commit serves.
+            let factory = WriterFactory::new(table, &config.resource.spec.sink.write_properties)?;
+            prepared.push((key.clone(), factory));
+        }
         let begin = Self::decide_begin(
             &config,
             &options,
             &store,
+            catalog.as_ref(),
             &records,
-            last.as_ref(),
-            &table_key,
+            states,
         )
         .await?;
-        if let Some(record) = &begin.pending {
-            let outcome = commit::commit_checkpoint(
-                catalog.as_ref(),
-                &ident,
-                &table_key,
-                record,
-                &config.state_location,
-            )
-            .await?;
-            tracing::info!(
-                checkpoint = record.checkpoint_id,
-                snapshot = outcome.snapshot_id(),
-                "finished commit of recovered checkpoint"
-            );
-        }
         tracing::info!(
             run = %run_id,
             resume = %render_offsets(&begin.start_offsets),
             next_checkpoint = begin.next_checkpoint_id,
             records = records.len(),
+            tables = begin.table_base_offsets.len(),
             origin = begin.origin.as_deref().unwrap_or("-"),
             "recovered"
         );
-        // An append does not change what writers need (schema, spec, properties, location),
-        // so the table loaded before a recovered commit serves.
-        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
         let admin = Arc::new(source::consumer(&config)?);
         let hub = shared.hub.clone();
         let metrics = shared.metrics.clone();
@@ -106,13 +151,11 @@ impl Coordinator {
             hub,
             events,
             catalog,
-            ident,
-            table_key,
             store,
             metrics,
             run_id,
             admin,
-            factory,
+            worker_tables: Tables::new(&config, prepared),
             members: BTreeMap::new(),
             target,
             partitions: BTreeSet::new(),
@@ -130,6 +173,14 @@ impl Coordinator {
             discovered: false,
             config,
         };
+        if let Some((record, tables)) = &begin.pending {
+            let snapshots = coordinator.commit_tables(record, tables).await?;
+            tracing::info!(
+                checkpoint = record.checkpoint_id,
+                ?snapshots,
+                "finished commit of recovered checkpoint"
+            );
+        }
         if coordinator.options.local_workers {
             for _ in 0..target {
                 coordinator.spawn_local()?;
@@ -156,42 +207,48 @@ impl Coordinator {
         config: &PipelineConfig,
         options: &Options,
         store: &StateStore,
+        catalog: &dyn Catalog,
         records: &[CheckpointRecord],
-        last: Option<&CommittedState>,
-        table_key: &str,
+        mut states: TableStates,
     ) -> Result<Begin, RunError> {
-        let latest = |records: &[CheckpointRecord]| {
-            let recovery = decide_recovery(records, last, table_key);
+        let latest = |records: &[CheckpointRecord], states: &TableStates| {
+            let recovery = decide_recovery(records, states).map_err(RunError::Recovery)?;
             for (id, reason) in &recovery.skipped {
-                tracing::warn!(checkpoint = id, %reason, "skipping checkpoint record the table contradicts");
+                tracing::warn!(checkpoint = id, %reason, "skipping checkpoint record a table contradicts");
             }
             let Recovery {
                 start_offsets,
                 table_base_offsets,
                 next_checkpoint_id,
                 pending,
+                pending_tables,
                 origin,
                 ..
             } = recovery;
-            Begin {
+            Ok::<_, RunError>(Begin {
                 start_offsets,
                 table_base_offsets,
                 next_checkpoint_id,
-                pending,
+                pending: pending.map(|p| (p, pending_tables)),
                 origin,
-            }
+            })
         };
-        let max_seen = max_checkpoint_id(records, last);
+        let committed = |states: &TableStates| -> BTreeMap<String, Offsets> {
+            states
+                .iter()
+                .filter_map(|(t, l)| Some((t.clone(), l.as_ref()?.offsets.clone())))
+                .collect()
+        };
         match &options.start {
-            StartMode::Latest => Ok(latest(records)),
+            StartMode::Latest => latest(records, &states),
             StartMode::Fresh => {
                 tracing::info!(
                     "fresh start: checkpoints ignored, partitions start from spec.source.kafka.startingOffsets"
                 );
                 Ok(Begin {
                     start_offsets: Offsets::new(),
-                    table_base_offsets: last.map(|l| l.offsets.clone()).unwrap_or_default(),
-                    next_checkpoint_id: max_seen + 1,
+                    table_base_offsets: committed(&states),
+                    next_checkpoint_id: max_checkpoint_id(records, &states) + 1,
                     pending: None,
                     origin: None,
                 })
@@ -200,8 +257,14 @@ impl Coordinator {
                 let savepoint = store.read_savepoint(path).await?;
                 if already_restored(records, &savepoint.id) {
                     tracing::info!(savepoint = %savepoint.id, "savepoint already restored by an earlier run of this deployment: continuing from the newest checkpoint");
-                    return Ok(latest(records));
+                    return latest(records, &states);
                 }
+                let unseen: BTreeSet<String> = savepoint
+                    .tables()
+                    .filter(|t| !states.contains_key(*t))
+                    .cloned()
+                    .collect();
+                states.extend(table_states(catalog, unseen, &config.uid).await?);
                 // With a pattern, the topics read are those of the savepoint that still match.
                 let topics: Vec<String> = config
                     .topics
@@ -216,14 +279,15 @@ impl Coordinator {
                             .cloned(),
                     )
                     .collect();
+                let sink = config.sink_display();
                 let target = RestoreTarget {
                     uid: &config.uid,
-                    table: table_key,
+                    table: &sink,
                     topics: &topics,
                     allow_non_restored_state: options.allow_non_restored_state,
                 };
                 let restored =
-                    check_restore(&savepoint, target, last).map_err(RunError::Restore)?;
+                    check_restore(&savepoint, target, &states).map_err(RunError::Restore)?;
                 if !restored.dropped_topics.is_empty() {
                     tracing::warn!(topics = ?restored.dropped_topics, "savepoint state of topics no longer read is dropped");
                 }
@@ -231,7 +295,9 @@ impl Coordinator {
                 Ok(Begin {
                     start_offsets: restored.start_offsets,
                     table_base_offsets: restored.table_base_offsets,
-                    next_checkpoint_id: max_seen.max(savepoint.checkpoint.checkpoint_id) + 1,
+                    next_checkpoint_id: max_checkpoint_id(records, &states)
+                        .max(savepoint.checkpoint.checkpoint_id)
+                        + 1,
                     pending: None,
                     origin: Some(savepoint.id),
                 })
@@ -270,7 +336,7 @@ impl Coordinator {
         let thread = worker::spawn(WorkerSetup {
             id,
             config: self.config.clone(),
-            factory: self.factory.clone(),
+            tables: self.worker_tables.clone(),
             run_id: self.run_id.clone(),
             metrics: self.metrics.clone(),
             commands: rx,

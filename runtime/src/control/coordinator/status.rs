@@ -84,6 +84,7 @@ impl Coordinator {
             last_checkpoint: self.last_checkpoint.clone(),
             total_lag: partitions.iter().filter_map(|p| p.lag).sum(),
             partitions,
+            tables: self.table_base.keys().cloned().collect(),
             rows_committed: self.rows_committed,
             aborted_checkpoints: self.aborted,
             error: None,

@@ -1,7 +1,13 @@
 //! A worker: reads the partitions the coordinator assigns, converts records, writes data
 //! files, dead-letters what cannot be converted, and answers barriers with its files and
 //! offsets. Runs on its own OS thread; talks to the coordinator only through protocol
-//! messages.
+//! messages. `sinks` holds the tables it writes, `tables` where their writers come from.
+
+mod routing;
+mod sinks;
+mod tables;
+
+pub use tables::Tables;
 
 use std::{
     collections::HashMap,
@@ -15,18 +21,19 @@ use rdkafka::{
 };
 
 use crate::{
+    commit::TableError,
     config::PipelineConfig,
     control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
-    decode::{RowBatcher, UNKNOWN_FIELD_NAMES, UnsupportedColumn},
+    decode::{UNKNOWN_FIELD_NAMES, UnsupportedColumn},
     failpoint,
     metrics::{FieldLabels, Metrics, ReasonLabels},
     offsets::{Offsets, TopicPartition, set_offset},
     source::{self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer},
-    write::{TableWriter, WriterFactory},
 };
 
-/// Rows converted before a batch is handed to the Parquet writer.
-const BATCH_ROWS: usize = 8192;
+use routing::Routing;
+use sinks::{BATCH_ROWS, Sinks};
+
 /// How long a poll waits for a record.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a barrier waits for dead-letter deliveries.
@@ -38,8 +45,8 @@ pub struct WorkerSetup {
     pub id: WorkerId,
     /// The pipeline.
     pub config: PipelineConfig,
-    /// Writers for the target table.
-    pub factory: WriterFactory,
+    /// Where the writers of each table come from.
+    pub tables: Tables,
     /// Coordinator run id (part of file names).
     pub run_id: String,
     /// Shared metrics.
@@ -70,6 +77,12 @@ pub enum WorkerError {
     /// The table cannot be decoded into.
     #[error(transparent)]
     Decoder(#[from] UnsupportedColumn),
+    /// A table could not be opened.
+    #[error(transparent)]
+    Table(#[from] TableError),
+    /// Writers cannot be prepared for a table.
+    #[error(transparent)]
+    Writer(#[from] crate::write::WriterSetupError),
     /// Assigning or releasing partitions failed.
     #[error("{what}: {source}")]
     Assignment {
@@ -167,17 +180,18 @@ struct Epoch {
 
 struct State {
     id: WorkerId,
-    run_id: String,
     max_record_bytes: usize,
-    factory: WriterFactory,
+    /// Which table each record goes to.
+    routing: Routing,
     metrics: Arc<Metrics>,
     events: tokio::sync::mpsc::UnboundedSender<ToCoordinator>,
     owned: Offsets,
-    batcher: RowBatcher,
-    writer: Option<TableWriter>,
+    sinks: Sinks,
     dlq: Option<DeadLetterProducer>,
     rt: tokio::runtime::Runtime,
     last_barrier: u64,
+    /// Records since metrics were last published.
+    since_publish: usize,
     epoch: Epoch,
     /// Partitions assigned but not yet read from, with when: the pause a move causes.
     awaiting_first: HashMap<(String, i32), std::time::Instant>,
@@ -204,17 +218,28 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         .map_err(WorkerError::Runtime)?;
     let mut state = State {
         id: setup.id,
-        run_id: setup.run_id,
+        sinks: Sinks::new(
+            setup.id,
+            setup.run_id,
+            setup.tables,
+            setup.config.resource.spec.sink.max_open_writers as usize,
+        ),
         max_record_bytes: setup.config.max_record_bytes,
-        batcher: RowBatcher::new(setup.factory.arrow_schema())?,
-        factory: setup.factory,
+        routing: match (&setup.config.table, &setup.config.router) {
+            (_, Some(router)) => Routing::Routed {
+                router: router.clone(),
+                topics: HashMap::new(),
+            },
+            (Some(table), None) => Routing::Fixed(table.clone()),
+            (None, None) => unreachable!("validated: a table or a route"),
+        },
         metrics: setup.metrics,
         events: setup.events,
         owned: Offsets::new(),
-        writer: None,
         dlq,
         rt,
         last_barrier: 0,
+        since_publish: 0,
         epoch: Epoch::default(),
         awaiting_first: HashMap::new(),
     };
@@ -249,12 +274,15 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
             .poll(Duration::ZERO)
             .or_else(|| consumer.poll(POLL));
         match polled {
-            None => state.flush_batch()?,
+            None => state.flush()?,
             Some(Err(e)) => tracing::warn!(worker = state.id, error = %e, "kafka poll error"),
-            Some(Ok(message)) => state.on_message(&message)?,
-        }
-        if state.batcher.rows() >= BATCH_ROWS {
-            state.flush_batch()?;
+            Some(Ok(message)) => {
+                state.on_message(&message)?;
+                state.since_publish += 1;
+                if state.since_publish >= BATCH_ROWS {
+                    state.publish_metrics();
+                }
+            }
         }
         if let Some(d) = &state.dlq {
             d.poll();
@@ -306,8 +334,7 @@ impl State {
             ToWorker::Reset { partitions } => {
                 // Everything since the last acknowledged barrier is abandoned: the files stay
                 // unreferenced (orphans for maintenance) and the records are read again.
-                self.writer = None;
-                let _ = self.batcher.finish();
+                self.sinks.reset();
                 self.epoch = Epoch::default();
                 self.awaiting_first.clear();
                 self.owned = partitions;
@@ -389,7 +416,16 @@ impl State {
                     self.max_record_bytes
                 ),
             )),
-            Some(p) => self.batcher.push(p).map_err(|e| (e.kind, e.message)),
+            Some(p) => match self.routing.target(m) {
+                Err(reason) => Err(("unroutable", reason)),
+                Ok(target) => self.sinks.push(
+                    &self.rt,
+                    &target.table,
+                    target.rule,
+                    p,
+                    self.last_barrier + 1,
+                )?,
+            },
         };
         match result {
             Ok(()) => {
@@ -434,57 +470,41 @@ impl State {
         Ok(())
     }
 
-    fn flush_batch(&mut self) -> Result<(), WorkerError> {
-        let Some(batch) = self.batcher.finish() else {
-            return Ok(());
-        };
-        if self.writer.is_none() {
-            let prefix = format!(
-                "{}-w{}-c{}-{}",
-                self.run_id,
-                self.id,
-                self.last_barrier + 1,
-                uuid::Uuid::now_v7().simple()
-            );
-            let w = self
-                .rt
-                .block_on(self.factory.open(prefix))
-                .map_err(write("open"))?;
-            self.writer = Some(w);
-        }
-        let writer = self.writer.as_mut().expect("just opened");
-        self.rt
-            .block_on(writer.write(batch))
-            .map_err(write("write"))?;
-        failpoint::hit(failpoint::points::WORKER_MID_WRITE);
+    /// Hands every converted row to the writers (the stream is idle).
+    fn flush(&mut self) -> Result<(), WorkerError> {
+        self.sinks.flush(&self.rt, self.last_barrier + 1)?;
         self.publish_metrics();
         Ok(())
     }
 
     fn publish_metrics(&mut self) {
-        let unknown = self.batcher.take_unknown_fields();
-        for name in &unknown.new_names {
-            tracing::warn!(
-                worker = self.id,
-                field = %name,
-                "records carry a field the table has no column for; it is not written \
-                 (counted in tidewater_unknown_field_records_total, logged once per field)"
-            );
-        }
-        if unknown.overflowed {
-            tracing::warn!(
-                worker = self.id,
-                names = UNKNOWN_FIELD_NAMES,
-                "more unknown field names than are tracked by name; further ones are counted as \
-                 field=\"(other)\" and not logged"
-            );
-        }
-        let others = (unknown.others > 0).then(|| ("(other)".to_string(), unknown.others));
-        for (field, n) in unknown.by_name.into_iter().chain(others) {
-            self.metrics
-                .unknown_fields
-                .get_or_create(&FieldLabels { field })
-                .inc_by(n);
+        self.since_publish = 0;
+        for (table, unknown) in self.sinks.take_unknown_fields() {
+            for name in &unknown.new_names {
+                tracing::warn!(
+                    worker = self.id,
+                    %table,
+                    field = %name,
+                    "records carry a field the table has no column for; it is not written \
+                     (counted in tidewater_unknown_field_records_total, logged once per field)"
+                );
+            }
+            if unknown.overflowed {
+                tracing::warn!(
+                    worker = self.id,
+                    %table,
+                    names = UNKNOWN_FIELD_NAMES,
+                    "more unknown field names than are tracked by name; further ones are counted \
+                     as field=\"(other)\" and not logged"
+                );
+            }
+            let others = (unknown.others > 0).then(|| ("(other)".to_string(), unknown.others));
+            for (field, n) in unknown.by_name.into_iter().chain(others) {
+                self.metrics
+                    .unknown_fields
+                    .get_or_create(&FieldLabels { field })
+                    .inc_by(n);
+            }
         }
         let e = &mut self.epoch;
         self.metrics
@@ -503,11 +523,8 @@ impl State {
 
     fn barrier(&mut self, checkpoint_id: u64) -> Result<(), WorkerError> {
         failpoint::hit(failpoint::points::WORKER_BARRIER);
-        self.flush_batch()?;
-        let (data_files, bytes) = match self.writer.take() {
-            Some(w) => self.rt.block_on(w.close()).map_err(write("close"))?,
-            None => (Vec::new(), 0),
-        };
+        let tables = self.sinks.close_all(&self.rt, self.last_barrier + 1)?;
+        let bytes = tables.values().map(|t| t.bytes).sum();
         if let Some(d) = &self.dlq {
             d.flush(DLQ_FLUSH)?;
         }
@@ -517,8 +534,7 @@ impl State {
         let ack = WorkerAck {
             worker: self.id,
             checkpoint_id,
-            data_files,
-            partition_spec_id: self.factory.partition_spec_id(),
+            tables,
             offsets: self.owned.clone(),
             rows: epoch.rows,
             bytes,

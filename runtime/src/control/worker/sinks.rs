@@ -1,0 +1,240 @@
+//! A worker's tables: per table one batcher (records → Arrow) and at most one open writer
+//! (Arrow → data files). Buffered rows and open writers are bounded; a writer over the bound
+//! is closed least recently used first and its files wait for the next barrier.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crate::{
+    checkpoint::TableCommitPlan,
+    control::protocol::WorkerId,
+    decode::{ConvertError, RowBatcher, UnknownFields},
+    failpoint,
+    write::{DataFileRef, TableWriter, WriterFactory},
+};
+
+use super::{
+    WorkerError,
+    tables::{Tables, Unavailable},
+    write,
+};
+
+/// Why a record is not written: its dead-letter kind and reason.
+pub(super) type RecordError = (&'static str, String);
+
+/// Rows converted for one table before they are handed to its Parquet writer.
+pub(super) const BATCH_ROWS: usize = 8192;
+/// Rows converted for all tables together before every batch is handed over.
+const BUFFERED_ROWS: usize = 4 * BATCH_ROWS;
+
+/// One table's part of a worker.
+struct Sink {
+    factory: WriterFactory,
+    batcher: RowBatcher,
+    writer: Option<TableWriter>,
+    /// Files closed since the last barrier (rolled over by the open-writer bound).
+    closed: Vec<DataFileRef>,
+    closed_bytes: u64,
+    /// Rows converted since the last barrier.
+    rows: u64,
+    /// When the writer was last written to (a counter, for least-recently-used closing).
+    last_used: u64,
+}
+
+/// The tables one worker writes, opened on first use.
+pub(super) struct Sinks {
+    worker: WorkerId,
+    run_id: String,
+    tables: Tables,
+    sinks: HashMap<String, Sink>,
+    max_open_writers: usize,
+    buffered: usize,
+    clock: u64,
+}
+
+impl Sinks {
+    pub(super) fn new(
+        worker: WorkerId,
+        run_id: String,
+        tables: Tables,
+        max_open_writers: usize,
+    ) -> Self {
+        Self {
+            worker,
+            run_id,
+            tables,
+            sinks: HashMap::new(),
+            max_open_writers: max_open_writers.max(1),
+            buffered: 0,
+            clock: 0,
+        }
+    }
+
+    /// Converts one record into `table`'s batch (the table opened, or created with route
+    /// `rule`'s definition, on first use), handing full batches to the writers. The outer
+    /// error stops the worker; the inner one is the record's dead-letter reason.
+    pub(super) fn push(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        rule: Option<usize>,
+        payload: &[u8],
+        next_checkpoint: u64,
+    ) -> Result<Result<(), RecordError>, WorkerError> {
+        if !self.sinks.contains_key(table) {
+            let factory = match rt.block_on(self.tables.factory(table, rule)) {
+                Ok(f) => f,
+                Err(Unavailable::Record(reason)) => return Ok(Err(("unroutable", reason))),
+                Err(Unavailable::Worker(e)) => return Err(e),
+            };
+            let sink = Sink {
+                batcher: RowBatcher::new(factory.arrow_schema())?,
+                factory,
+                writer: None,
+                closed: Vec::new(),
+                closed_bytes: 0,
+                rows: 0,
+                last_used: 0,
+            };
+            self.sinks.insert(table.to_string(), sink);
+        }
+        let sink = self.sinks.get_mut(table).expect("inserted above");
+        if let Err(ConvertError { kind, message }) = sink.batcher.push(payload) {
+            return Ok(Err((kind, message)));
+        }
+        sink.rows += 1;
+        self.buffered += 1;
+        if sink.batcher.rows() >= BATCH_ROWS {
+            self.flush_table(rt, table, next_checkpoint)?;
+        } else if self.buffered >= BUFFERED_ROWS {
+            self.flush(rt, next_checkpoint)?;
+        }
+        Ok(Ok(()))
+    }
+
+    /// Hands every table's converted rows to its writer.
+    pub(super) fn flush(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        next_checkpoint: u64,
+    ) -> Result<(), WorkerError> {
+        let full: Vec<String> = self
+            .sinks
+            .iter()
+            .filter(|(_, s)| s.batcher.rows() > 0)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for table in full {
+            self.flush_table(rt, &table, next_checkpoint)?;
+        }
+        Ok(())
+    }
+
+    fn flush_table(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        next_checkpoint: u64,
+    ) -> Result<(), WorkerError> {
+        let needs_writer = self.sinks.get(table).is_some_and(|s| s.writer.is_none());
+        if needs_writer {
+            self.make_room(rt)?;
+        }
+        self.clock += 1;
+        let (worker, clock) = (self.worker, self.clock);
+        let sink = self.sinks.get_mut(table).expect("flushed tables exist");
+        let Some(batch) = sink.batcher.finish() else {
+            return Ok(());
+        };
+        self.buffered = self.buffered.saturating_sub(batch.num_rows());
+        if sink.writer.is_none() {
+            let prefix = format!(
+                "{}-w{worker}-c{next_checkpoint}-{}",
+                self.run_id,
+                uuid::Uuid::now_v7().simple()
+            );
+            let w = rt
+                .block_on(sink.factory.open(prefix))
+                .map_err(write("open"))?;
+            sink.writer = Some(w);
+        }
+        sink.last_used = clock;
+        let writer = sink.writer.as_mut().expect("just opened");
+        rt.block_on(writer.write(batch)).map_err(write("write"))?;
+        failpoint::hit(failpoint::points::WORKER_MID_WRITE);
+        Ok(())
+    }
+
+    /// Closes the least recently used writer while the open ones are at their bound.
+    fn make_room(&mut self, rt: &tokio::runtime::Runtime) -> Result<(), WorkerError> {
+        let open = self.sinks.values().filter(|s| s.writer.is_some()).count();
+        if open < self.max_open_writers {
+            return Ok(());
+        }
+        let Some(sink) = self
+            .sinks
+            .values_mut()
+            .filter(|s| s.writer.is_some())
+            .min_by_key(|s| s.last_used)
+        else {
+            return Ok(());
+        };
+        let writer = sink.writer.take().expect("filtered on an open writer");
+        let (files, bytes) = rt.block_on(writer.close()).map_err(write("close"))?;
+        sink.closed.extend(files);
+        sink.closed_bytes += bytes;
+        Ok(())
+    }
+
+    /// At a barrier: converts what is buffered, closes every writer and returns, per table,
+    /// the files written since the last barrier.
+    pub(super) fn close_all(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        next_checkpoint: u64,
+    ) -> Result<BTreeMap<String, TableCommitPlan>, WorkerError> {
+        self.flush(rt, next_checkpoint)?;
+        let mut plans = BTreeMap::new();
+        for (table, sink) in &mut self.sinks {
+            if let Some(w) = sink.writer.take() {
+                let (files, bytes) = rt.block_on(w.close()).map_err(write("close"))?;
+                sink.closed.extend(files);
+                sink.closed_bytes += bytes;
+            }
+            let rows = std::mem::take(&mut sink.rows);
+            if sink.closed.is_empty() {
+                continue;
+            }
+            plans.insert(
+                table.clone(),
+                TableCommitPlan {
+                    partition_spec_id: sink.factory.partition_spec_id(),
+                    data_files: std::mem::take(&mut sink.closed),
+                    rows,
+                    bytes: std::mem::take(&mut sink.closed_bytes),
+                },
+            );
+        }
+        Ok(plans)
+    }
+
+    /// Abandons everything since the last barrier: open files stay unreferenced (orphans for
+    /// maintenance), buffered rows are dropped (their records are read again).
+    pub(super) fn reset(&mut self) {
+        for sink in self.sinks.values_mut() {
+            sink.writer = None;
+            let _ = sink.batcher.finish();
+            sink.closed.clear();
+            sink.closed_bytes = 0;
+            sink.rows = 0;
+        }
+        self.buffered = 0;
+    }
+
+    /// Fields without a column, per table, since the last call.
+    pub(super) fn take_unknown_fields(&mut self) -> Vec<(&str, UnknownFields)> {
+        self.sinks
+            .iter_mut()
+            .map(|(t, s)| (t.as_str(), s.batcher.take_unknown_fields()))
+            .collect()
+    }
+}

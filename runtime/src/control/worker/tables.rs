@@ -1,0 +1,100 @@
+//! Where a worker gets the writers of a table: the ones its coordinator prepared, or the table
+//! loaded from the catalog on first use — and created there when the route's table definition
+//! allows it (`createTable`). The catalog is opened in the worker's own runtime, lazily.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use iceberg::Catalog;
+
+use crate::{
+    commit::{self, TableError},
+    config::PipelineConfig,
+    write::WriterFactory,
+};
+
+use super::WorkerError;
+
+/// How long a table found missing (without a definition to create it) is not looked up again.
+const MISSING_RECHECK: Duration = Duration::from_secs(10);
+
+/// Why a table cannot be written by this record, or the worker's error.
+pub(super) enum Unavailable {
+    /// The record cannot go there (dead-lettered with this reason).
+    Record(String),
+    /// The worker cannot go on.
+    Worker(WorkerError),
+}
+
+/// Writer factories by table (`namespace.name`).
+#[derive(Clone)]
+pub struct Tables {
+    config: PipelineConfig,
+    known: HashMap<String, WriterFactory>,
+    catalog: Option<Arc<dyn Catalog>>,
+    missing: HashMap<String, Instant>,
+}
+
+impl Tables {
+    /// Tables whose writers are already prepared; others are opened on first use.
+    pub fn new(config: &PipelineConfig, prepared: Vec<(String, WriterFactory)>) -> Self {
+        Self {
+            config: config.clone(),
+            known: prepared.into_iter().collect(),
+            catalog: None,
+            missing: HashMap::new(),
+        }
+    }
+
+    /// The writers of `table`, loading or creating it (with the definition of route `rule`).
+    pub(super) async fn factory(
+        &mut self,
+        table: &str,
+        rule: Option<usize>,
+    ) -> Result<WriterFactory, Unavailable> {
+        if let Some(f) = self.known.get(table) {
+            return Ok(f.clone());
+        }
+        if self
+            .missing
+            .get(table)
+            .is_some_and(|at| at.elapsed() < MISSING_RECHECK)
+        {
+            return Err(missing(table));
+        }
+        let catalog = match &self.catalog {
+            Some(c) => c.clone(),
+            None => {
+                let c = commit::open_pipeline_catalog(&self.config)
+                    .await
+                    .map_err(|e| Unavailable::Worker(e.into()))?
+                    .catalog;
+                self.catalog = Some(c.clone());
+                c
+            }
+        };
+        let loaded = commit::open_table(catalog.as_ref(), &self.config, table, rule, true).await;
+        let loaded = match loaded {
+            Ok(t) => t,
+            Err(TableError::Missing(_)) => {
+                self.missing.insert(table.to_string(), Instant::now());
+                return Err(missing(table));
+            }
+            Err(e) => return Err(Unavailable::Worker(e.into())),
+        };
+        let factory = WriterFactory::new(&loaded, &self.config.resource.spec.sink.write_properties)
+            .map_err(|e| Unavailable::Worker(e.into()))?;
+        tracing::info!(%table, "writing to table");
+        self.known.insert(table.to_string(), factory.clone());
+        Ok(factory)
+    }
+}
+
+fn missing(table: &str) -> Unavailable {
+    Unavailable::Record(format!(
+        "table {table} does not exist and no createTable definition applies to it"
+    ))
+}
