@@ -427,6 +427,9 @@ pub struct SinkSpec {
     #[serde(default = "default_max_open_writers")]
     #[schemars(range(min = 1, max = 10000))]
     pub max_open_writers: u32,
+    /// How tables follow the records while the pipeline runs.
+    #[serde(default)]
+    pub schema_evolution: SchemaEvolutionSpec,
     /// Table definition used only when a table does not exist yet (with `route`: the
     /// template of every table the route creates, unless its rule has its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -549,6 +552,52 @@ pub enum CatalogType {
     Sql,
     /// An Iceberg REST catalog (Polaris, Lakekeeper, Nessie, Gravitino, S3 Tables ...).
     Rest,
+}
+
+/// Schema evolution without restarts: a field a table lacks becomes a new optional column,
+/// an `int` column given a 64-bit value becomes `long`, a required column that stops arriving
+/// becomes optional — metadata-only schema updates through the catalog. Columns are never
+/// dropped, renamed or narrowed.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaEvolutionSpec {
+    /// Off: fields without a column are not written (counted per field in
+    /// `tidewater_unknown_field_records_total` and logged once per field).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// A record the table cannot take and cannot evolve for (a string where a long was).
+    #[serde(default)]
+    pub on_incompatible: OnIncompatible,
+    /// A record without a required column's field makes that column optional (instead of
+    /// being a bad record). Off by default: a JSON record carries no schema saying the field
+    /// became optional, and one bad record would weaken the table for good.
+    #[serde(default)]
+    pub make_required_optional: bool,
+}
+
+impl Default for SchemaEvolutionSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            on_incompatible: OnIncompatible::default(),
+            make_required_optional: false,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// What happens to a record no schema change can make fit.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnIncompatible {
+    /// Sent to the dead-letter topic with the reason (as any unconvertible record).
+    #[default]
+    DeadLetter,
+    /// The pipeline stops without committing past it.
+    Fail,
 }
 
 /// Write modes.

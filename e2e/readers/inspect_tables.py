@@ -27,17 +27,21 @@ def main():
         for ident in catalog.list_tables(ns):
             table = catalog.load_table(ident)
             name = ".".join(ident)
-            entry = {"columns": [f.name for f in table.schema().fields], "snapshots": len(table.snapshots())}
+            fields = table.schema().fields
+            entry = {"columns": [f.name for f in fields], "types": {f.name: str(f.field_type) for f in fields}, "required": [f.name for f in fields if f.required], "snapshots": len(table.snapshots())}
             if "pyiceberg" in readers:
-                ids = table.scan(selected_fields=(args.id_column,)).to_arrow().column(args.id_column).to_pylist()
-                entry["pyiceberg"] = {"rows": len(ids), "distinct": len(set(ids)), "ids": sorted(i for i in ids if i is not None) if len(ids) <= 100000 else None}
+                arrow = table.scan().to_arrow()
+                ids = arrow.column(args.id_column).to_pylist()
+                entry["pyiceberg"] = {"rows": len(ids), "distinct": len(set(ids)), "ids": sorted(i for i in ids if i is not None) if len(ids) <= 100000 else None, "nonnull": {c: arrow.num_rows - arrow.column(c).null_count for c in arrow.column_names}}
             if con is not None:
                 loc = table.metadata_location
                 if table.current_snapshot() is None:
                     entry["duckdb"] = {"rows": 0, "distinct": 0}
                 else:
                     rows, distinct = con.execute(f"SELECT count(*), count(DISTINCT {args.id_column}) FROM iceberg_scan('{loc}')").fetchone()
-                    entry["duckdb"] = {"rows": rows, "distinct": distinct}
+                    names = [f.name for f in fields]
+                    counts = con.execute("SELECT " + ", ".join(f'count("{n}")' for n in names) + f" FROM iceberg_scan('{loc}')").fetchone()
+                    entry["duckdb"] = {"rows": rows, "distinct": distinct, "nonnull": dict(zip(names, counts))}
             out[name] = entry
     print(json.dumps({"tables": out}))
 

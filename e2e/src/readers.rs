@@ -121,6 +121,13 @@ fn inspect_table_fast(spec: &PipelineSpec) -> Result<TableView> {
 #[derive(Debug, Clone, Default)]
 pub struct CatalogTable {
     pub columns: Vec<String>,
+    /// Iceberg type of each column, as PyIceberg prints it (`long`, `string`, …).
+    pub types: std::collections::BTreeMap<String, String>,
+    /// Required columns.
+    pub required: Vec<String>,
+    /// Non-null values per column: PyIceberg's, and DuckDB's when asked.
+    pub nonnull: std::collections::BTreeMap<String, u64>,
+    pub duckdb_nonnull: std::collections::BTreeMap<String, u64>,
     pub snapshots: u64,
     pub pyiceberg_rows: u64,
     /// Every id PyIceberg read, sorted (tables up to 100k rows).
@@ -161,7 +168,34 @@ pub fn inspect_catalog(
     Ok(tables
         .into_iter()
         .map(|(name, t)| {
+            let counts = |v: &serde_json::Value| -> std::collections::BTreeMap<String, u64> {
+                v.as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, n)| Some((k.clone(), n.as_u64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
             let table = CatalogTable {
+                types: t["types"]
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                required: t["required"]
+                    .as_array()
+                    .map(|c| {
+                        c.iter()
+                            .filter_map(|c| c.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                nonnull: counts(&t["pyiceberg"]["nonnull"]),
+                duckdb_nonnull: counts(&t["duckdb"]["nonnull"]),
                 columns: t["columns"]
                     .as_array()
                     .map(|c| {

@@ -55,6 +55,8 @@ pub struct PipelineSpec {
     pub kafka_security: Option<String>,
     /// `spec.sink.route` instead of `table`, as YAML lines indented for that key.
     pub route: Option<String>,
+    /// `spec.sink.schemaEvolution.enabled` (unset: the default, on).
+    pub schema_evolution: Option<bool>,
 }
 
 impl PipelineSpec {
@@ -86,6 +88,7 @@ impl PipelineSpec {
             topic_pattern: None,
             kafka_security: None,
             route: None,
+            schema_evolution: None,
         }
     }
 
@@ -153,7 +156,7 @@ spec:
       uri: {uri}
       warehouse: {warehouse}
 {auth}{table}
-    mode: append
+{evolution}    mode: append
     createTable:
       schema:
         - {{name: id, type: long, required: true}}
@@ -209,6 +212,10 @@ spec:
                 .map(|e| format!(
                     "  storage:\n    s3:\n      endpoint: {e}\n      region: us-east-1\n      pathStyleAccess: true\n"
                 ))
+                .unwrap_or_default(),
+            evolution = self
+                .schema_evolution
+                .map(|on| format!("    schemaEvolution:\n      enabled: {on}\n"))
                 .unwrap_or_default(),
             table = match &self.route {
                 Some(route) => format!("    route:\n{route}"),

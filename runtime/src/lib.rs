@@ -2,7 +2,8 @@
 //!
 //! The folders follow the data path, then the control plane around it:
 //! `source` (Kafka consumer, partition discovery, offsets, dead letters) → `decode`
-//! (records → Arrow, pure) → `route` (which table, pure) → `write`
+//! (records → Arrow, pure) → `route` (which table, pure) → `evolve` (what a record that does
+//! not fit asks of the table's schema, pure) → `write`
 //! (partitioned, rolling Parquet data files) → `checkpoint` (durable records, savepoints and
 //! the pure recovery/commit decisions) → `commit` (catalogs, table creation, fenced commits).
 //! `control` runs it: coordinator, workers, the job API. `maintenance` is the compaction
@@ -15,6 +16,7 @@ pub mod commit;
 pub mod config;
 pub mod control;
 pub mod decode;
+pub mod evolve;
 pub mod failpoint;
 pub mod maintenance;
 pub mod metrics;

@@ -72,6 +72,8 @@ pub struct Metrics {
     pub table_files: Family<TableLabels, Counter>,
     /// Snapshots committed, per table.
     pub table_commits: Family<TableLabels, Counter>,
+    /// Schema updates made by this process, per table.
+    pub schema_changes: Family<TableLabels, Counter>,
     /// Kafka lag (high watermark − next offset) per partition.
     pub lag: Family<PartitionLabels, Gauge>,
     /// Barrier sent → checkpoint record durable, seconds.
@@ -129,6 +131,7 @@ impl Metrics {
             table_rows: Family::default(),
             table_files: Family::default(),
             table_commits: Family::default(),
+            schema_changes: Family::default(),
             lag: Family::default(),
             checkpoint_duration: secs(),
             commit_duration: secs(),
@@ -190,6 +193,11 @@ impl Metrics {
             "table_commits",
             "Iceberg snapshots committed, per table",
             m.table_commits.clone(),
+        );
+        m.registry.register(
+            "schema_changes",
+            "Schema updates made by this process (new columns, widenings, required to optional), per table",
+            m.schema_changes.clone(),
         );
         m.registry.register(
             "partition_lag_records",

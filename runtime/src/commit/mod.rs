@@ -19,6 +19,7 @@ use crate::{
 
 mod catalog;
 mod create;
+mod evolve;
 mod history;
 mod pinned;
 
@@ -28,6 +29,7 @@ pub use create::{
     PipelineCatalog, load_or_create, open_pipeline_catalog, open_table, parse_ident,
     table_definition,
 };
+pub use evolve::evolve_table;
 pub use history::last_pipeline_commit;
 use pinned::PinnedCatalog;
 
@@ -57,6 +59,9 @@ pub enum TableError {
     /// Another writer with the same pipeline uid moved the table: this writer must stop.
     #[error("fenced: {0}")]
     Fenced(String),
+    /// A schema change could not be committed.
+    #[error("schema evolution: {0}")]
+    Evolve(String),
     /// The table history has a tidewater summary that cannot be read.
     #[error("table history: {0}")]
     History(String),

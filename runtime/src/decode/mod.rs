@@ -32,6 +32,36 @@ pub struct ConvertError {
     pub kind: &'static str,
     /// Human-readable reason naming the field.
     pub message: String,
+    /// The column the reason is about, when it is about one.
+    pub field: Option<String>,
+}
+
+/// What the JSON value of a field without a column looks like (schema evolution reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `null`.
+    Null,
+    /// `true` / `false`.
+    Boolean,
+    /// A number without fraction or exponent.
+    Integer,
+    /// Any other number.
+    Number,
+    /// A string.
+    String,
+    /// An object.
+    Object,
+    /// An array.
+    Array,
+}
+
+/// What [`RowBatcher::push_evolving`] did with a record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pushed {
+    /// The record is in the batch.
+    Appended,
+    /// Nothing was appended: the record has non-null fields the table has no column for.
+    NewFields(Vec<(String, Shape)>),
 }
 
 impl fmt::Display for ConvertError {
@@ -259,15 +289,38 @@ impl RowBatcher {
     /// Converts one JSON record and appends it; on error nothing is appended.
     pub fn push(&mut self, payload: &[u8]) -> Result<(), ConvertError> {
         let mut unknown = Vec::new();
-        let values = self.parse(payload, &mut unknown)?;
+        let values = self.parse(payload, &mut unknown, false)?;
+        self.append(values);
+        for (name, _) in unknown {
+            self.note_unknown(&name);
+        }
+        Ok(())
+    }
+
+    /// Like [`Self::push`], but a record with non-null fields the table has no column for is
+    /// not appended: their names and shapes are returned, for the schema to evolve first.
+    pub fn push_evolving(&mut self, payload: &[u8]) -> Result<Pushed, ConvertError> {
+        let mut unknown = Vec::new();
+        let values = self.parse(payload, &mut unknown, true)?;
+        let new: Vec<(String, Shape)> = unknown
+            .into_iter()
+            .filter_map(|(name, shape)| match shape {
+                Some(Shape::Null) | None => None,
+                Some(shape) => Some((name.into_owned(), shape)),
+            })
+            .collect();
+        if !new.is_empty() {
+            return Ok(Pushed::NewFields(new));
+        }
+        self.append(values);
+        Ok(Pushed::Appended)
+    }
+
+    fn append(&mut self, values: Vec<Scalar<'_>>) {
         for (builder, value) in self.builders.iter_mut().zip(values) {
             builder.append(value);
         }
         self.rows += 1;
-        for name in unknown {
-            self.note_unknown(&name);
-        }
-        Ok(())
     }
 
     fn note_unknown(&mut self, name: &str) {
@@ -296,13 +349,15 @@ impl RowBatcher {
     fn parse<'a>(
         &self,
         payload: &'a [u8],
-        unknown: &mut Vec<Cow<'a, str>>,
+        unknown: &mut Vec<(Cow<'a, str>, Option<Shape>)>,
+        shapes: bool,
     ) -> Result<Vec<Scalar<'a>>, ConvertError> {
         let mut failure = None;
         let seed = RecordSeed {
             batcher: self,
             failure: &mut failure,
             unknown,
+            shapes,
         };
         let mut de = serde_json::Deserializer::from_slice(payload);
         let parsed = seed.deserialize(&mut de).and_then(|v| de.end().map(|()| v));
@@ -316,6 +371,7 @@ impl RowBatcher {
                         "invalid-json"
                     },
                     message: e.to_string(),
+                    field: None,
                 }));
             }
         };
@@ -324,6 +380,7 @@ impl RowBatcher {
                 return Err(ConvertError {
                     kind: "missing-required",
                     message: format!("required field `{}` is missing or null", column.name),
+                    field: Some(column.name.clone()),
                 });
             }
         }
@@ -344,7 +401,9 @@ impl RowBatcher {
 struct RecordSeed<'b, 'de> {
     batcher: &'b RowBatcher,
     failure: &'b mut Option<ConvertError>,
-    unknown: &'b mut Vec<Cow<'de, str>>,
+    unknown: &'b mut Vec<(Cow<'de, str>, Option<Shape>)>,
+    /// Whether the shapes of unknown fields' values are wanted.
+    shapes: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_, 'de> {
@@ -382,18 +441,72 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
                             *self.failure = Some(ConvertError {
                                 kind,
                                 message: format!("field `{}`: {message}", column.name),
+                                field: Some(column.name.clone()),
                             });
                             return Err(de::Error::custom("conversion failed"));
                         }
                     }
                 }
                 Slot::Unknown(name) => {
-                    map.next_value::<IgnoredAny>()?;
-                    self.unknown.push(name);
+                    let shape = if self.shapes {
+                        Some(map.next_value_seed(ShapeSeed)?)
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                        None
+                    };
+                    self.unknown.push((name, shape));
                 }
             }
         }
         Ok(values)
+    }
+}
+
+/// Reads a value only for its [`Shape`], skipping its content.
+struct ShapeSeed;
+
+impl<'de> DeserializeSeed<'de> for ShapeSeed {
+    type Value = Shape;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ShapeSeed {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Shape, E> {
+        Ok(Shape::Null)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Shape, E> {
+        Ok(Shape::Null)
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::Boolean)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shape, E> {
+        Ok(Shape::Integer)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Shape, E> {
+        Ok(Shape::Integer)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shape, E> {
+        Ok(Shape::Number)
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Shape, E> {
+        Ok(Shape::String)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(Shape::Object)
+    }
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Shape::Array)
     }
 }
 

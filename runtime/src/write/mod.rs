@@ -167,6 +167,11 @@ impl WriterFactory {
         })
     }
 
+    /// The Iceberg schema the files are written with.
+    pub fn schema(&self) -> &iceberg::spec::Schema {
+        &self.schema
+    }
+
     /// Arrow schema (with Iceberg field ids) that batches must have.
     pub fn arrow_schema(&self) -> ArrowSchemaRef {
         self.arrow_schema.clone()

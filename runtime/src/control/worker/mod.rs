@@ -80,6 +80,17 @@ pub enum WorkerError {
     /// A table could not be opened.
     #[error(transparent)]
     Table(#[from] TableError),
+    /// A record cannot be made to fit its table and the pipeline fails on such records.
+    #[error(
+        "table {table}: {reason}; spec.sink.schemaEvolution.onIncompatible is fail, so the \
+         pipeline stops without committing past the record"
+    )]
+    Incompatible {
+        /// The table.
+        table: String,
+        /// Why the record does not fit.
+        reason: String,
+    },
     /// Writers cannot be prepared for a table.
     #[error(transparent)]
     Writer(#[from] crate::write::WriterSetupError),
@@ -222,7 +233,8 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
             setup.id,
             setup.run_id,
             setup.tables,
-            setup.config.resource.spec.sink.max_open_writers as usize,
+            &setup.config.resource.spec.sink,
+            setup.metrics.clone(),
         ),
         max_record_bytes: setup.config.max_record_bytes,
         routing: match (&setup.config.table, &setup.config.router) {

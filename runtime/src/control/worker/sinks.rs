@@ -2,13 +2,20 @@
 //! (Arrow → data files). Buffered rows and open writers are bounded; a writer over the bound
 //! is closed least recently used first and its files wait for the next barrier.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
+
+use tidewater_crds::pipeline::{OnIncompatible, SchemaEvolutionSpec, SinkSpec};
 
 use crate::{
     checkpoint::TableCommitPlan,
     control::protocol::WorkerId,
-    decode::{ConvertError, RowBatcher, UnknownFields},
+    decode::{ConvertError, Pushed, RowBatcher, UnknownFields},
+    evolve::{self, Observation},
     failpoint,
+    metrics::{Metrics, TableLabels},
     write::{DataFileRef, TableWriter, WriterFactory},
 };
 
@@ -38,6 +45,8 @@ struct Sink {
     rows: u64,
     /// When the writer was last written to (a counter, for least-recently-used closing).
     last_used: u64,
+    /// Unknown-field counts of batchers replaced by a schema change, not yet published.
+    carried: Vec<UnknownFields>,
 }
 
 /// The tables one worker writes, opened on first use.
@@ -47,6 +56,8 @@ pub(super) struct Sinks {
     tables: Tables,
     sinks: HashMap<String, Sink>,
     max_open_writers: usize,
+    evolution: SchemaEvolutionSpec,
+    metrics: Arc<Metrics>,
     buffered: usize,
     clock: u64,
 }
@@ -56,14 +67,17 @@ impl Sinks {
         worker: WorkerId,
         run_id: String,
         tables: Tables,
-        max_open_writers: usize,
+        sink: &SinkSpec,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             worker,
             run_id,
             tables,
             sinks: HashMap::new(),
-            max_open_writers: max_open_writers.max(1),
+            max_open_writers: (sink.max_open_writers as usize).max(1),
+            evolution: sink.schema_evolution.clone(),
+            metrics,
             buffered: 0,
             clock: 0,
         }
@@ -94,13 +108,42 @@ impl Sinks {
                 closed_bytes: 0,
                 rows: 0,
                 last_used: 0,
+                carried: Vec::new(),
             };
             self.sinks.insert(table.to_string(), sink);
         }
-        let sink = self.sinks.get_mut(table).expect("inserted above");
-        if let Err(ConvertError { kind, message }) = sink.batcher.push(payload) {
-            return Ok(Err((kind, message)));
+        let mut evolved = 0;
+        loop {
+            let sink = self.sinks.get_mut(table).expect("inserted above");
+            let observation = if self.evolution.enabled {
+                match sink.batcher.push_evolving(payload) {
+                    Ok(Pushed::Appended) => break,
+                    Ok(Pushed::NewFields(fields)) => Observation::NewFields(fields),
+                    Err(e) => Observation::Failed(e),
+                }
+            } else {
+                match sink.batcher.push(payload) {
+                    Ok(()) => break,
+                    Err(e) => return self.refuse(table, e),
+                }
+            };
+            let relax = self.evolution.make_required_optional;
+            if evolved >= 2 || evolve::decide(sink.factory.schema(), &observation, relax).is_empty()
+            {
+                match observation {
+                    // Fields that cannot become columns (nested values): written without them,
+                    // counted per field.
+                    Observation::NewFields(_) => match sink.batcher.push(payload) {
+                        Ok(()) => break,
+                        Err(e) => return self.refuse(table, e),
+                    },
+                    Observation::Failed(e) => return self.refuse(table, e),
+                }
+            }
+            self.evolve(rt, table, &observation, next_checkpoint)?;
+            evolved += 1;
         }
+        let sink = self.sinks.get_mut(table).expect("inserted above");
         sink.rows += 1;
         self.buffered += 1;
         if sink.batcher.rows() >= BATCH_ROWS {
@@ -109,6 +152,60 @@ impl Sinks {
             self.flush(rt, next_checkpoint)?;
         }
         Ok(Ok(()))
+    }
+
+    /// A record no schema change makes fit: its dead-letter reason, or the worker's error when
+    /// the pipeline fails on incompatible records.
+    fn refuse(&self, table: &str, e: ConvertError) -> Result<Result<(), RecordError>, WorkerError> {
+        let incompatible = matches!(e.kind, "wrong-type" | "out-of-range" | "missing-required");
+        if incompatible && self.evolution.on_incompatible == OnIncompatible::Fail {
+            return Err(WorkerError::Incompatible {
+                table: table.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        Ok(Err((e.kind, e.message)))
+    }
+
+    /// Brings `table`'s schema to what `observation` asks: the rows so far are written with
+    /// the old schema (their files wait for the barrier), the table's schema is updated
+    /// through the catalog, and its writers and batcher are remade from the new schema.
+    fn evolve(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        observation: &Observation,
+        next_checkpoint: u64,
+    ) -> Result<(), WorkerError> {
+        self.flush_table(rt, table, next_checkpoint)?;
+        let (factory, changes) = rt.block_on(self.tables.evolve(table, observation))?;
+        let sink = self.sinks.get_mut(table).expect("evolved tables exist");
+        if let Some(w) = sink.writer.take() {
+            let (files, bytes) = rt.block_on(w.close()).map_err(write("close"))?;
+            sink.closed.extend(files);
+            sink.closed_bytes += bytes;
+        }
+        let mut batcher = RowBatcher::new(factory.arrow_schema())?;
+        std::mem::swap(&mut sink.batcher, &mut batcher);
+        sink.carried.push(batcher.take_unknown_fields());
+        sink.factory = factory;
+        if !changes.is_empty() {
+            let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
+            tracing::info!(
+                worker = self.worker,
+                %table,
+                changes = %changes.join(", "),
+                schema = sink.factory.schema().schema_id(),
+                "schema evolved"
+            );
+            self.metrics
+                .schema_changes
+                .get_or_create(&TableLabels {
+                    table: table.to_string(),
+                })
+                .inc();
+        }
+        Ok(())
     }
 
     /// Hands every table's converted rows to its writer.
@@ -232,9 +329,13 @@ impl Sinks {
 
     /// Fields without a column, per table, since the last call.
     pub(super) fn take_unknown_fields(&mut self) -> Vec<(&str, UnknownFields)> {
-        self.sinks
-            .iter_mut()
-            .map(|(t, s)| (t.as_str(), s.batcher.take_unknown_fields()))
-            .collect()
+        let mut out = Vec::new();
+        for (t, s) in &mut self.sinks {
+            for carried in s.carried.drain(..) {
+                out.push((t.as_str(), carried));
+            }
+            out.push((t.as_str(), s.batcher.take_unknown_fields()));
+        }
+        out
     }
 }

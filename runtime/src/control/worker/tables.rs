@@ -13,6 +13,8 @@ use iceberg::Catalog;
 use crate::{
     commit::{self, TableError},
     config::PipelineConfig,
+    evolve::{Change, Observation},
+    maintenance::commit::Cas,
     write::WriterFactory,
 };
 
@@ -35,6 +37,8 @@ pub struct Tables {
     config: PipelineConfig,
     known: HashMap<String, WriterFactory>,
     catalog: Option<Arc<dyn Catalog>>,
+    /// The catalog's compare-and-swap, for schema updates (connected on first use).
+    cas: Option<Arc<Cas>>,
     missing: HashMap<String, Instant>,
 }
 
@@ -45,6 +49,7 @@ impl Tables {
             config: config.clone(),
             known: prepared.into_iter().collect(),
             catalog: None,
+            cas: None,
             missing: HashMap::new(),
         }
     }
@@ -65,17 +70,10 @@ impl Tables {
         {
             return Err(missing(table));
         }
-        let catalog = match &self.catalog {
-            Some(c) => c.clone(),
-            None => {
-                let c = commit::open_pipeline_catalog(&self.config)
-                    .await
-                    .map_err(|e| Unavailable::Worker(e.into()))?
-                    .catalog;
-                self.catalog = Some(c.clone());
-                c
-            }
-        };
+        let catalog = self
+            .catalog()
+            .await
+            .map_err(|e| Unavailable::Worker(e.into()))?;
         let loaded = commit::open_table(catalog.as_ref(), &self.config, table, rule, true).await;
         let loaded = match loaded {
             Ok(t) => t,
@@ -90,6 +88,51 @@ impl Tables {
         tracing::info!(%table, "writing to table");
         self.known.insert(table.to_string(), factory.clone());
         Ok(factory)
+    }
+
+    async fn catalog(&mut self) -> Result<Arc<dyn Catalog>, TableError> {
+        if let Some(c) = &self.catalog {
+            return Ok(c.clone());
+        }
+        let c = commit::open_pipeline_catalog(&self.config).await?.catalog;
+        self.catalog = Some(c.clone());
+        Ok(c)
+    }
+
+    /// Evolves `table`'s schema for what a record showed; returns the writers for the table as
+    /// it is afterwards, and the changes made (by this call; empty when another writer made
+    /// them first or nothing may change).
+    pub(super) async fn evolve(
+        &mut self,
+        table: &str,
+        observation: &Observation,
+    ) -> Result<(WriterFactory, Vec<Change>), WorkerError> {
+        let catalog = self.catalog().await?;
+        let cas = match &self.cas {
+            Some(c) => c.clone(),
+            None => {
+                let c = Arc::new(
+                    Cas::connect(&self.config.catalog)
+                        .await
+                        .map_err(|e| TableError::Evolve(e.to_string()))?,
+                );
+                self.cas = Some(c.clone());
+                c
+            }
+        };
+        let relax = self
+            .config
+            .resource
+            .spec
+            .sink
+            .schema_evolution
+            .make_required_optional;
+        let (loaded, changes) =
+            commit::evolve_table(catalog.as_ref(), &cas, table, observation, relax).await?;
+        let factory =
+            WriterFactory::new(&loaded, &self.config.resource.spec.sink.write_properties)?;
+        self.known.insert(table.to_string(), factory.clone());
+        Ok((factory, changes))
     }
 }
 
