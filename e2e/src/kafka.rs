@@ -357,6 +357,19 @@ pub struct BackgroundProducer {
 impl BackgroundProducer {
     /// Starts producing about `per_second` events per second over `partitions`.
     pub fn start(broker: &Broker, topic: &str, partitions: i32, per_second: u64) -> Result<Self> {
+        Self::start_with(broker, topic, partitions, per_second, |id| {
+            event_json(id, chrono::Utc::now().timestamp_millis())
+        })
+    }
+
+    /// Like [`Self::start`], with the payload of each id made by `make`.
+    pub fn start_with(
+        broker: &Broker,
+        topic: &str,
+        partitions: i32,
+        per_second: u64,
+        make: fn(u64) -> String,
+    ) -> Result<Self> {
         use std::sync::atomic::Ordering;
         let producer = broker.producer()?;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -365,7 +378,10 @@ impl BackgroundProducer {
             let chunk = (per_second / 20).max(1);
             let mut next = 0u64;
             while !s.load(Ordering::Relaxed) {
-                producer.send_events(&topic, partitions, next..next + chunk)?;
+                for id in next..next + chunk {
+                    let p = i32::try_from(id % u64::try_from(partitions)?)?;
+                    producer.send(&topic, p, make(id).as_bytes())?;
+                }
                 next += chunk;
                 producer.flush()?;
                 std::thread::sleep(Duration::from_millis(50));

@@ -4,8 +4,10 @@
 //! `kill -9` at random moments and 20 aborts at fail points that hit the dangerous windows
 //! deterministically (mid-write, between checkpoint record and commit, mid-commit, after
 //! commit before progress). Then PyIceberg and DuckDB must count exactly the produced rows
-//! and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog, and once with a
-//! route that spreads every checkpoint over four tables (crashes between two table commits).
+//! and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog, once with a route
+//! that spreads every checkpoint over four tables (crashes between two table commits), and
+//! once with events that bring a new field every 4,000 ids (crashes right after a schema
+//! update; every field must become one column holding exactly its events' values).
 //!
 //! Zombie test: a paused writer (SIGSTOP) wakes up after another writer with the same
 //! pipeline uid took over; its commit must be refused, nothing duplicated.
@@ -45,11 +47,38 @@ const KIND_TABLES: [&str; 4] = [
     "analytics.clicks_scroll",
 ];
 
-fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
-    crash_test_with(catalog_uri, iterations, false)
+/// Fail points around schema updates (the events bring a new field every 4,000 ids).
+const EVOLVING_FAILPOINTS: &[&str] = &[
+    "worker.after-schema-update",
+    "checkpoint.after-record",
+    "worker.mid-write",
+    "commit.before-catalog-update",
+];
+
+/// Ids per new field in the evolving crash test.
+const IDS_PER_FIELD: u64 = 4000;
+
+/// A small event whose field `x{k}` is new every [`IDS_PER_FIELD`] ids.
+fn evolving_event(id: u64) -> String {
+    format!(r#"{{"id":{id},"x{}":{id}}}"#, id / IDS_PER_FIELD)
 }
 
-fn crash_test_with(catalog_uri: Option<String>, iterations: usize, routed: bool) -> Result<()> {
+/// What the crash test's pipeline does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One table.
+    Plain,
+    /// Four routed tables: every checkpoint commits several.
+    Routed,
+    /// One table whose schema grows all the time.
+    Evolving,
+}
+
+fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
+    crash_test_with(catalog_uri, iterations, Mode::Plain)
+}
+
+fn crash_test_with(catalog_uri: Option<String>, iterations: usize, mode: Mode) -> Result<()> {
     let broker = Broker::start()?;
     broker.create_topic("clicks", 4)?;
     let dir = tempfile::tempdir()?;
@@ -57,16 +86,23 @@ fn crash_test_with(catalog_uri: Option<String>, iterations: usize, routed: bool)
     if let Some(uri) = catalog_uri {
         spec.catalog_uri = uri;
     }
-    let failpoints = if routed {
-        spec.route = Some("      table: \"analytics.clicks_{value.event_type}\"\n".into());
-        MULTI_TABLE_FAILPOINTS
-    } else {
-        FAILPOINTS
+    let failpoints = match mode {
+        Mode::Plain => FAILPOINTS,
+        Mode::Routed => {
+            spec.route = Some("      table: \"analytics.clicks_{value.event_type}\"\n".into());
+            MULTI_TABLE_FAILPOINTS
+        }
+        Mode::Evolving => EVOLVING_FAILPOINTS,
     };
     let file = dir.path().join("pipeline.yaml");
     spec.write(&file)?;
     let log = dir.path().join("tw.log");
-    let producer = BackgroundProducer::start(&broker, "clicks", 4, 2000)?;
+    let producer = match mode {
+        Mode::Evolving => {
+            BackgroundProducer::start_with(&broker, "clicks", 4, 2000, evolving_event)?
+        }
+        _ => BackgroundProducer::start(&broker, "clicks", 4, 2000)?,
+    };
 
     let mut rng = rand::rng();
     let mut triggered: BTreeMap<&str, usize> = BTreeMap::new();
@@ -115,7 +151,7 @@ fn crash_test_with(catalog_uri: Option<String>, iterations: usize, routed: bool)
         "crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), {total} events"
     );
 
-    if routed {
+    if mode == Mode::Routed {
         return check_kind_tables(&spec, &file, &log, total);
     }
     // A last, undisturbed run drains the topic and stops cleanly.
@@ -136,6 +172,35 @@ fn crash_test_with(catalog_uri: Option<String>, iterations: usize, routed: bool)
     assert_eq!(view.pyiceberg_distinct, total, "PyIceberg distinct ids");
     assert_eq!(view.duckdb_rows, total, "DuckDB rows");
     assert_eq!(view.duckdb_distinct, total, "DuckDB distinct ids");
+    if mode == Mode::Evolving {
+        check_evolved_columns(&spec, total)?;
+    }
+    Ok(())
+}
+
+/// Every field became a column, once, holding exactly the values of the events that had it.
+fn check_evolved_columns(spec: &PipelineSpec, total: u64) -> Result<()> {
+    let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)?;
+    let t = &tables["analytics.clicks"];
+    let fields = total.div_ceil(IDS_PER_FIELD);
+    for k in 0..fields {
+        let name = format!("x{k}");
+        let want = (k * IDS_PER_FIELD..((k + 1) * IDS_PER_FIELD).min(total)).count() as u64;
+        assert_eq!(
+            t.types.get(&name).map(String::as_str),
+            Some("long"),
+            "{name}: {:?}",
+            t.columns
+        );
+        assert_eq!(t.nonnull.get(&name), Some(&want), "PyIceberg {name}");
+        assert_eq!(t.duckdb_nonnull.get(&name), Some(&want), "DuckDB {name}");
+    }
+    assert_eq!(
+        t.columns.iter().filter(|c| c.starts_with('x')).count() as u64,
+        fields,
+        "one column per field, none twice: {:?}",
+        t.columns
+    );
     Ok(())
 }
 
@@ -183,7 +248,12 @@ fn check_kind_tables(
 
 #[test]
 fn crash_test_across_tables() -> Result<()> {
-    crash_test_with(None, 40, true)
+    crash_test_with(None, 40, Mode::Routed)
+}
+
+#[test]
+fn crash_test_around_schema_updates() -> Result<()> {
+    crash_test_with(None, 40, Mode::Evolving)
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub mod points {
     pub const MID_COMMIT: &str = "commit.before-catalog-update";
     /// The table commit landed; consumer-group offsets are not yet written.
     pub const AFTER_COMMIT: &str = "commit.after-catalog-update";
+    /// A worker committed a schema update and has not converted the record that asked for it.
+    pub const AFTER_SCHEMA_UPDATE: &str = "worker.after-schema-update";
     /// A worker received a barrier and has not closed its files yet.
     pub const WORKER_BARRIER: &str = "worker.barrier";
     /// Compaction has rewritten its groups and is about to validate and commit.

@@ -179,6 +179,9 @@ impl Sinks {
     ) -> Result<(), WorkerError> {
         self.flush_table(rt, table, next_checkpoint)?;
         let (factory, changes) = rt.block_on(self.tables.evolve(table, observation))?;
+        if !changes.is_empty() {
+            failpoint::hit(failpoint::points::AFTER_SCHEMA_UPDATE);
+        }
         let sink = self.sinks.get_mut(table).expect("evolved tables exist");
         if let Some(w) = sink.writer.take() {
             let (files, bytes) = rt.block_on(w.close()).map_err(write("close"))?;
