@@ -613,9 +613,17 @@ pub enum WriteMode {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTableSpec {
-    /// Columns, in order.
-    #[schemars(length(min = 1))]
+    /// Columns, in order. Empty: inferred from the table's first record — every top-level
+    /// field with a value becomes an optional column (true/false → boolean, integers → long,
+    /// other numbers → double, strings → string, or timestamptz when named in
+    /// `timestampFields`); null, object and array values give no column (later records add
+    /// columns by schema evolution).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schema: Vec<ColumnSpec>,
+    /// With an inferred schema: fields whose ISO 8601 strings become `timestamptz` columns
+    /// (what `partitionBy: ["day(ts)"]` needs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timestamp_fields: Vec<String>,
     /// Partition transforms: `col` or `identity(col)`, `year(col)`, `month(col)`,
     /// `day(col)`, `hour(col)`, `bucket(N, col)`, `truncate(W, col)`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

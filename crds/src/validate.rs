@@ -397,8 +397,19 @@ fn validate_create_table(
     err: &mut impl FnMut(&str, String),
 ) {
     let mut columns = std::collections::HashMap::new();
-    if create.schema.is_empty() {
-        err(&format!("{at}.schema"), "list at least one column".into());
+    let inferred = create.schema.is_empty();
+    if !inferred && !create.timestamp_fields.is_empty() {
+        err(
+            &format!("{at}.timestampFields"),
+            "applies only to a schema inferred from the first record (leave schema empty), \
+             or list those columns as timestamptz"
+                .into(),
+        );
+    }
+    if inferred {
+        for f in &create.timestamp_fields {
+            columns.insert(f.clone(), ColumnType::Timestamptz);
+        }
     }
     for (i, col) in create.schema.iter().enumerate() {
         let path = format!("{at}.schema[{i}]");
@@ -428,10 +439,15 @@ fn validate_create_table(
             }
         };
         let Some(col_type) = columns.get(&field.column) else {
-            err(
-                &path,
-                format!("column `{}` is not in createTable.schema", field.column),
-            );
+            // An inferred schema's other columns are known only from the first record (a
+            // table whose first record lacks the column is not created: its records are
+            // dead-lettered with the reason).
+            if !inferred {
+                err(
+                    &path,
+                    format!("column `{}` is not in createTable.schema", field.column),
+                );
+            }
             continue;
         };
         if let Some(reason) = transform_mismatch(field.transform, *col_type) {

@@ -1,7 +1,8 @@
 //! Dynamic ingestion end to end, running `examples/multi-topic.yaml`: many topics into many
 //! tables, routed by topic and by a record field, tables created on first use, topics created while the pipeline runs picked
-//! up without a restart, unroutable records dead-lettered with the reason; then a restart
-//! continues every table exactly once. Each worker may keep only 4 writers open, so writing
+//! up without a restart, unroutable records dead-lettered with the reason; then a stop with a
+//! savepoint and a restore from it continue every table exactly once, and a topic that
+//! appeared after the savepoint gets a new table. Each worker may keep only 4 writers open, so writing
 //! 27 tables rolls files over all the time. Checked by PyIceberg and DuckDB on every table.
 
 use std::{
@@ -127,11 +128,21 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
         .collect();
     assert_eq!(listed.len(), 27, "{listed:?}");
     assert!(listed.contains(&"by_kind.b") && listed.contains(&"hot.ev_04"));
-    assert!(
-        tw.stop(Duration::from_secs(60))?.success(),
-        "{}",
-        tw.log_text()
-    );
+    // Stop with a savepoint: it names these 27 tables and no other.
+    let (code, body) = tw.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
+    assert_eq!(code, 202, "{body}");
+    let exit = tw
+        .wait_timeout(Duration::from_secs(60))
+        .context("a stop savepoint ends the run")?;
+    assert!(exit.success(), "{}", tw.log_text());
+    let savepoint = tw
+        .log_text()
+        .lines()
+        .find(|l| l.contains("savepoint completed"))
+        .and_then(|l| l.split("path=").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .context("savepoint path in the log")?
+        .to_string();
 
     // Unroutable records are dead-lettered with the reason, nothing else.
     let dead = broker.consume_all("events.dlq", 10, Duration::from_secs(20))?;
@@ -150,16 +161,25 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
         );
     }
 
-    // A restart goes on from the checkpoint in every table: more events, nothing twice.
+    // Restored from the savepoint, every table goes on from it — more events, nothing twice —
+    // and a topic that appeared after it gets a table that did not exist then.
     for i in [0, 7, 24] {
         producer.send_events(&topic(i), 2, PER_TOPIC..2 * PER_TOPIC)?;
     }
+    broker.create_topic(&topic(25), 2)?;
+    producer.send_events(&topic(25), 2, 0..PER_TOPIC)?;
     producer.flush()?;
-    let mut tw = Tidewater::start(&file, &dir.path().join("tw2.log"), None)?;
+    let mut tw = Tidewater::start_with(
+        &file,
+        &dir.path().join("tw2.log"),
+        None,
+        &["--from-savepoint", &savepoint],
+    )?;
     wait_for_tables(&spec, Duration::from_secs(90), |t| {
         [0, 7, 24]
             .iter()
             .all(|&i| rows(t, &table_of(i)) >= 2 * PER_TOPIC)
+            && rows(t, &table_of(25)) >= PER_TOPIC
     })?;
     assert!(
         tw.stop(Duration::from_secs(60))?.success(),
@@ -167,8 +187,8 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
         tw.log_text()
     );
     let all = inspect_catalog(&spec.uri, &spec.warehouse, true)?;
-    assert_eq!(all.len(), 27, "{:?}", all.keys());
-    for i in 0..25 {
+    assert_eq!(all.len(), 28, "{:?}", all.keys());
+    for i in 0..26 {
         let want = if [0, 7, 24].contains(&i) {
             2 * PER_TOPIC
         } else {
@@ -188,6 +208,12 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
             (t.pyiceberg_rows, t.duckdb),
             (10, Some((10, 10))),
             "{kind}: {t:?}"
+        );
+        // Columns inferred from the table's first record (`createTable: {}`).
+        assert_eq!(t.columns, ["id", "kind"], "{kind}");
+        assert_eq!(
+            (t.types["id"].as_str(), t.types["kind"].as_str()),
+            ("long", "string")
         );
     }
     Ok(())

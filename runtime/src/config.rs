@@ -446,10 +446,11 @@ mod tests {
         assert_eq!(router.template_for("ev-kind").unwrap().0, Some(0));
         assert_eq!(router.template_for("ev-03").unwrap().0, Some(1));
         assert_eq!(router.template_for("ev-33").unwrap().0, None);
+        // Rule 0 infers its columns (`createTable: {}`); rule 1 has none of its own.
         let columns = |rule| c.create_table(rule).unwrap().schema.len();
         assert_eq!(
             (columns(Some(0)), columns(Some(1)), columns(None)),
-            (2, 5, 5)
+            (0, 5, 5)
         );
         assert_eq!(c.resource.spec.sink.max_open_writers, 4);
 

@@ -30,19 +30,32 @@ pub fn parse_ident(table: &str) -> Result<TableIdent, TableError> {
     Ok(TableIdent::new(NamespaceIdent::from_vec(namespace)?, name))
 }
 
-/// Loads `table`, creating it (and its namespace) from `create` when missing. Safe against
-/// other writers creating it at the same time: the loser loads the winner's table.
+/// Loads `table`, creating it (and its namespace) from `create` when missing — a definition
+/// without columns infers them from `first_record`. Safe against other writers creating it at
+/// the same time: the loser loads the winner's table.
 pub async fn load_or_create(
     catalog: &dyn Catalog,
     table: &str,
     create: Option<&CreateTableSpec>,
+    first_record: Option<&[u8]>,
 ) -> Result<Table, TableError> {
     let ident = parse_ident(table)?;
     if catalog.table_exists(&ident).await? {
         return Ok(catalog.load_table(&ident).await?);
     }
     let create = create.ok_or_else(|| TableError::Missing(table.to_string()))?;
-    let (schema, spec) = table_definition(create)?;
+    let inferred;
+    let create = if create.schema.is_empty() {
+        let record = first_record.ok_or_else(|| TableError::NeedsRecord(table.to_string()))?;
+        inferred = crate::evolve::infer_definition(create, record).map_err(|e| {
+            TableError::Definition(format!("table {table}: cannot infer its columns: {e}"))
+        })?;
+        &inferred
+    } else {
+        create
+    };
+    let (schema, spec) = table_definition(create)
+        .map_err(|e| TableError::Definition(format!("table {table}: {e}")))?;
     if !catalog.namespace_exists(ident.namespace()).await? {
         match catalog
             .create_namespace(ident.namespace(), HashMap::new())
@@ -174,9 +187,10 @@ pub async fn open_table(
     table: &str,
     rule: Option<usize>,
     create: bool,
+    first_record: Option<&[u8]>,
 ) -> Result<Table, TableError> {
     if create {
-        return load_or_create(catalog, table, config.create_table(rule)).await;
+        return load_or_create(catalog, table, config.create_table(rule), first_record).await;
     }
     let ident = parse_ident(table)?;
     catalog

@@ -7,7 +7,10 @@ use iceberg::{Catalog, table::Table};
 
 use crate::{
     evolve::{self, Change, Observation},
-    maintenance::commit::{Cas, Swap},
+    maintenance::{
+        MaintenanceError,
+        commit::{Cas, Swap},
+    },
 };
 
 use super::{TableError, parse_ident};
@@ -25,13 +28,16 @@ pub async fn evolve_table(
     relax_required: bool,
 ) -> Result<(Table, Vec<Change>), TableError> {
     let ident = parse_ident(table)?;
+    // Changes sent in a commit whose outcome is unknown: if the table shows them, they are ours.
+    let mut unknown = Vec::new();
     for _ in 0..ATTEMPTS {
         let current = catalog.load_table(&ident).await?;
         let metadata = current.metadata();
         let changes = evolve::decide(metadata.current_schema(), observation, relax_required);
         if changes.is_empty() {
-            return Ok((current, changes));
+            return Ok((current, unknown));
         }
+        unknown.clear();
         let schema = evolve::apply(
             metadata.current_schema(),
             &changes,
@@ -42,15 +48,18 @@ pub async fn evolve_table(
             .into_builder(current.metadata_location().map(str::to_string))
             .add_current_schema(schema)?
             .build()?;
-        match cas
-            .swap(&ident, &current, next)
-            .await
-            .map_err(|e| TableError::Evolve(format!("{table}: {e}")))?
-        {
-            Swap::Committed => return Ok((catalog.load_table(&ident).await?, changes)),
-            Swap::Conflict => {
+        match cas.swap(&ident, &current, next).await {
+            Ok(Swap::Committed) => return Ok((catalog.load_table(&ident).await?, changes)),
+            Ok(Swap::Conflict) => {
                 tracing::info!(%table, "table changed during a schema update; deciding again");
             }
+            // The catalog may have applied it: the reloaded schema tells (then nothing is left
+            // to change and the table is returned as it is).
+            Err(MaintenanceError::CommitUnknown(reason)) => {
+                tracing::warn!(%table, %reason, "schema update outcome unknown; looking at the table again");
+                unknown = changes;
+            }
+            Err(e) => return Err(TableError::Evolve(format!("{table}: {e}"))),
         }
     }
     Err(TableError::Evolve(format!(

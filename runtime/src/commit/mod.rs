@@ -56,6 +56,9 @@ pub enum TableError {
     /// The spec's table definition cannot be turned into an Iceberg schema.
     #[error("spec.sink.createTable: {0}")]
     Definition(String),
+    /// The table's columns are inferred from its first record, which has not arrived.
+    #[error("table {0} is created from its first record")]
+    NeedsRecord(String),
     /// Another writer with the same pipeline uid moved the table: this writer must stop.
     #[error("fenced: {0}")]
     Fenced(String),
@@ -213,6 +216,7 @@ mod tests {
                 "name".into(),
             ],
             properties: Default::default(),
+            timestamp_fields: vec![],
         };
         let (schema, spec) = table_definition(&create).unwrap();
         let id = schema.field_by_name("id").unwrap();
@@ -249,6 +253,7 @@ mod tests {
             schema: vec![column("id", "long", true)],
             partition_by: vec![],
             properties: Default::default(),
+            timestamp_fields: vec![],
         };
         let (schema, spec) = table_definition(&create).unwrap();
         let mut builder = TableMetadataBuilder::new(

@@ -15,7 +15,7 @@ use tidewater_crds::IngestionPipeline;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
 use crate::{
-    commit::{self, TableError},
+    commit::TableError,
     config::PipelineConfig,
     control::{
         api::LONG_POLL,
@@ -26,7 +26,7 @@ use crate::{
         worker::{self, WorkerSetup},
     },
     metrics::Metrics,
-    write::{WriterFactory, WriterSetupError},
+    write::WriterSetupError,
 };
 
 /// Why a worker process cannot work for the coordinator it registered with.
@@ -162,17 +162,11 @@ async fn session(
                 .join("; "),
         )
     })?;
-    let mut prepared = Vec::new();
-    if let Some(key) = &config.table {
-        let catalog = commit::open_pipeline_catalog(&config).await?.catalog;
-        let table = commit::open_table(catalog.as_ref(), &config, key, None, false).await?;
-        let factory = WriterFactory::new(&table, &config.resource.spec.sink.write_properties)?;
-        prepared.push((key.clone(), factory));
-    }
     let (commands, commands_rx) = mpsc::channel();
     let (events_tx, events_rx) = unbounded_channel();
     let id = reg.worker_id;
-    let tables = worker::Tables::new(&config, prepared);
+    // Tables are opened on first use, from this process's own catalog connection.
+    let tables = worker::Tables::new(&config, Vec::new());
     let thread = worker::spawn(WorkerSetup {
         id,
         config,

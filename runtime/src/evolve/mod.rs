@@ -7,11 +7,15 @@
 //! reason to weaken the table). Nothing else changes: columns are never dropped, renamed or
 //! narrowed, and field ids are never reused (new ids continue after the table's last one).
 
+mod infer;
+
 use std::sync::Arc;
 
 use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
 
 use crate::decode::{ConvertError, Shape};
+
+pub use infer::infer_definition;
 
 /// One change to a table's schema.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -35,6 +35,8 @@ pub enum Cas {
         pool: AnyPool,
         /// `catalog_name` column value.
         catalog: String,
+        /// PostgreSQL numbers its placeholders (`$1`); SQLite takes `?`.
+        postgres: bool,
     },
     /// REST catalog: `POST …/namespaces/{ns}/tables/{table}`.
     Rest {
@@ -61,6 +63,7 @@ impl Cas {
                 Ok(Self::Sql {
                     pool,
                     catalog: conn.name.clone(),
+                    postgres: conn.uri.starts_with("postgres"),
                 })
             }
             CatalogType::Rest => {
@@ -119,26 +122,35 @@ impl Cas {
             .metadata_location()
             .ok_or_else(|| MaintenanceError::Catalog("table has no metadata location".into()))?;
         match self {
-            Self::Sql { pool, catalog } => {
+            Self::Sql {
+                pool,
+                catalog,
+                postgres,
+            } => {
                 let next_location = MetadataLocation::from_str(old_location)?.with_next_version();
                 next.metadata
                     .write_to(current.file_io(), &next_location)
                     .await?;
                 let new_location = next_location.to_string();
-                let result = sqlx::query(
+                let update = if *postgres {
+                    "UPDATE iceberg_tables SET metadata_location = $1, previous_metadata_location = $2 \
+                     WHERE catalog_name = $3 AND table_namespace = $4 AND table_name = $5 \
+                     AND metadata_location = $6"
+                } else {
                     "UPDATE iceberg_tables SET metadata_location = ?, previous_metadata_location = ? \
                      WHERE catalog_name = ? AND table_namespace = ? AND table_name = ? \
-                     AND metadata_location = ?",
-                )
-                .bind(&new_location)
-                .bind(old_location)
-                .bind(catalog)
-                .bind(ident.namespace().join("."))
-                .bind(ident.name())
-                .bind(old_location)
-                .execute(pool)
-                .await
-                .map_err(|e| MaintenanceError::Catalog(format!("commit: {e}")))?;
+                     AND metadata_location = ?"
+                };
+                let result = sqlx::query(update)
+                    .bind(&new_location)
+                    .bind(old_location)
+                    .bind(catalog)
+                    .bind(ident.namespace().join("."))
+                    .bind(ident.name())
+                    .bind(old_location)
+                    .execute(pool)
+                    .await
+                    .map_err(|e| MaintenanceError::Catalog(format!("commit: {e}")))?;
                 if result.rows_affected() == 1 {
                     Ok(Swap::Committed)
                 } else {

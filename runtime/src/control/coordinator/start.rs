@@ -94,8 +94,14 @@ impl Coordinator {
         // The one table of a pipeline without a route exists before anything is read.
         let fixed = match &config.table {
             Some(key) => {
-                let table = commit::open_table(catalog.as_ref(), &config, key, None, true).await?;
-                Some((key.clone(), table))
+                match commit::open_table(catalog.as_ref(), &config, key, None, true, None).await {
+                    Ok(table) => Some((key.clone(), table)),
+                    Err(TableError::NeedsRecord(_)) => {
+                        tracing::info!(table = %key, "the table will be created from its first record");
+                        None
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             None => None,
         };

@@ -95,9 +95,9 @@ impl Sinks {
         next_checkpoint: u64,
     ) -> Result<Result<(), RecordError>, WorkerError> {
         if !self.sinks.contains_key(table) {
-            let factory = match rt.block_on(self.tables.factory(table, rule)) {
+            let factory = match rt.block_on(self.tables.factory(table, rule, payload)) {
                 Ok(f) => f,
-                Err(Unavailable::Record(reason)) => return Ok(Err(("unroutable", reason))),
+                Err(Unavailable::Record(kind, reason)) => return Ok(Err((kind, reason))),
                 Err(Unavailable::Worker(e)) => return Err(e),
             };
             let sink = Sink {

@@ -25,8 +25,8 @@ const MISSING_RECHECK: Duration = Duration::from_secs(10);
 
 /// Why a table cannot be written by this record, or the worker's error.
 pub(super) enum Unavailable {
-    /// The record cannot go there (dead-lettered with this reason).
-    Record(String),
+    /// The record cannot go there (dead-lettered with this kind and reason).
+    Record(&'static str, String),
     /// The worker cannot go on.
     Worker(WorkerError),
 }
@@ -54,11 +54,13 @@ impl Tables {
         }
     }
 
-    /// The writers of `table`, loading or creating it (with the definition of route `rule`).
+    /// The writers of `table`, loading or creating it (with the definition of route `rule`,
+    /// its columns inferred from `record` when the definition lists none).
     pub(super) async fn factory(
         &mut self,
         table: &str,
         rule: Option<usize>,
+        record: &[u8],
     ) -> Result<WriterFactory, Unavailable> {
         if let Some(f) = self.known.get(table) {
             return Ok(f.clone());
@@ -74,12 +76,23 @@ impl Tables {
             .catalog()
             .await
             .map_err(|e| Unavailable::Worker(e.into()))?;
-        let loaded = commit::open_table(catalog.as_ref(), &self.config, table, rule, true).await;
+        let loaded = commit::open_table(
+            catalog.as_ref(),
+            &self.config,
+            table,
+            rule,
+            true,
+            Some(record),
+        )
+        .await;
         let loaded = match loaded {
             Ok(t) => t,
             Err(TableError::Missing(_)) => {
                 self.missing.insert(table.to_string(), Instant::now());
                 return Err(missing(table));
+            }
+            Err(TableError::Definition(reason)) => {
+                return Err(Unavailable::Record("table-definition", reason));
             }
             Err(e) => return Err(Unavailable::Worker(e.into())),
         };
@@ -137,7 +150,8 @@ impl Tables {
 }
 
 fn missing(table: &str) -> Unavailable {
-    Unavailable::Record(format!(
-        "table {table} does not exist and no createTable definition applies to it"
-    ))
+    Unavailable::Record(
+        "unroutable",
+        format!("table {table} does not exist and no createTable definition applies to it"),
+    )
 }

@@ -1,0 +1,95 @@
+//! A table's columns inferred from its first record (pure): every top-level field with a value
+//! becomes an optional column — booleans → boolean, integers → long, other numbers → double,
+//! strings → string (timestamptz when the spec names the field in `timestampFields`). Null,
+//! object and array values give no column; schema evolution adds columns for later records.
+
+use tidewater_crds::pipeline::{ColumnSpec, CreateTableSpec};
+
+/// `create` with its empty schema filled from `record` (a JSON object).
+pub fn infer_definition(
+    create: &CreateTableSpec,
+    record: &[u8],
+) -> Result<CreateTableSpec, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(record).map_err(|e| format!("the first record is not JSON: {e}"))?;
+    let object = value
+        .as_object()
+        .ok_or("the first record is not a JSON object")?;
+    let schema: Vec<ColumnSpec> = object
+        .iter()
+        .filter_map(|(name, v)| {
+            let ty = match v {
+                serde_json::Value::Bool(_) => "boolean",
+                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "long",
+                serde_json::Value::Number(_) => "double",
+                serde_json::Value::String(_) if create.timestamp_fields.contains(name) => {
+                    "timestamptz"
+                }
+                serde_json::Value::String(_) => "string",
+                _ => return None,
+            };
+            Some(ColumnSpec {
+                name: name.clone(),
+                column_type: ty.into(),
+                required: false,
+                doc: None,
+            })
+        })
+        .collect();
+    if schema.is_empty() {
+        return Err("the first record has no field a column can be inferred from".into());
+    }
+    let mut inferred = create.clone();
+    inferred.schema = schema;
+    Ok(inferred)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(timestamps: &[&str]) -> CreateTableSpec {
+        CreateTableSpec {
+            schema: vec![],
+            timestamp_fields: timestamps.iter().map(|s| (*s).to_string()).collect(),
+            partition_by: vec!["day(ts)".into()],
+            properties: Default::default(),
+        }
+    }
+
+    #[test]
+    fn columns_follow_the_first_records_values() {
+        let record = br#"{"id":7,"ts":"2026-12-01T10:00:00Z","price":9.5,"ok":true,"name":"x",
+            "gone":null,"meta":{"a":1},"tags":[1]}"#;
+        let d = infer_definition(&spec(&["ts"]), record).unwrap();
+        let columns: Vec<(&str, &str, bool)> = d
+            .schema
+            .iter()
+            .map(|c| (c.name.as_str(), c.column_type.as_str(), c.required))
+            .collect();
+        assert_eq!(
+            columns,
+            vec![
+                ("id", "long", false),
+                ("ts", "timestamptz", false),
+                ("price", "double", false),
+                ("ok", "boolean", false),
+                ("name", "string", false),
+            ]
+        );
+        assert_eq!(
+            d.partition_by,
+            vec!["day(ts)".to_string()],
+            "the rest is kept"
+        );
+        let plain = infer_definition(&spec(&[]), record).unwrap();
+        assert_eq!(plain.schema[1].column_type, "string", "ts without the hint");
+    }
+
+    #[test]
+    fn records_without_a_usable_field_are_refused() {
+        for bad in [&b"[1]"[..], b"{\"a\":null,\"b\":[]}", b"nope"] {
+            assert!(infer_definition(&spec(&[]), bad).is_err());
+        }
+    }
+}
