@@ -218,3 +218,100 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
     }
     Ok(())
 }
+
+/// The four tables the click events route to by `event_type` (`id % 4`, see `event_json`).
+const KIND_TABLES: [&str; 4] = [
+    "analytics.clicks_click",
+    "analytics.clicks_view",
+    "analytics.clicks_purchase",
+    "analytics.clicks_scroll",
+];
+
+/// Waits until the four tables hold `total` rows together, then checks each holds exactly its
+/// share of the ids, once, for PyIceberg and DuckDB.
+fn assert_kind_tables(uri: &str, warehouse: &std::path::Path, total: u64) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        let landed: u64 = inspect_catalog(uri, warehouse, false)?
+            .values()
+            .map(|t| t.pyiceberg_rows)
+            .sum();
+        if landed >= total {
+            break;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let tables = inspect_catalog(uri, warehouse, true)?;
+    for (k, name) in KIND_TABLES.iter().enumerate() {
+        let n = (0..total).filter(|id| id % 4 == k as u64).count() as u64;
+        let t = tables
+            .get(*name)
+            .with_context(|| format!("{name} missing"))?;
+        assert_eq!(
+            (t.pyiceberg_rows, t.pyiceberg_distinct, t.duckdb),
+            (n, n, Some((n, n))),
+            "{name}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_coordinator_and_two_workers_route_into_tables_through_a_lost_worker_and_a_savepoint()
+-> Result<()> {
+    use tidewater_e2e::{BackgroundProducer, PipelineSpec};
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 4)?;
+    let dir = tempfile::tempdir()?;
+    let mut spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    spec.route = Some("      table: \"analytics.clicks_{value.event_type}\"\n".into());
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let log = |name: &str| dir.path().join(format!("{name}.log"));
+    let producer = BackgroundProducer::start(&broker, "clicks", 4, 1000)?;
+
+    let c = Tidewater::coordinator(&file, &log("c1"), None, &["--heartbeat-timeout", "3s"])?;
+    c.wait_healthy(Duration::from_secs(60))?;
+    let mut w1 = Tidewater::worker(&c.url(), "w1", &log("w1"))?;
+    let _w2 = Tidewater::worker(&c.url(), "w2", &log("w2"))?;
+    std::thread::sleep(Duration::from_secs(4));
+    // A worker lost mid-stream: its partitions and open files move on, nothing twice.
+    w1.kill9();
+    let _w3 = Tidewater::worker(&c.url(), "w3", &log("w3"))?;
+    std::thread::sleep(Duration::from_secs(5));
+    let (code, body) = c.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
+    assert_eq!(code, 202, "{body}");
+    let mut c = c;
+    let exit = c
+        .wait_timeout(Duration::from_secs(60))
+        .context("a stop savepoint ends the run")?;
+    assert!(exit.success(), "{}", c.log_text());
+    let path = c
+        .log_text()
+        .lines()
+        .find(|l| l.contains("savepoint completed"))
+        .and_then(|l| l.split("path=").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .context("savepoint path")?
+        .to_string();
+
+    // Restored by a new coordinator with two new workers, while the producer goes on.
+    let mut c2 = Tidewater::coordinator(
+        &file,
+        &log("c2"),
+        None,
+        &["--heartbeat-timeout", "3s", "--from-savepoint", &path],
+    )?;
+    c2.wait_healthy(Duration::from_secs(60))?;
+    let _w4 = Tidewater::worker(&c2.url(), "w4", &log("w4"))?;
+    let _w5 = Tidewater::worker(&c2.url(), "w5", &log("w5"))?;
+    std::thread::sleep(Duration::from_secs(4));
+    let total = producer.finish()?;
+    assert_kind_tables(&spec.catalog_uri, &spec.warehouse, total)?;
+    assert!(
+        c2.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        c2.log_text()
+    );
+    assert_kind_tables(&spec.catalog_uri, &spec.warehouse, total)
+}
