@@ -18,6 +18,7 @@ pub mod control;
 pub mod decode;
 pub mod evolve;
 pub mod failpoint;
+pub mod fuzz;
 pub mod maintenance;
 pub mod metrics;
 pub mod offsets;

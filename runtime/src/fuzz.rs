@@ -1,0 +1,191 @@
+//! Fuzz entry points (`fuzz/`, run with `cargo fuzz`; CI replays the stored corpus through
+//! the same functions in a unit test). Each one feeds arbitrary bytes to a decoder or a pure
+//! decision and panics only when a property breaks: a decoder either takes a record whole or
+//! leaves the batch untouched; a resolved route is a valid table name; inferred columns
+//! always make a valid Iceberg schema.
+
+use std::{borrow::Cow, sync::Arc};
+
+use arrow_schema::{DataType, Field, Schema, TimeUnit};
+use tidewater_crds::pipeline::CreateTableSpec;
+
+use crate::{
+    commit::table_definition,
+    decode::{Pushed, RowBatcher},
+    evolve::infer_definition,
+    route::{RecordView, Template},
+};
+
+/// Every column kind the JSON decoder fills, required and optional.
+fn decoder_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("n", DataType::Int32, true),
+        Field::new("f", DataType::Float32, true),
+        Field::new("d", DataType::Float64, true),
+        Field::new("price", DataType::Decimal128(10, 2), true),
+        Field::new("day", DataType::Date32, true),
+        Field::new(
+            "ts",
+            DataType::Timestamp(TimeUnit::Microsecond, Some("+00:00".into())),
+            true,
+        ),
+        Field::new(
+            "local",
+            DataType::Timestamp(TimeUnit::Microsecond, None),
+            true,
+        ),
+        Field::new("s", DataType::Utf8, true),
+        Field::new("b", DataType::Boolean, true),
+        Field::new("u", DataType::FixedSizeBinary(16), true),
+        Field::new("bin", DataType::Binary, true),
+    ]))
+}
+
+/// The JSON decoder: a record is appended whole or not at all, by both entry points.
+pub fn json_decoder(data: &[u8]) {
+    let mut plain = RowBatcher::new(decoder_schema()).expect("every kind is supported");
+    let mut evolving = RowBatcher::new(decoder_schema()).expect("every kind is supported");
+    let before = plain.rows();
+    match plain.push(data) {
+        Ok(()) => assert_eq!(plain.rows(), before + 1),
+        Err(e) => {
+            assert_eq!(
+                plain.rows(),
+                before,
+                "a failed record leaves the batch alone"
+            );
+            assert!(!e.message.is_empty(), "a reason is given");
+        }
+    }
+    match evolving.push_evolving(data) {
+        Ok(Pushed::Appended) => assert_eq!(evolving.rows(), 1),
+        Ok(Pushed::NewFields(fields)) => {
+            assert_eq!(evolving.rows(), 0);
+            assert!(!fields.is_empty());
+        }
+        Err(_) => assert_eq!(evolving.rows(), 0),
+    }
+    let rows = plain.rows();
+    if let Some(batch) = plain.finish() {
+        assert_eq!(batch.num_rows(), rows);
+    }
+}
+
+/// A record as a template reads it, from a JSON value.
+struct JsonRecord(serde_json::Value);
+
+impl RecordView for JsonRecord {
+    fn key(&self) -> Option<Cow<'_, str>> {
+        self.0.get("key")?.as_str().map(Cow::Borrowed)
+    }
+    fn value_field(&self, path: &[String]) -> Option<Cow<'_, str>> {
+        let mut v = &self.0;
+        for p in path {
+            v = v.get(p)?;
+        }
+        match v {
+            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+            _ => None,
+        }
+    }
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.0
+            .get("headers")?
+            .get(name)?
+            .as_str()
+            .map(Cow::Borrowed)
+    }
+}
+
+/// Route templates: `TEMPLATE\nTOPIC\nJSON`; whatever resolves is `namespace….table` with
+/// non-empty identifier parts.
+pub fn route_template(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut parts = text.splitn(3, '\n');
+    let (template, topic, json) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or("topic"),
+        parts.next().unwrap_or("{}"),
+    );
+    let Ok(template) = Template::parse(template) else {
+        return;
+    };
+    let record = JsonRecord(serde_json::from_str(json).unwrap_or_default());
+    if let Ok(name) = template.resolve(topic, &record) {
+        assert!(!name.namespace.is_empty(), "{name}");
+        for part in name.namespace.iter().chain([&name.name]) {
+            assert!(!part.is_empty(), "{name}");
+            assert!(
+                part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{name}"
+            );
+            assert!(!part.starts_with(|c: char| c.is_ascii_digit()), "{name}");
+        }
+    }
+}
+
+/// Inferred table definitions always make a valid Iceberg schema.
+pub fn infer_table(data: &[u8]) {
+    let create = CreateTableSpec {
+        schema: vec![],
+        timestamp_fields: vec!["ts".into()],
+        partition_by: vec![],
+        properties: Default::default(),
+    };
+    if let Ok(inferred) = infer_definition(&create, data) {
+        if let Err(e) = table_definition(&inferred) {
+            panic!(
+                "inferred columns {:?} are not a valid schema: {e}",
+                inferred.schema
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Replays every stored input of `fuzz/corpus/<target>/` (and the crashes fuzzing found,
+    //! kept as regression inputs in `fuzz/regressions/<target>/`).
+
+    use std::path::PathBuf;
+
+    fn inputs(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let mut out = Vec::new();
+        for dir in ["corpus", "regressions"] {
+            let Ok(entries) = std::fs::read_dir(root.join(dir).join(target)) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                out.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+        out
+    }
+
+    fn replay(target: &str, run: fn(&[u8])) {
+        let inputs = inputs(target);
+        assert!(!inputs.is_empty(), "no stored inputs for {target}");
+        for (path, data) in inputs {
+            let outcome = std::panic::catch_unwind(|| run(&data));
+            assert!(outcome.is_ok(), "{target}: {} fails", path.display());
+        }
+    }
+
+    #[test]
+    fn the_json_decoder_corpus_replays() {
+        replay("json_decoder", super::json_decoder);
+    }
+
+    #[test]
+    fn the_route_template_corpus_replays() {
+        replay("route_template", super::route_template);
+    }
+
+    #[test]
+    fn the_infer_table_corpus_replays() {
+        replay("infer_table", super::infer_table);
+    }
+}
