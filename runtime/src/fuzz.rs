@@ -134,13 +134,13 @@ pub fn infer_table(data: &[u8]) {
         partition_by: vec![],
         properties: Default::default(),
     };
-    if let Ok(inferred) = infer_definition(&create, data) {
-        if let Err(e) = table_definition(&inferred) {
-            panic!(
-                "inferred columns {:?} are not a valid schema: {e}",
-                inferred.schema
-            );
-        }
+    if let Ok(inferred) = infer_definition(&create, data)
+        && let Err(e) = table_definition(&inferred)
+    {
+        panic!(
+            "inferred columns {:?} are not a valid schema: {e}",
+            inferred.schema
+        );
     }
 }
 
