@@ -116,6 +116,26 @@ fn pipeline_ref_takes_catalog_table_and_secrets_from_the_pipeline() {
     assert_eq!(spec.secret_env, ip.spec.secret_env);
     assert_eq!(spec.secret_mounts, ip.spec.secret_mounts);
     assert!(spec.pipeline_ref.is_none());
+
+    // A routed pipeline: the tables its status lists.
+    let mut routed = pipeline();
+    routed.spec.sink.table = None;
+    routed.spec.sink.route = Some(tidewater_crds::pipeline::RouteSpec {
+        table: Some("raw.{topic}".into()),
+        rules: vec![],
+    });
+    assert!(
+        resolve(&p, Some(&routed)).unwrap().tables.is_empty(),
+        "none written yet"
+    );
+    routed.status = Some(tidewater_crds::pipeline::IngestionPipelineStatus {
+        tables: vec!["raw.a".into(), "raw.b".into()],
+        ..Default::default()
+    });
+    assert_eq!(
+        resolve(&p, Some(&routed)).unwrap().tables,
+        ["raw.a", "raw.b"]
+    );
 }
 
 #[test]
