@@ -462,6 +462,32 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
     }
 }
 
+/// The top-level fields of a JSON object record, in their order, with the shapes of their
+/// values (a name seen twice counts once, first place).
+pub fn field_shapes(payload: &[u8]) -> Result<Vec<(String, Shape)>, String> {
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Vec<(String, Shape)>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out: Vec<(String, Shape)> = Vec::new();
+            while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+                let shape = map.next_value_seed(ShapeSeed)?;
+                if !out.iter().any(|(n, _)| *n == name) {
+                    out.push((name.into_owned(), shape));
+                }
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(payload);
+    let fields = de::Deserializer::deserialize_map(&mut de, Fields).map_err(|e| e.to_string())?;
+    de.end().map_err(|e| e.to_string())?;
+    Ok(fields)
+}
+
 /// Reads a value only for its [`Shape`], skipping its content.
 struct ShapeSeed;
 

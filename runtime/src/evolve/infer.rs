@@ -5,32 +5,26 @@
 
 use tidewater_crds::pipeline::{ColumnSpec, CreateTableSpec};
 
+use super::column_type;
+use crate::decode::{Shape, field_shapes};
+
 /// `create` with its empty schema filled from `record` (a JSON object).
 pub fn infer_definition(
     create: &CreateTableSpec,
     record: &[u8],
 ) -> Result<CreateTableSpec, String> {
-    let value: serde_json::Value =
-        serde_json::from_slice(record).map_err(|e| format!("the first record is not JSON: {e}"))?;
-    let object = value
-        .as_object()
-        .ok_or("the first record is not a JSON object")?;
-    let schema: Vec<ColumnSpec> = object
-        .iter()
-        .filter_map(|(name, v)| {
-            let ty = match v {
-                serde_json::Value::Bool(_) => "boolean",
-                serde_json::Value::Number(n) if n.is_i64() || n.is_u64() => "long",
-                serde_json::Value::Number(_) => "double",
-                serde_json::Value::String(_) if create.timestamp_fields.contains(name) => {
-                    "timestamptz"
-                }
-                serde_json::Value::String(_) => "string",
-                _ => return None,
+    let fields =
+        field_shapes(record).map_err(|e| format!("the first record is not a JSON object: {e}"))?;
+    let schema: Vec<ColumnSpec> = fields
+        .into_iter()
+        .filter_map(|(name, shape)| {
+            let ty = match shape {
+                Shape::String if create.timestamp_fields.contains(&name) => "timestamptz".into(),
+                other => column_type(other)?.to_string(),
             };
             Some(ColumnSpec {
-                name: name.clone(),
-                column_type: ty.into(),
+                name,
+                column_type: ty,
                 required: false,
                 doc: None,
             })
