@@ -601,3 +601,78 @@ fn compaction_while_the_distributed_runtime_ingests() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn compaction_rewrites_files_written_before_and_after_a_schema_change() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let broker = Broker::start()?;
+    broker.create_topic("clicks", 1)?;
+    let spec = PipelineSpec::clicks(dir.path(), &broker.bootstrap, "clicks");
+    let file = dir.path().join("pipeline.yaml");
+    spec.write(&file)?;
+    let mut tw = Tidewater::start(&file, &dir.path().join("tw.log"), None)?;
+    let producer = broker.producer()?;
+    let two_days_ago = chrono::Utc::now().timestamp_millis() - 2 * DAY_MS;
+    // Files of the table's first schema: only the columns it was created with, in commits
+    // of their own.
+    for chunk in 0..3u64 {
+        for id in chunk * 100..(chunk + 1) * 100 {
+            let ts = chrono::DateTime::from_timestamp_millis(two_days_ago)
+                .context("ts")?
+                .to_rfc3339();
+            let json = format!(r#"{{"id":{id},"ts":"{ts}","user_id":"u","amount":1.0}}"#);
+            producer.send("clicks", 0, json.as_bytes())?;
+        }
+        producer.flush()?;
+        wait_for_rows(&spec, (chunk + 1) * 100, Duration::from_secs(60))?;
+    }
+    // The click events carry `page` and `session`: the table evolves, later files have them.
+    for chunk in 0..3u64 {
+        let ids = 300 + chunk * 100..300 + (chunk + 1) * 100;
+        for id in ids {
+            producer.send("clicks", 0, event_json(id, two_days_ago).as_bytes())?;
+        }
+        producer.flush()?;
+        wait_for_rows(&spec, 400 + chunk * 100, Duration::from_secs(60))?;
+    }
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    assert!(
+        tw.log_text().contains("schema evolved"),
+        "{}",
+        tw.log_text()
+    );
+    let files_before = spec.data_files()?.len();
+    assert!(files_before >= 6, "{files_before} files");
+
+    std::thread::sleep(Duration::from_secs(2));
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        policy_yaml(&spec, "  hotPartitionGuard:\n    minAge: 1s\n"),
+    )?;
+    let report = compact_once(&policy)?;
+    let t = table_report(&report);
+    assert!(t["error"].is_null(), "{report}");
+    assert!(t["filesRewritten"].as_u64() >= Some(6), "{report}");
+    let files_after = spec.data_files()?.len();
+    assert!(
+        files_after < files_before,
+        "{files_before} → {files_after}: {report}"
+    );
+
+    // Every row once, and the new columns hold exactly the values of the later events.
+    let tables = tidewater_e2e::inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)?;
+    let t = &tables["analytics.clicks"];
+    assert_eq!((t.pyiceberg_rows, t.pyiceberg_distinct), (600, 600));
+    assert_eq!(t.duckdb, Some((600, 600)));
+    for (reader, nonnull) in [("PyIceberg", &t.nonnull), ("DuckDB", &t.duckdb_nonnull)] {
+        assert_eq!(nonnull.get("page"), Some(&300), "{reader}: {nonnull:?}");
+        assert_eq!(nonnull.get("session"), Some(&300), "{reader}");
+        assert_eq!(nonnull.get("user_id"), Some(&600), "{reader}");
+    }
+    Ok(())
+}
