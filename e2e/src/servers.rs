@@ -1,5 +1,6 @@
-//! The other servers a test needs: PostgreSQL (a catalog), moto (S3) and the REST catalog (plain or
-//! https with OAuth2), with the test certificates. Each listens on 127.0.0.1 and stops when its
+//! The other servers a test needs: PostgreSQL (a catalog), moto (S3), the REST catalog (plain or
+//! https with OAuth2) with the test certificates, and the schema registry with its Avro
+//! producer (confluent-kafka's serializer). Each listens on 127.0.0.1 and stops when its
 //! handle drops.
 
 use std::{
@@ -345,4 +346,84 @@ impl RestCatalog {
     pub fn log_text(dir: &Path) -> String {
         std::fs::read_to_string(dir.join("rest-catalog.log")).unwrap_or_default()
     }
+}
+
+/// The project's Confluent-compatible schema registry (e2e/servers/schema_registry.py).
+pub struct SchemaRegistry {
+    _server: Server,
+    pub port: u16,
+}
+
+impl SchemaRegistry {
+    /// A registry with empty state; its log goes to `dir/schema-registry.log`.
+    pub fn start(dir: &Path) -> Result<Self> {
+        let port = free_port();
+        let log = std::fs::File::create(dir.join("schema-registry.log"))?;
+        let child = Command::new(venv_python())
+            .arg(repo_root().join("e2e/servers/schema_registry.py"))
+            .args(["--port", &port.to_string()])
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        let mut server = Server(child);
+        wait_owned_port(&mut server.0, port, "schema registry")?;
+        Ok(Self {
+            _server: server,
+            port,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// `GET path` as JSON (the test reads the registry's state with it).
+    pub fn get(&self, path: &str) -> Result<serde_json::Value> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
+        anyhow::ensure!(head.contains(" 200 "), "GET {path}: {head}");
+        Ok(serde_json::from_str(body)?)
+    }
+}
+
+/// Produces `records` (JSON objects) as Avro with confluent-kafka's AvroSerializer under
+/// `schema` (e2e/producers/avro_produce.py); returns its exit code and stderr.
+pub fn produce_avro(
+    bootstrap: &str,
+    registry: &str,
+    topic: &str,
+    schema: &Path,
+    records: &[String],
+) -> Result<(Option<i32>, String)> {
+    let mut child = Command::new(venv_python())
+        .arg(repo_root().join("e2e/producers/avro_produce.py"))
+        .args([
+            "--bootstrap",
+            bootstrap,
+            "--registry",
+            registry,
+            "--topic",
+            topic,
+        ])
+        .arg("--schema")
+        .arg(schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stdin = child.stdin.take().context("stdin")?;
+    for r in records {
+        writeln!(stdin, "{r}")?;
+    }
+    drop(stdin);
+    let out = child.wait_with_output()?;
+    Ok((
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
