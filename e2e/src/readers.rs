@@ -165,6 +165,15 @@ pub fn inspect_catalog(
     let raw: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let n = |v: &serde_json::Value, p: &str| v.pointer(p).and_then(serde_json::Value::as_u64);
     let tables = raw["tables"].as_object().cloned().unwrap_or_default();
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|c| {
+                c.iter()
+                    .filter_map(|c| c.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
     Ok(tables
         .into_iter()
         .map(|(name, t)| {
@@ -186,24 +195,10 @@ pub fn inspect_catalog(
                             .collect()
                     })
                     .unwrap_or_default(),
-                required: t["required"]
-                    .as_array()
-                    .map(|c| {
-                        c.iter()
-                            .filter_map(|c| c.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                required: strings(&t["required"]),
                 nonnull: counts(&t["pyiceberg"]["nonnull"]),
                 duckdb_nonnull: counts(&t["duckdb"]["nonnull"]),
-                columns: t["columns"]
-                    .as_array()
-                    .map(|c| {
-                        c.iter()
-                            .filter_map(|c| c.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                columns: strings(&t["columns"]),
                 snapshots: n(&t, "/snapshots").unwrap_or(0),
                 pyiceberg_rows: n(&t, "/pyiceberg/rows").unwrap_or(0),
                 pyiceberg_distinct: n(&t, "/pyiceberg/distinct").unwrap_or(0),
@@ -216,4 +211,49 @@ pub fn inspect_catalog(
             (name, table)
         })
         .collect())
+}
+
+/// The four tables the click events route to by `event_type` (`id % 4`, see `event_json`).
+pub const KIND_TABLES: [&str; 4] = [
+    "analytics.clicks_click",
+    "analytics.clicks_view",
+    "analytics.clicks_purchase",
+    "analytics.clicks_scroll",
+];
+
+/// Polls the catalog (PyIceberg) until its tables hold `total` rows together, or `timeout`.
+pub fn wait_for_total_rows(
+    catalog_uri: &str,
+    warehouse: &Path,
+    total: u64,
+    timeout: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let landed: u64 = inspect_catalog(catalog_uri, warehouse, false)?
+            .values()
+            .map(|t| t.pyiceberg_rows)
+            .sum();
+        if landed >= total || Instant::now() > deadline {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// Each of [`KIND_TABLES`] holds exactly its share of the ids `0..total`, once, for PyIceberg
+/// and DuckDB (`tables` read with DuckDB).
+#[track_caller]
+pub fn assert_kind_counts(tables: &std::collections::BTreeMap<String, CatalogTable>, total: u64) {
+    for (k, name) in KIND_TABLES.iter().enumerate() {
+        let n = (0..total).filter(|id| id % 4 == k as u64).count() as u64;
+        let t = tables
+            .get(*name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        assert_eq!(
+            (t.pyiceberg_rows, t.pyiceberg_distinct, t.duckdb),
+            (n, n, Some((n, n))),
+            "{name}: PyIceberg rows, distinct ids, DuckDB (rows, distinct)"
+        );
+    }
 }

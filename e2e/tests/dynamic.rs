@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::{Context, Result};
-use tidewater_e2e::{Broker, CatalogTable, Tidewater, inspect_catalog, repo_root};
+use tidewater_e2e::{
+    Broker, CatalogTable, Tidewater, assert_kind_counts, inspect_catalog, repo_root,
+    wait_for_total_rows,
+};
 
 /// Events per topic.
 const PER_TOPIC: u64 = 40;
@@ -129,20 +132,7 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
     assert_eq!(listed.len(), 27, "{listed:?}");
     assert!(listed.contains(&"by_kind.b") && listed.contains(&"hot.ev_04"));
     // Stop with a savepoint: it names these 27 tables and no other.
-    let (code, body) = tw.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
-    assert_eq!(code, 202, "{body}");
-    let exit = tw
-        .wait_timeout(Duration::from_secs(60))
-        .context("a stop savepoint ends the run")?;
-    assert!(exit.success(), "{}", tw.log_text());
-    let savepoint = tw
-        .log_text()
-        .lines()
-        .find(|l| l.contains("savepoint completed"))
-        .and_then(|l| l.split("path=").nth(1))
-        .and_then(|p| p.split_whitespace().next())
-        .context("savepoint path in the log")?
-        .to_string();
+    let savepoint = stop_with_savepoint(&mut tw)?;
 
     // Unroutable records are dead-lettered with the reason, nothing else.
     let dead = broker.consume_all("events.dlq", 10, Duration::from_secs(20))?;
@@ -219,40 +209,27 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
     Ok(())
 }
 
-/// The four tables the click events route to by `event_type` (`id % 4`, see `event_json`).
-const KIND_TABLES: [&str; 4] = [
-    "analytics.clicks_click",
-    "analytics.clicks_view",
-    "analytics.clicks_purchase",
-    "analytics.clicks_scroll",
-];
+/// Stops `tw` with a savepoint (`POST /v1/savepoints {"stop": true}`); returns its path.
+fn stop_with_savepoint(tw: &mut Tidewater) -> Result<String> {
+    let (code, body) = tw.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
+    assert_eq!(code, 202, "{body}");
+    let exit = tw
+        .wait_timeout(Duration::from_secs(60))
+        .context("a stop savepoint ends the run")?;
+    assert!(exit.success(), "{}", tw.log_text());
+    tw.log_text()
+        .lines()
+        .find(|l| l.contains("savepoint completed"))
+        .and_then(|l| l.split("path=").nth(1))
+        .and_then(|p| p.split_whitespace().next())
+        .map(str::to_string)
+        .context("savepoint path in the log")
+}
 
-/// Waits until the four tables hold `total` rows together, then checks each holds exactly its
-/// share of the ids, once, for PyIceberg and DuckDB.
+/// Waits until the four routed tables hold `total` rows, then checks their counts.
 fn assert_kind_tables(uri: &str, warehouse: &std::path::Path, total: u64) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        let landed: u64 = inspect_catalog(uri, warehouse, false)?
-            .values()
-            .map(|t| t.pyiceberg_rows)
-            .sum();
-        if landed >= total {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
-    let tables = inspect_catalog(uri, warehouse, true)?;
-    for (k, name) in KIND_TABLES.iter().enumerate() {
-        let n = (0..total).filter(|id| id % 4 == k as u64).count() as u64;
-        let t = tables
-            .get(*name)
-            .with_context(|| format!("{name} missing"))?;
-        assert_eq!(
-            (t.pyiceberg_rows, t.pyiceberg_distinct, t.duckdb),
-            (n, n, Some((n, n))),
-            "{name}"
-        );
-    }
+    wait_for_total_rows(uri, warehouse, total, Duration::from_secs(120))?;
+    assert_kind_counts(&inspect_catalog(uri, warehouse, true)?, total);
     Ok(())
 }
 
@@ -270,7 +247,7 @@ fn a_coordinator_and_two_workers_route_into_tables_through_a_lost_worker_and_a_s
     let log = |name: &str| dir.path().join(format!("{name}.log"));
     let producer = BackgroundProducer::start(&broker, "clicks", 4, 1000)?;
 
-    let c = Tidewater::coordinator(&file, &log("c1"), None, &["--heartbeat-timeout", "3s"])?;
+    let mut c = Tidewater::coordinator(&file, &log("c1"), None, &["--heartbeat-timeout", "3s"])?;
     c.wait_healthy(Duration::from_secs(60))?;
     let mut w1 = Tidewater::worker(&c.url(), "w1", &log("w1"))?;
     let _w2 = Tidewater::worker(&c.url(), "w2", &log("w2"))?;
@@ -279,21 +256,7 @@ fn a_coordinator_and_two_workers_route_into_tables_through_a_lost_worker_and_a_s
     w1.kill9();
     let _w3 = Tidewater::worker(&c.url(), "w3", &log("w3"))?;
     std::thread::sleep(Duration::from_secs(5));
-    let (code, body) = c.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
-    assert_eq!(code, 202, "{body}");
-    let mut c = c;
-    let exit = c
-        .wait_timeout(Duration::from_secs(60))
-        .context("a stop savepoint ends the run")?;
-    assert!(exit.success(), "{}", c.log_text());
-    let path = c
-        .log_text()
-        .lines()
-        .find(|l| l.contains("savepoint completed"))
-        .and_then(|l| l.split("path=").nth(1))
-        .and_then(|p| p.split_whitespace().next())
-        .context("savepoint path")?
-        .to_string();
+    let path = stop_with_savepoint(&mut c)?;
 
     // Restored by a new coordinator with two new workers, while the producer goes on.
     let mut c2 = Tidewater::coordinator(

@@ -21,7 +21,8 @@ use std::{
 use anyhow::Result;
 use rand::Rng;
 use tidewater_e2e::{
-    BackgroundProducer, Broker, PipelineSpec, Postgres, Tidewater, inspect_catalog, wait_for_rows,
+    BackgroundProducer, Broker, KIND_TABLES, PipelineSpec, Postgres, Tidewater, assert_kind_counts,
+    inspect_catalog, wait_for_rows, wait_for_total_rows,
 };
 
 const FAILPOINTS: &[&str] = &[
@@ -37,14 +38,6 @@ const MULTI_TABLE_FAILPOINTS: &[&str] = &[
     "checkpoint.after-record",
     "commit.before-catalog-update",
     "worker.mid-write",
-];
-
-/// The four tables of the routed crash test, by `event_type` (`id % 4`, see `event_json`).
-const KIND_TABLES: [&str; 4] = [
-    "analytics.clicks_click",
-    "analytics.clicks_view",
-    "analytics.clicks_purchase",
-    "analytics.clicks_scroll",
 ];
 
 /// Fail points around schema updates (the events bring a new field every 4,000 ids).
@@ -212,17 +205,13 @@ fn check_kind_tables(
     log: &std::path::Path,
     total: u64,
 ) -> Result<()> {
-    let want = |k: u64| (0..total).filter(|id| id % 4 == k).count() as u64;
     let mut tw = Tidewater::start(file, log, None)?;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, false)?;
-        let landed: u64 = tables.values().map(|t| t.pyiceberg_rows).sum();
-        if landed >= total || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_for_total_rows(
+        &spec.catalog_uri,
+        &spec.warehouse,
+        total,
+        Duration::from_secs(120),
+    )?;
     assert!(
         tw.stop(Duration::from_secs(60))?.success(),
         "log:\n{}",
@@ -234,15 +223,7 @@ fn check_kind_tables(
         k.sort_unstable();
         k
     });
-    for (k, name) in KIND_TABLES.iter().enumerate() {
-        let t = &tables[*name];
-        let n = want(k as u64);
-        assert_eq!(
-            (t.pyiceberg_rows, t.pyiceberg_distinct, t.duckdb),
-            (n, n, Some((n, n))),
-            "{name}: PyIceberg rows, distinct ids, DuckDB (rows, distinct)"
-        );
-    }
+    assert_kind_counts(&tables, total);
     Ok(())
 }
 

@@ -35,34 +35,25 @@ fn the_registry_serves_confluent_clients_and_refuses_incompatible_schemas() -> R
         "bad.avsc",
         r#"{"name":"id","type":"string"},{"name":"note","type":"string"}"#,
     )?;
+    let produce = |schema: &std::path::Path, records: &[String]| {
+        produce_avro(
+            &broker.bootstrap,
+            &registry.url(),
+            "orders",
+            schema,
+            records,
+        )
+    };
     let records = |from: u64, extra: &str| -> Vec<String> {
         (from..from + 5)
             .map(|id| format!(r#"{{"id":{id},"note":"n{id}"{extra}}}"#))
             .collect()
     };
-    let (code, err) = produce_avro(
-        &broker.bootstrap,
-        &registry.url(),
-        "orders",
-        &v1,
-        &records(0, ""),
-    )?;
+    let (code, err) = produce(&v1, &records(0, ""))?;
     assert_eq!(code, Some(0), "{err}");
-    let (code, err) = produce_avro(
-        &broker.bootstrap,
-        &registry.url(),
-        "orders",
-        &v2,
-        &records(5, r#","coupon":"C""#),
-    )?;
+    let (code, err) = produce(&v2, &records(5, r#","coupon":"C""#))?;
     assert_eq!(code, Some(0), "{err}");
-    let (code, err) = produce_avro(
-        &broker.bootstrap,
-        &registry.url(),
-        "orders",
-        &bad,
-        &[r#"{"id":"x","note":"n"}"#.to_string()],
-    )?;
+    let (code, err) = produce(&bad, &[r#"{"id":"x","note":"n"}"#.to_string()])?;
     assert_eq!(code, Some(4), "refused as incompatible: {err}");
 
     assert_eq!(

@@ -13,7 +13,7 @@ use crate::{
     commit::table_definition,
     decode::{Pushed, RowBatcher},
     evolve::infer_definition,
-    route::{RecordView, Template},
+    route::{RecordView, Template, json_field},
 };
 
 /// Every column kind the JSON decoder fills, required and optional.
@@ -80,15 +80,7 @@ impl RecordView for JsonRecord {
         self.0.get("key")?.as_str().map(Cow::Borrowed)
     }
     fn value_field(&self, path: &[String]) -> Option<Cow<'_, str>> {
-        let mut v = &self.0;
-        for p in path {
-            v = v.get(p)?;
-        }
-        match v {
-            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
-            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
-            _ => None,
-        }
+        json_field(&self.0, path)
     }
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         self.0

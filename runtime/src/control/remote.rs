@@ -15,7 +15,6 @@ use tidewater_crds::IngestionPipeline;
 use tokio::sync::{mpsc::unbounded_channel, watch};
 
 use crate::{
-    commit::TableError,
     config::PipelineConfig,
     control::{
         api::LONG_POLL,
@@ -26,7 +25,6 @@ use crate::{
         worker::{self, WorkerSetup},
     },
     metrics::Metrics,
-    write::WriterSetupError,
 };
 
 /// Why a worker process cannot work for the coordinator it registered with.
@@ -41,12 +39,6 @@ pub enum RemoteError {
     /// The pipeline the coordinator handed out does not resolve (names the fields).
     #[error("pipeline from the coordinator is invalid: {0}")]
     InvalidPipeline(String),
-    /// The catalog or the table.
-    #[error(transparent)]
-    Table(#[from] TableError),
-    /// Writers cannot be prepared for the table.
-    #[error(transparent)]
-    Writer(#[from] WriterSetupError),
     /// The worker thread could not be started.
     #[error("spawn worker: {0}")]
     SpawnWorker(#[source] std::io::Error),

@@ -96,6 +96,21 @@ enum Piece {
     Header(String),
 }
 
+/// A scalar field of a JSON value at `path`, as a template reads it (strings, numbers and
+/// booleans; anything else is missing).
+pub fn json_field<'a>(value: &'a serde_json::Value, path: &[String]) -> Option<Cow<'a, str>> {
+    let mut v = value;
+    for p in path {
+        v = v.get(p)?;
+    }
+    match v {
+        serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
+        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
+        _ => None,
+    }
+}
+
 /// A parsed table template.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Template {
@@ -324,16 +339,7 @@ mod tests {
             self.key.as_deref().map(Cow::Borrowed)
         }
         fn value_field(&self, path: &[String]) -> Option<Cow<'_, str>> {
-            let mut v = &self.value;
-            for p in path {
-                v = v.get(p)?;
-            }
-            match v {
-                serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
-                serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
-                serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
-                _ => None,
-            }
+            json_field(&self.value, path)
         }
         fn header(&self, name: &str) -> Option<Cow<'_, str>> {
             self.headers.get(name).map(|s| Cow::Borrowed(s.as_str()))

@@ -9,7 +9,7 @@ use rdkafka::{
     message::{BorrowedMessage, Headers},
 };
 
-use crate::route::{RecordView, Router};
+use crate::route::{RecordView, Router, json_field};
 
 /// Where records go.
 pub(super) enum Routing {
@@ -118,16 +118,7 @@ impl RecordView for MessageView<'_, '_> {
             .value
             .get_or_init(|| serde_json::from_slice(self.m.payload()?).ok())
             .as_ref()?;
-        let mut v = value;
-        for p in path {
-            v = v.get(p)?;
-        }
-        match v {
-            serde_json::Value::String(s) => Some(Cow::Borrowed(s)),
-            serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
-            serde_json::Value::Bool(b) => Some(Cow::Owned(b.to_string())),
-            _ => None,
-        }
+        json_field(value, path)
     }
 
     fn header(&self, name: &str) -> Option<Cow<'_, str>> {
