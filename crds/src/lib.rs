@@ -4,6 +4,7 @@
 pub mod compaction;
 pub mod cron;
 pub mod deploy;
+pub mod format;
 pub mod job_api;
 pub mod pipeline;
 pub mod status;

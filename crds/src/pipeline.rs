@@ -11,6 +11,9 @@ use crate::deploy::{
     Autoscaler, JobState, PodOverrides, PodResources, SavepointHistory, SecretEnv, SecretMount,
     UpgradeMode,
 };
+pub use crate::format::{
+    FormatSpec, FormatType, RegistryAuthSpec, RegistryAuthType, RegistrySpec, SubjectStrategy,
+};
 pub use crate::status::{CheckpointStatus, IngestionPipelineStatus};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -355,43 +358,8 @@ fn default_discovery_interval() -> String {
     "30s".into()
 }
 
-/// How record values are decoded.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FormatSpec {
-    /// The encoding of record values.
-    #[serde(rename = "type", default)]
-    pub format_type: FormatType,
-    /// Records whose value is larger than this many bytes are dead-lettered as oversize.
-    #[serde(default = "default_max_record_bytes")]
-    #[schemars(range(min = 1))]
-    pub max_record_bytes: u64,
-}
-
-impl Default for FormatSpec {
-    fn default() -> Self {
-        Self {
-            format_type: FormatType::default(),
-            max_record_bytes: default_max_record_bytes(),
-        }
-    }
-}
-
 fn default_max_open_writers() -> u32 {
     64
-}
-
-fn default_max_record_bytes() -> u64 {
-    1024 * 1024
-}
-
-/// Supported value encodings.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum FormatType {
-    /// One JSON object per record; fields are matched to columns by name.
-    #[default]
-    Json,
 }
 
 /// The Iceberg side: one table (`table`) or many (`route`).

@@ -326,6 +326,13 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
     if let Some(create) = &sink.create_table {
         validate_create_table(create, "spec.sink.createTable", &mut err);
     }
+    let reads_value_fields = sink.route.as_ref().is_some_and(|r| {
+        r.table
+            .iter()
+            .chain(r.rules.iter().map(|rule| &rule.table))
+            .any(|t| t.contains("{value."))
+    });
+    crate::format::validate_format(&spec.format, reads_value_fields, &mut err);
     validate_write_properties(spec, &mut err);
 
     if let Err(e) = parse_duration(&spec.checkpoint.interval) {

@@ -19,7 +19,7 @@ use tidewater_crds::{
     types::{ColumnType, PartitionField, Transform},
 };
 
-use crate::config::PipelineConfig;
+use crate::{config::PipelineConfig, evolve::Sample};
 
 use super::TableError;
 
@@ -31,31 +31,36 @@ pub fn parse_ident(table: &str) -> Result<TableIdent, TableError> {
 }
 
 /// Loads `table`, creating it (and its namespace) from `create` when missing — a definition
-/// without columns infers them from `first_record`. Safe against other writers creating it at
+/// without columns takes them from `first_record` (a JSON record's fields, an Avro writer
+/// schema). Safe against other writers creating it at
 /// the same time: the loser loads the winner's table.
 pub async fn load_or_create(
     catalog: &dyn Catalog,
     table: &str,
     create: Option<&CreateTableSpec>,
-    first_record: Option<&[u8]>,
+    first_record: Option<Sample<'_>>,
 ) -> Result<Table, TableError> {
     let ident = parse_ident(table)?;
     if catalog.table_exists(&ident).await? {
         return Ok(catalog.load_table(&ident).await?);
     }
     let create = create.ok_or_else(|| TableError::Missing(table.to_string()))?;
-    let inferred;
-    let create = if create.schema.is_empty() {
-        let record = first_record.ok_or_else(|| TableError::NeedsRecord(table.to_string()))?;
-        inferred = crate::evolve::infer_definition(create, record).map_err(|e| {
-            TableError::Definition(format!("table {table}: cannot infer its columns: {e}"))
-        })?;
-        &inferred
-    } else {
-        create
+    let definition = |e: String| TableError::Definition(format!("table {table}: {e}"));
+    let (schema, spec) = match (create.schema.is_empty(), first_record) {
+        (false, _) => table_definition(create).map_err(|e| definition(e.to_string()))?,
+        (true, None) => return Err(TableError::NeedsRecord(table.to_string())),
+        (true, Some(Sample::Avro(writer))) => {
+            let schema = crate::evolve::table_schema(writer, &create.timestamp_fields)
+                .map_err(|e| definition(format!("cannot map the Avro writer schema: {e}")))?;
+            let spec = partition_spec(create, &schema).map_err(|e| definition(e.to_string()))?;
+            (schema, spec)
+        }
+        (true, Some(Sample::Json(record))) => {
+            let inferred = crate::evolve::infer_definition(create, record)
+                .map_err(|e| definition(format!("cannot infer its columns: {e}")))?;
+            table_definition(&inferred).map_err(|e| definition(e.to_string()))?
+        }
     };
-    let (schema, spec) = table_definition(create)
-        .map_err(|e| TableError::Definition(format!("table {table}: {e}")))?;
     if !catalog.namespace_exists(ident.namespace()).await? {
         match catalog
             .create_namespace(ident.namespace(), HashMap::new())
@@ -97,7 +102,6 @@ pub fn table_definition(
     create: &CreateTableSpec,
 ) -> Result<(Schema, UnboundPartitionSpec), TableError> {
     let mut fields = Vec::new();
-    let mut ids = HashMap::new();
     for (i, col) in create.schema.iter().enumerate() {
         let id =
             i32::try_from(i + 1).map_err(|_| TableError::Definition("too many columns".into()))?;
@@ -111,15 +115,25 @@ pub fn table_definition(
         if let Some(doc) = &col.doc {
             field = field.with_doc(doc);
         }
-        ids.insert(col.name.clone(), id);
         fields.push(Arc::new(field));
     }
     let schema = Schema::builder().with_fields(fields).build()?;
+    let spec = partition_spec(create, &schema)?;
+    Ok((schema, spec))
+}
+
+/// The partition spec of a table definition over `schema`'s top-level columns.
+pub fn partition_spec(
+    create: &CreateTableSpec,
+    schema: &Schema,
+) -> Result<UnboundPartitionSpec, TableError> {
     let mut spec = UnboundPartitionSpec::builder();
     for text in &create.partition_by {
         let field = PartitionField::parse(text).map_err(TableError::Definition)?;
-        let source = *ids
-            .get(&field.column)
+        let source = schema
+            .as_struct()
+            .field_by_name(&field.column)
+            .map(|f| f.id)
             .ok_or_else(|| TableError::Definition(format!("unknown column `{}`", field.column)))?;
         let (transform, name) = match field.transform {
             Transform::Identity => (IcebergTransform::Identity, field.column.clone()),
@@ -138,7 +152,7 @@ pub fn table_definition(
         };
         spec = spec.add_partition_field(source, name, transform)?;
     }
-    Ok((schema, spec.build()))
+    Ok(spec.build())
 }
 
 fn primitive(t: ColumnType) -> PrimitiveType {
@@ -187,7 +201,7 @@ pub async fn open_table(
     table: &str,
     rule: Option<usize>,
     create: bool,
-    first_record: Option<&[u8]>,
+    first_record: Option<Sample<'_>>,
 ) -> Result<Table, TableError> {
     if create {
         return load_or_create(catalog, table, config.create_table(rule), first_record).await;

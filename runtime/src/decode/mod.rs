@@ -1,4 +1,4 @@
-//! JSON record bytes → Arrow rows for a table schema. Pure: no I/O.
+//! Record bytes (JSON here, Avro in `avro`) → Arrow rows for a table schema. Pure: no I/O.
 //!
 //! A record is parsed completely into scalars before anything is appended, so a record that
 //! fails leaves the batch untouched and can be dead-lettered with a reason naming the field.
@@ -7,28 +7,25 @@ use std::{
     borrow::Cow,
     collections::{BTreeMap, HashMap, HashSet},
     fmt,
-    sync::Arc,
 };
 
-use arrow_array::{
-    ArrayRef, RecordBatch,
-    builder::{
-        BinaryBuilder, BooleanBuilder, Date32Builder, Decimal128Builder, FixedSizeBinaryBuilder,
-        Float32Builder, Float64Builder, Int32Builder, Int64Builder, LargeBinaryBuilder,
-        StringBuilder, TimestampMicrosecondBuilder,
-    },
-};
-use arrow_schema::{DataType, SchemaRef};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::SchemaRef;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
+mod avro;
+mod builder;
 mod value;
+use builder::Builder;
 use value::{Kind, Scalar, ValueSeed};
+
+pub use avro::{AvroWriter, frame};
 
 /// Why a record could not be converted. `kind` is a stable label for metrics and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConvertError {
-    /// `invalid-json`, `not-an-object`, `missing-required`, `wrong-type`, `out-of-range`,
-    /// `oversize` or `no-value`.
+    /// `invalid-json`, `not-an-object`, `invalid-avro`, `not-a-record`, `missing-required`,
+    /// `wrong-type`, `out-of-range`, `oversize` or `no-value`.
     pub kind: &'static str,
     /// Human-readable reason naming the field.
     pub message: String,
@@ -72,117 +69,6 @@ impl fmt::Display for ConvertError {
 
 impl std::error::Error for ConvertError {}
 
-enum Builder {
-    Boolean(BooleanBuilder),
-    Int(Int32Builder),
-    Long(Int64Builder),
-    Float(Float32Builder),
-    Double(Float64Builder),
-    Decimal(Decimal128Builder, DataType),
-    Date(Date32Builder),
-    Timestamp(TimestampMicrosecondBuilder, DataType),
-    String(StringBuilder),
-    Uuid(FixedSizeBinaryBuilder),
-    Binary(BinaryBuilder),
-    LargeBinary(LargeBinaryBuilder),
-    Null(DataType, usize),
-}
-
-impl Builder {
-    fn new(kind: Kind, data_type: &DataType) -> Self {
-        match kind {
-            Kind::Boolean => Self::Boolean(BooleanBuilder::new()),
-            Kind::Int => Self::Int(Int32Builder::new()),
-            Kind::Long => Self::Long(Int64Builder::new()),
-            Kind::Float => Self::Float(Float32Builder::new()),
-            Kind::Double => Self::Double(Float64Builder::new()),
-            Kind::Decimal { .. } => Self::Decimal(Decimal128Builder::new(), data_type.clone()),
-            Kind::Date => Self::Date(Date32Builder::new()),
-            Kind::Timestamp { .. } => {
-                Self::Timestamp(TimestampMicrosecondBuilder::new(), data_type.clone())
-            }
-            Kind::String => Self::String(StringBuilder::new()),
-            Kind::Uuid => Self::Uuid(FixedSizeBinaryBuilder::new(16)),
-            Kind::Binary { large: false } => Self::Binary(BinaryBuilder::new()),
-            Kind::Binary { large: true } => Self::LargeBinary(LargeBinaryBuilder::new()),
-            Kind::Unsupported => Self::Null(data_type.clone(), 0),
-        }
-    }
-
-    fn append(&mut self, v: Scalar<'_>) {
-        match (self, v) {
-            (Self::Boolean(b), Scalar::Bool(x)) => b.append_value(x),
-            (Self::Int(b), Scalar::I32(x)) => b.append_value(x),
-            (Self::Long(b), Scalar::I64(x)) => b.append_value(x),
-            (Self::Float(b), Scalar::F32(x)) => b.append_value(x),
-            (Self::Double(b), Scalar::F64(x)) => b.append_value(x),
-            (Self::Decimal(b, _), Scalar::I128(x)) => b.append_value(x),
-            (Self::Date(b), Scalar::I32(x)) => b.append_value(x),
-            (Self::Timestamp(b, _), Scalar::I64(x)) => b.append_value(x),
-            (Self::String(b), Scalar::Str(s)) => b.append_value(s),
-            (Self::Uuid(b), Scalar::Bytes(x)) => b.append_value(x).expect("uuid is 16 bytes"),
-            (Self::Binary(b), Scalar::Bytes(x)) => b.append_value(x),
-            (Self::LargeBinary(b), Scalar::Bytes(x)) => b.append_value(x),
-            (this, Scalar::Null) => this.append_null(),
-            (_, other) => unreachable!("scalar {other:?} was produced for another kind"),
-        }
-    }
-
-    fn append_null(&mut self) {
-        match self {
-            Self::Boolean(b) => b.append_null(),
-            Self::Int(b) => b.append_null(),
-            Self::Long(b) => b.append_null(),
-            Self::Float(b) => b.append_null(),
-            Self::Double(b) => b.append_null(),
-            Self::Decimal(b, _) => b.append_null(),
-            Self::Date(b) => b.append_null(),
-            Self::Timestamp(b, _) => b.append_null(),
-            Self::String(b) => b.append_null(),
-            Self::Uuid(b) => b.append_null(),
-            Self::Binary(b) => b.append_null(),
-            Self::LargeBinary(b) => b.append_null(),
-            Self::Null(_, n) => *n += 1,
-        }
-    }
-
-    fn finish(&mut self) -> ArrayRef {
-        match self {
-            Self::Boolean(b) => Arc::new(b.finish()),
-            Self::Int(b) => Arc::new(b.finish()),
-            Self::Long(b) => Arc::new(b.finish()),
-            Self::Float(b) => Arc::new(b.finish()),
-            Self::Double(b) => Arc::new(b.finish()),
-            Self::Decimal(b, t) => {
-                let DataType::Decimal128(p, s) = t else {
-                    unreachable!()
-                };
-                Arc::new(
-                    b.finish()
-                        .with_precision_and_scale(*p, *s)
-                        .expect("valid decimal"),
-                )
-            }
-            Self::Date(b) => Arc::new(b.finish()),
-            Self::Timestamp(b, t) => {
-                let DataType::Timestamp(_, tz) = t else {
-                    unreachable!()
-                };
-                Arc::new(b.finish().with_timezone_opt(tz.clone()))
-            }
-            Self::String(b) => Arc::new(b.finish()),
-            Self::Uuid(b) => Arc::new(b.finish()),
-            Self::Binary(b) => Arc::new(b.finish()),
-            Self::LargeBinary(b) => Arc::new(b.finish()),
-            Self::Null(t, n) => {
-                let array = arrow_array::new_null_array(t, *n);
-                *n = 0;
-                array
-            }
-        }
-    }
-}
-
 /// How many distinct unknown field names a batcher tracks by name; further names are counted
 /// together (a stream with ever-new field names must not grow memory or metric series).
 pub const UNKNOWN_FIELD_NAMES: usize = 100;
@@ -224,9 +110,7 @@ pub struct RowBatcher {
 
 /// A table the JSON decoder cannot fill: a required column of a type it does not support.
 #[derive(Debug, thiserror::Error)]
-#[error(
-    "required column `{column}` has type {data_type} which JSON ingestion does not support yet"
-)]
+#[error("required column `{column}` has type {data_type} which this format cannot fill yet")]
 pub struct UnsupportedColumn {
     /// The column.
     pub column: String,
@@ -238,10 +122,24 @@ impl RowBatcher {
     /// A batcher for an Arrow schema derived from the table's Iceberg schema. Fails when a
     /// required column has a type the converter cannot fill.
     pub fn new(schema: SchemaRef) -> Result<Self, UnsupportedColumn> {
+        Self::filling(schema, false)
+    }
+
+    /// A batcher for Avro records, which fill struct, list and map columns too.
+    pub fn for_avro(schema: SchemaRef) -> Result<Self, UnsupportedColumn> {
+        Self::filling(schema, true)
+    }
+
+    fn filling(schema: SchemaRef, nested: bool) -> Result<Self, UnsupportedColumn> {
         let mut columns = Vec::new();
         for field in schema.fields() {
             let kind = Kind::of(field.data_type());
-            if kind == Kind::Unsupported && !field.is_nullable() {
+            let fillable = match kind {
+                Kind::Unsupported => false,
+                Kind::Nested => nested,
+                _ => true,
+            };
+            if !fillable && !field.is_nullable() {
                 return Err(UnsupportedColumn {
                     column: field.name().clone(),
                     data_type: field.data_type().to_string(),
@@ -597,7 +495,9 @@ mod tests {
     use arrow_array::{
         Array, Decimal128Array, Float64Array, Int64Array, StringArray, TimestampMicrosecondArray,
     };
-    use arrow_schema::{Field, Schema, TimeUnit};
+    use std::sync::Arc;
+
+    use arrow_schema::{DataType, Field, Schema, TimeUnit};
 
     use super::*;
 

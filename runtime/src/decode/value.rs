@@ -5,7 +5,7 @@ use std::{borrow::Cow, fmt};
 
 use arrow_schema::{DataType, TimeUnit};
 use base64::Engine as _;
-use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, Timelike};
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 /// A column kind the converter can fill.
@@ -29,7 +29,12 @@ pub(super) enum Kind {
     Binary {
         large: bool,
     },
-    /// A type this converter cannot fill (nested, time, nanosecond timestamps): always null.
+    /// Microseconds since midnight.
+    Time,
+    /// A struct, list or map (filled from Avro; always null from JSON).
+    Nested,
+    /// A type this converter cannot fill (nanosecond timestamps, fixed other than 16 bytes):
+    /// always null.
     Unsupported,
 }
 
@@ -51,6 +56,8 @@ impl Kind {
             DataType::FixedSizeBinary(16) => Self::Uuid,
             DataType::Binary => Self::Binary { large: false },
             DataType::LargeBinary => Self::Binary { large: true },
+            DataType::Time64(TimeUnit::Microsecond) => Self::Time,
+            DataType::Struct(_) | DataType::List(_) | DataType::Map(..) => Self::Nested,
             _ => Self::Unsupported,
         }
     }
@@ -69,6 +76,8 @@ impl Kind {
             Self::String => "string",
             Self::Uuid => "uuid",
             Self::Binary { .. } => "binary",
+            Self::Time => "time",
+            Self::Nested => "nested",
             Self::Unsupported => "unsupported",
         }
     }
@@ -102,11 +111,11 @@ impl<'de> DeserializeSeed<'de> for ValueSeed {
     }
 }
 
-fn wrong(kind: Kind, got: impl fmt::Display) -> (&'static str, String) {
+pub(super) fn wrong(kind: Kind, got: impl fmt::Display) -> (&'static str, String) {
     ("wrong-type", format!("expected {}, got {got}", kind.name()))
 }
 
-fn range(kind: Kind, got: impl fmt::Display) -> (&'static str, String) {
+pub(super) fn range(kind: Kind, got: impl fmt::Display) -> (&'static str, String) {
     (
         "out-of-range",
         format!("{got} does not fit in {}", kind.name()),
@@ -127,7 +136,7 @@ impl<'de> Visitor<'de> for ValueSeed {
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
         Ok(match self.kind {
             Kind::Boolean => Ok(Scalar::Bool(v)),
-            Kind::Unsupported => Ok(Scalar::Null),
+            Kind::Unsupported | Kind::Nested => Ok(Scalar::Null),
             k => Err(wrong(k, format!("boolean {v}"))),
         })
     }
@@ -148,7 +157,7 @@ impl<'de> Visitor<'de> for ValueSeed {
             Kind::Decimal { precision, scale } => {
                 decimal_from_text(&v.to_string(), precision, scale)
             }
-            Kind::Unsupported => Ok(Scalar::Null),
+            Kind::Unsupported | Kind::Nested => Ok(Scalar::Null),
             k => Err(wrong(k, format!("number {v}"))),
         })
     }
@@ -170,7 +179,7 @@ impl<'de> Visitor<'de> for ValueSeed {
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         while seq.next_element::<IgnoredAny>()?.is_some() {}
         Ok(match self.kind {
-            Kind::Unsupported => Ok(Scalar::Null),
+            Kind::Unsupported | Kind::Nested => Ok(Scalar::Null),
             k => Err(wrong(k, "an array")),
         })
     }
@@ -178,13 +187,13 @@ impl<'de> Visitor<'de> for ValueSeed {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
         Ok(match self.kind {
-            Kind::Unsupported => Ok(Scalar::Null),
+            Kind::Unsupported | Kind::Nested => Ok(Scalar::Null),
             k => Err(wrong(k, "an object")),
         })
     }
 }
 
-fn integer<'a>(kind: Kind, v: i128) -> ValueResult<'a> {
+pub(super) fn integer<'a>(kind: Kind, v: i128) -> ValueResult<'a> {
     #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
     match kind {
         Kind::Int => i32::try_from(v)
@@ -213,12 +222,12 @@ fn integer<'a>(kind: Kind, v: i128) -> ValueResult<'a> {
         Kind::Date => i32::try_from(v)
             .map(Scalar::I32)
             .map_err(|_| range(kind, v)),
-        Kind::Unsupported => Ok(Scalar::Null),
+        Kind::Unsupported | Kind::Nested => Ok(Scalar::Null),
         k => Err(wrong(k, format!("number {v}"))),
     }
 }
 
-fn text<'a>(kind: Kind, v: &str) -> ValueResult<'a> {
+pub(super) fn text<'a>(kind: Kind, v: &str) -> ValueResult<'a> {
     match kind {
         Kind::Timestamp { .. } => parse_timestamp_micros(v)
             .map(Scalar::I64)
@@ -232,6 +241,19 @@ fn text<'a>(kind: Kind, v: &str) -> ValueResult<'a> {
             })
             .ok_or_else(|| ("wrong-type", format!("`{v}` is not a date (YYYY-MM-DD)"))),
         Kind::Decimal { precision, scale } => decimal_from_text(v, precision, scale),
+        Kind::Time => NaiveTime::parse_from_str(v, "%H:%M:%S%.f")
+            .ok()
+            .map(|t| {
+                let micros = t.num_seconds_from_midnight() as i64 * 1_000_000
+                    + i64::from(t.nanosecond() / 1000);
+                Scalar::I64(micros)
+            })
+            .ok_or_else(|| {
+                (
+                    "wrong-type",
+                    format!("`{v}` is not a time (HH:MM:SS[.ffffff])"),
+                )
+            }),
         Kind::Uuid => uuid::Uuid::parse_str(v)
             .map(|u| Scalar::Bytes(u.as_bytes().to_vec()))
             .map_err(|_| ("wrong-type", format!("`{v}` is not a UUID"))),
@@ -244,7 +266,7 @@ fn text<'a>(kind: Kind, v: &str) -> ValueResult<'a> {
                     "binary values must be base64 strings".to_string(),
                 )
             }),
-        Kind::Unsupported => Ok(Scalar::Null),
+        Kind::Unsupported | Kind::Nested => Ok(Scalar::Null),
         k => Err(wrong(k, format!("string \"{}\"", truncate(v, 40)))),
     }
 }
@@ -269,7 +291,7 @@ fn parse_timestamp_micros(v: &str) -> Option<i64> {
     None
 }
 
-fn check_precision(unscaled: i128, precision: u8) -> Result<(), ()> {
+pub(super) fn check_precision(unscaled: i128, precision: u8) -> Result<(), ()> {
     let limit = 10i128.checked_pow(u32::from(precision)).ok_or(())?;
     if unscaled.abs() < limit {
         Ok(())

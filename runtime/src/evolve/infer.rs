@@ -6,7 +6,16 @@
 use tidewater_crds::pipeline::{ColumnSpec, CreateTableSpec};
 
 use super::column_type;
-use crate::decode::{Shape, field_shapes};
+use crate::decode::{AvroWriter, Shape, field_shapes};
+
+/// What a table created on first use takes its columns from.
+#[derive(Debug, Clone, Copy)]
+pub enum Sample<'a> {
+    /// The first JSON record (columns inferred from its values).
+    Json(&'a [u8]),
+    /// The Avro writer schema of the first record (or the subject's newest).
+    Avro(&'a AvroWriter),
+}
 
 /// `create` with its empty schema filled from `record` (a JSON object).
 pub fn infer_definition(

@@ -1,52 +1,60 @@
 //! Schema evolution (pure): what a record that does not fit the table asks of its schema, and
-//! the table's next schema. A field the table lacks becomes a new optional column (its type
-//! from the JSON value: boolean, long, double, string; nested values are not evolved yet); an
-//! `int` column given a value beyond 32 bits becomes `long`; a required column missing from a
-//! record becomes optional only when the pipeline allows it (`relax_required`: a JSON record
-//! has no schema saying the field is now optional, so by default it is a bad record, not a
-//! reason to weaken the table). Nothing else changes: columns are never dropped, renamed or
-//! narrowed, and field ids are never reused (new ids continue after the table's last one).
+//! the table's next schema. A field the table lacks becomes a new optional column (from a JSON
+//! value: boolean, long, double, string — nested JSON values are not evolved; from an Avro
+//! writer schema: its full type, nested fields of records included); an `int` column given a
+//! wider value becomes `long`, `float` becomes `double` and a decimal gains precision (same
+//! scale) when an Avro writer schema widens it. A required column becomes optional when an
+//! Avro writer schema makes it nullable or drops it, and for JSON only when the pipeline allows
+//! it (`relax_required`: a JSON record has no schema saying the field is now optional, so by
+//! default it is a bad record, not a reason to weaken the table). Nothing else changes:
+//! columns are never dropped, renamed or narrowed, and field ids are never reused (new ids
+//! continue after the table's last one).
 
+mod avro;
 mod infer;
 
 use std::sync::Arc;
 
-use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+use iceberg::spec::{
+    ListType, MapType, NestedField, NestedFieldRef, PrimitiveType, Schema, StructType, Type,
+};
 
 use crate::decode::{ConvertError, Shape};
 
-pub use infer::infer_definition;
+pub use avro::table_schema;
+pub use infer::{Sample, infer_definition};
 
-/// One change to a table's schema.
+/// One change to a table's schema. `path` names a field: struct field names from the top,
+/// `element` for a list's elements, `value` for a map's values.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A new optional column.
+    /// A new optional field (its nested fields get new ids).
     AddColumn {
-        /// Its name.
-        name: String,
+        /// Where: the parent struct's path and the new name.
+        path: Vec<String>,
         /// Its type.
-        ty: PrimitiveType,
+        ty: Type,
     },
-    /// A column's type widened (`int` → `long`).
+    /// A field's type widened (`int` → `long`, `float` → `double`, decimal precision).
     Widen {
-        /// The column.
-        name: String,
+        /// The field.
+        path: Vec<String>,
         /// Its new type.
         to: PrimitiveType,
     },
-    /// A required column made optional.
+    /// A required field made optional.
     MakeOptional {
-        /// The column.
-        name: String,
+        /// The field.
+        path: Vec<String>,
     },
 }
 
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::AddColumn { name, ty } => write!(f, "add column {name} {ty}"),
-            Self::Widen { name, to } => write!(f, "widen {name} to {to}"),
-            Self::MakeOptional { name } => write!(f, "make {name} optional"),
+            Self::AddColumn { path, ty } => write!(f, "add column {} {ty}", path.join(".")),
+            Self::Widen { path, to } => write!(f, "widen {} to {to}", path.join(".")),
+            Self::MakeOptional { path } => write!(f, "make {} optional", path.join(".")),
         }
     }
 }
@@ -54,10 +62,12 @@ impl std::fmt::Display for Change {
 /// What a record showed that the table's schema does not allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Observation {
-    /// Non-null fields without a column, with the shapes of their values.
+    /// Non-null fields without a column, with the shapes of their values (JSON).
     NewFields(Vec<(String, Shape)>),
     /// The record failed to convert.
     Failed(ConvertError),
+    /// A new Avro writer schema, in its Iceberg shape ([`table_schema`]).
+    Writer(Arc<Schema>),
 }
 
 /// The column type a new field's value asks for (`None`: nested values, not evolved yet).
@@ -77,11 +87,11 @@ pub fn decide(schema: &Schema, observation: &Observation, relax_required: bool) 
     match observation {
         Observation::NewFields(fields) => fields
             .iter()
-            .filter(|(name, _)| schema.field_by_name(name).is_none())
+            .filter(|(name, _)| schema.as_struct().field_by_name(name).is_none())
             .filter_map(|(name, shape)| {
                 column_type(*shape).map(|ty| Change::AddColumn {
-                    name: name.clone(),
-                    ty,
+                    path: vec![name.clone()],
+                    ty: Type::Primitive(ty),
                 })
             })
             .collect(),
@@ -89,68 +99,207 @@ pub fn decide(schema: &Schema, observation: &Observation, relax_required: bool) 
             let Some(field) = error
                 .field
                 .as_deref()
-                .and_then(|name| schema.field_by_name(name))
+                .and_then(|name| schema.as_struct().field_by_name(name))
             else {
                 return Vec::new();
             };
-            let name = field.name.clone();
+            let path = vec![field.name.clone()];
             match (error.kind, field.field_type.as_ref()) {
                 ("missing-required", _) if field.required && relax_required => {
-                    vec![Change::MakeOptional { name }]
+                    vec![Change::MakeOptional { path }]
                 }
                 ("out-of-range", Type::Primitive(PrimitiveType::Int)) => vec![Change::Widen {
-                    name,
+                    path,
                     to: PrimitiveType::Long,
                 }],
                 _ => Vec::new(),
             }
         }
+        Observation::Writer(writer) => {
+            let mut changes = Vec::new();
+            diff_struct(schema.as_struct(), writer.as_struct(), &[], &mut changes);
+            changes
+        }
     }
 }
 
-/// `schema` with `changes` applied; new columns get ids after `last_column_id`.
+/// What a table struct needs to take the values of a writer's struct.
+fn diff_struct(table: &StructType, writer: &StructType, at: &[String], out: &mut Vec<Change>) {
+    let path = |name: &str| [at, &[name.to_string()]].concat();
+    for w in writer.fields() {
+        match table.field_by_name(&w.name) {
+            None => out.push(Change::AddColumn {
+                path: path(&w.name),
+                ty: w.field_type.as_ref().clone(),
+            }),
+            Some(t) => diff_field(t, w, path(&w.name), out),
+        }
+    }
+    for t in table.fields() {
+        if t.required && writer.field_by_name(&t.name).is_none() {
+            out.push(Change::MakeOptional {
+                path: path(&t.name),
+            });
+        }
+    }
+}
+
+fn diff_field(table: &NestedField, writer: &NestedField, path: Vec<String>, out: &mut Vec<Change>) {
+    if table.required && !writer.required {
+        out.push(Change::MakeOptional { path: path.clone() });
+    }
+    let child = |name: &str| [path.as_slice(), &[name.to_string()]].concat();
+    match (table.field_type.as_ref(), writer.field_type.as_ref()) {
+        (Type::Primitive(t), Type::Primitive(w)) => {
+            if let Some(to) = widened(t, w) {
+                out.push(Change::Widen { path, to });
+            }
+        }
+        (Type::Struct(t), Type::Struct(w)) => diff_struct(t, w, &path, out),
+        (Type::List(t), Type::List(w)) => {
+            diff_field(&t.element_field, &w.element_field, child("element"), out);
+        }
+        (Type::Map(t), Type::Map(w)) => {
+            diff_field(&t.value_field, &w.value_field, child("value"), out);
+        }
+        // Anything else is incompatible: records then fail to convert and follow the policy.
+        _ => {}
+    }
+}
+
+/// The wider type a `table` column must become to hold `writer`'s values, when Iceberg allows
+/// that promotion.
+fn widened(table: &PrimitiveType, writer: &PrimitiveType) -> Option<PrimitiveType> {
+    match (table, writer) {
+        (PrimitiveType::Int, PrimitiveType::Long) => Some(PrimitiveType::Long),
+        (PrimitiveType::Float, PrimitiveType::Double) => Some(PrimitiveType::Double),
+        (
+            PrimitiveType::Decimal {
+                precision: p,
+                scale: s,
+            },
+            PrimitiveType::Decimal {
+                precision: q,
+                scale: r,
+            },
+        ) if s == r && q > p => Some(PrimitiveType::Decimal {
+            precision: *q,
+            scale: *s,
+        }),
+        _ => None,
+    }
+}
+
+/// `ty` with new ids (after `next`) for all its nested fields.
+pub fn fresh_ids(ty: &Type, next: &mut i32) -> Type {
+    let renew = |f: &NestedFieldRef, next: &mut i32| {
+        let mut f = f.as_ref().clone();
+        *next += 1;
+        f.id = *next;
+        *f.field_type = fresh_ids(&f.field_type, next);
+        Arc::new(f)
+    };
+    match ty {
+        Type::Primitive(_) => ty.clone(),
+        Type::Struct(s) => Type::Struct(StructType::new(
+            s.fields().iter().map(|f| renew(f, next)).collect(),
+        )),
+        Type::List(l) => Type::List(ListType::new(renew(&l.element_field, next))),
+        Type::Map(m) => {
+            let key = renew(&m.key_field, next);
+            Type::Map(MapType::new(key, renew(&m.value_field, next)))
+        }
+    }
+}
+
+/// `schema` with `changes` applied; new fields get ids after `last_column_id`.
 pub fn apply(
     schema: &Schema,
     changes: &[Change],
     last_column_id: i32,
 ) -> Result<Schema, iceberg::Error> {
-    let mut fields: Vec<NestedField> = schema
-        .as_struct()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    let mut fields: Vec<NestedFieldRef> = schema.as_struct().fields().to_vec();
     let mut next_id = last_column_id;
     for change in changes {
-        match change {
-            Change::AddColumn { name, ty } => {
-                if fields.iter().any(|f| f.name == *name) {
-                    continue;
-                }
-                next_id += 1;
-                fields.push(NestedField::optional(
-                    next_id,
-                    name,
-                    Type::Primitive(ty.clone()),
-                ));
-            }
-            Change::Widen { name, to } => {
-                if let Some(f) = fields.iter_mut().find(|f| f.name == *name) {
-                    *f.field_type = Type::Primitive(to.clone());
-                }
-            }
-            Change::MakeOptional { name } => {
-                if let Some(f) = fields.iter_mut().find(|f| f.name == *name) {
-                    f.required = false;
-                }
-            }
-        }
+        fields = apply_in(&fields, change_path(change), change, &mut next_id);
     }
     Schema::builder()
         .with_schema_id(schema.schema_id() + 1)
         .with_identifier_field_ids(schema.identifier_field_ids())
-        .with_fields(fields.into_iter().map(Arc::new))
+        .with_fields(fields)
         .build()
+}
+
+fn change_path(change: &Change) -> &[String] {
+    match change {
+        Change::AddColumn { path, .. }
+        | Change::Widen { path, .. }
+        | Change::MakeOptional { path } => path,
+    }
+}
+
+/// The fields of one struct with `change` applied at `path` (relative to this struct).
+fn apply_in(
+    fields: &[NestedFieldRef],
+    path: &[String],
+    change: &Change,
+    next: &mut i32,
+) -> Vec<NestedFieldRef> {
+    let Some((head, rest)) = path.split_first() else {
+        return fields.to_vec();
+    };
+    let mut out = fields.to_vec();
+    if rest.is_empty()
+        && let Change::AddColumn { ty, .. } = change
+    {
+        if !fields.iter().any(|f| f.name == *head) {
+            *next += 1;
+            let id = *next;
+            out.push(Arc::new(NestedField::optional(
+                id,
+                head,
+                fresh_ids(ty, next),
+            )));
+        }
+        return out;
+    }
+    for f in &mut out {
+        if f.name == *head {
+            *f = Arc::new(apply_to_field(f, rest, change, next));
+        }
+    }
+    out
+}
+
+/// `field` with `change` applied at `path` below it (itself when `path` is empty).
+fn apply_to_field(
+    field: &NestedField,
+    path: &[String],
+    change: &Change,
+    next: &mut i32,
+) -> NestedField {
+    let mut f = field.clone();
+    if path.is_empty() {
+        match change {
+            Change::Widen { to, .. } => *f.field_type = Type::Primitive(to.clone()),
+            Change::MakeOptional { .. } => f.required = false,
+            Change::AddColumn { .. } => {}
+        }
+        return f;
+    }
+    let ty = match field.field_type.as_ref() {
+        Type::Struct(s) => Type::Struct(StructType::new(apply_in(s.fields(), path, change, next))),
+        Type::List(l) if path[0] == "element" => Type::List(ListType::new(Arc::new(
+            apply_to_field(&l.element_field, &path[1..], change, next),
+        ))),
+        Type::Map(m) if path[0] == "value" => Type::Map(MapType::new(
+            m.key_field.clone(),
+            Arc::new(apply_to_field(&m.value_field, &path[1..], change, next)),
+        )),
+        other => other.clone(),
+    };
+    *f.field_type = ty;
+    f
 }
 
 #[cfg(test)]
@@ -201,8 +350,8 @@ mod tests {
         ]);
         let changes = decide(&schema(), &seen, false);
         let add = |name: &str, ty| Change::AddColumn {
-            name: name.into(),
-            ty,
+            path: vec![name.into()],
+            ty: Type::Primitive(ty),
         };
         assert_eq!(
             changes,
@@ -226,14 +375,14 @@ mod tests {
         assert_eq!(
             decide(&schema(), &failed("out-of-range", "n"), false),
             vec![Change::Widen {
-                name: "n".into(),
+                path: vec!["n".into()],
                 to: PrimitiveType::Long
             }]
         );
         assert_eq!(
             decide(&schema(), &failed("missing-required", "kind"), true),
             vec![Change::MakeOptional {
-                name: "kind".into()
+                path: vec!["kind".into()]
             }]
         );
         assert!(
@@ -248,11 +397,11 @@ mod tests {
             &schema(),
             &[
                 Change::Widen {
-                    name: "n".into(),
+                    path: vec!["n".into()],
                     to: PrimitiveType::Long,
                 },
                 Change::MakeOptional {
-                    name: "kind".into(),
+                    path: vec!["kind".into()],
                 },
             ],
             3,

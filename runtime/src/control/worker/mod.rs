@@ -28,8 +28,11 @@ use crate::{
     failpoint,
     metrics::{FieldLabels, Metrics, ReasonLabels},
     offsets::{Offsets, TopicPartition, set_offset},
-    source::{self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer},
+    source::{
+        self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer, registry::Registry,
+    },
 };
+use tidewater_crds::pipeline::FormatType;
 
 use routing::Routing;
 use sinks::{BATCH_ROWS, Sinks};
@@ -91,6 +94,9 @@ pub enum WorkerError {
         /// Why the record does not fit.
         reason: String,
     },
+    /// The schema registry cannot serve the schema of an Avro record.
+    #[error(transparent)]
+    Registry(#[from] crate::source::registry::RegistryError),
     /// Writers cannot be prepared for a table.
     #[error(transparent)]
     Writer(#[from] crate::write::WriterSetupError),
@@ -227,6 +233,17 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         .enable_all()
         .build()
         .map_err(WorkerError::Runtime)?;
+    let registry = match &setup.config.resource.spec.format {
+        f if f.format_type == FormatType::Avro => {
+            let spec = f.registry.as_ref().ok_or_else(|| {
+                crate::source::registry::RegistryError::Config(
+                    "is required with format.type avro".into(),
+                )
+            })?;
+            Some(Registry::new(spec)?)
+        }
+        _ => None,
+    };
     let mut state = State {
         id: setup.id,
         sinks: Sinks::new(
@@ -234,6 +251,7 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
             setup.run_id,
             setup.tables,
             &setup.config.resource.spec.sink,
+            registry,
             setup.metrics.clone(),
         ),
         max_record_bytes: setup.config.max_record_bytes,
@@ -432,6 +450,7 @@ impl State {
                 Err(reason) => Err(("unroutable", reason)),
                 Ok(target) => self.sinks.push(
                     &self.rt,
+                    m.topic(),
                     &target.table,
                     target.rule,
                     p,

@@ -9,11 +9,12 @@ use std::{
 };
 
 use iceberg::Catalog;
+use tidewater_crds::pipeline::CreateTableSpec;
 
 use crate::{
     commit::{self, TableError},
     config::PipelineConfig,
-    evolve::{Change, Observation},
+    evolve::{Change, Observation, Sample},
     maintenance::commit::Cas,
     write::WriterFactory,
 };
@@ -54,13 +55,18 @@ impl Tables {
         }
     }
 
+    /// The definition a table routed by `rule` is created with, if any.
+    pub(super) fn create_definition(&self, rule: Option<usize>) -> Option<&CreateTableSpec> {
+        self.config.create_table(rule)
+    }
+
     /// The writers of `table`, loading or creating it (with the definition of route `rule`,
-    /// its columns inferred from `record` when the definition lists none).
+    /// its columns taken from `sample` when the definition lists none).
     pub(super) async fn factory(
         &mut self,
         table: &str,
         rule: Option<usize>,
-        record: &[u8],
+        sample: Sample<'_>,
     ) -> Result<WriterFactory, Unavailable> {
         if let Some(f) = self.known.get(table) {
             return Ok(f.clone());
@@ -82,7 +88,7 @@ impl Tables {
             table,
             rule,
             true,
-            Some(record),
+            Some(sample),
         )
         .await;
         let loaded = match loaded {

@@ -1,9 +1,10 @@
 //! A worker's tables: per table one batcher (records → Arrow) and at most one open writer
 //! (Arrow → data files). Buffered rows and open writers are bounded; a writer over the bound
-//! is closed least recently used first and its files wait for the next barrier.
+//! is closed least recently used first and its files wait for the next barrier. JSON records
+//! are converted here, Avro records in `avro`.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -13,11 +14,14 @@ use crate::{
     checkpoint::TableCommitPlan,
     control::protocol::WorkerId,
     decode::{ConvertError, Pushed, RowBatcher, UnknownFields},
-    evolve::{self, Observation},
+    evolve::{self, Observation, Sample},
     failpoint,
     metrics::{Metrics, TableLabels},
+    source::registry::Registry,
     write::{DataFileRef, TableWriter, WriterFactory},
 };
+
+mod avro;
 
 use super::{
     WorkerError,
@@ -47,6 +51,8 @@ struct Sink {
     last_used: u64,
     /// Unknown-field counts of batchers replaced by a schema change, not yet published.
     carried: Vec<UnknownFields>,
+    /// Avro writer schema ids already compared with the table's current schema.
+    checked: HashSet<u32>,
 }
 
 /// The tables one worker writes, opened on first use.
@@ -60,6 +66,8 @@ pub(super) struct Sinks {
     metrics: Arc<Metrics>,
     buffered: usize,
     clock: u64,
+    /// The schema registry, when records are Avro.
+    registry: Option<Registry>,
 }
 
 impl Sinks {
@@ -68,6 +76,7 @@ impl Sinks {
         run_id: String,
         tables: Tables,
         sink: &SinkSpec,
+        registry: Option<Registry>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -80,41 +89,34 @@ impl Sinks {
             metrics,
             buffered: 0,
             clock: 0,
+            registry,
         }
     }
 
-    /// Converts one record into `table`'s batch (the table opened, or created with route
-    /// `rule`'s definition, on first use), handing full batches to the writers. The outer
-    /// error stops the worker; the inner one is the record's dead-letter reason.
+    /// Converts one record (read from `topic`) into `table`'s batch (the table opened, or
+    /// created with route `rule`'s definition, on first use), handing full batches to the
+    /// writers. The outer error stops the worker; the inner one is the record's dead-letter
+    /// reason.
     pub(super) fn push(
         &mut self,
         rt: &tokio::runtime::Runtime,
+        topic: &str,
         table: &str,
         rule: Option<usize>,
         payload: &[u8],
         next_checkpoint: u64,
     ) -> Result<Result<(), RecordError>, WorkerError> {
-        if !self.sinks.contains_key(table) {
-            let factory = match rt.block_on(self.tables.factory(table, rule, payload)) {
-                Ok(f) => f,
-                Err(Unavailable::Record(kind, reason)) => return Ok(Err((kind, reason))),
-                Err(Unavailable::Worker(e)) => return Err(e),
-            };
-            let sink = Sink {
-                batcher: RowBatcher::new(factory.arrow_schema())?,
-                factory,
-                writer: None,
-                closed: Vec::new(),
-                closed_bytes: 0,
-                rows: 0,
-                last_used: 0,
-                carried: Vec::new(),
-            };
-            self.sinks.insert(table.to_string(), sink);
+        if self.registry.is_some() {
+            return self.push_avro(rt, topic, table, rule, payload, next_checkpoint);
+        }
+        if !self.sinks.contains_key(table)
+            && let Err(e) = self.open_sink(rt, table, rule, Sample::Json(payload))?
+        {
+            return Ok(Err(e));
         }
         let mut evolved = 0;
         loop {
-            let sink = self.sinks.get_mut(table).expect("inserted above");
+            let sink = self.sinks.get_mut(table).expect("opened above");
             let observation = if self.evolution.enabled {
                 match sink.batcher.push_evolving(payload) {
                     Ok(Pushed::Appended) => break,
@@ -138,12 +140,60 @@ impl Sinks {
                         Err(e) => return self.refuse(table, e),
                     },
                     Observation::Failed(e) => return self.refuse(table, e),
+                    Observation::Writer(_) => unreachable!("JSON records have no writer schema"),
                 }
             }
             self.evolve(rt, table, &observation, next_checkpoint)?;
             evolved += 1;
         }
-        let sink = self.sinks.get_mut(table).expect("inserted above");
+        self.appended(rt, table, next_checkpoint)
+    }
+
+    /// Opens `table`'s sink: its writers and a batcher for the pipeline's format.
+    fn open_sink(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        rule: Option<usize>,
+        sample: Sample<'_>,
+    ) -> Result<Result<(), RecordError>, WorkerError> {
+        let factory = match rt.block_on(self.tables.factory(table, rule, sample)) {
+            Ok(f) => f,
+            Err(Unavailable::Record(kind, reason)) => return Ok(Err((kind, reason))),
+            Err(Unavailable::Worker(e)) => return Err(e),
+        };
+        let sink = Sink {
+            batcher: self.batcher(&factory)?,
+            factory,
+            writer: None,
+            closed: Vec::new(),
+            closed_bytes: 0,
+            rows: 0,
+            last_used: 0,
+            carried: Vec::new(),
+            checked: HashSet::new(),
+        };
+        self.sinks.insert(table.to_string(), sink);
+        Ok(Ok(()))
+    }
+
+    /// A batcher for the table's current schema and the pipeline's format.
+    fn batcher(&self, factory: &WriterFactory) -> Result<RowBatcher, WorkerError> {
+        Ok(if self.registry.is_some() {
+            RowBatcher::for_avro(factory.arrow_schema())?
+        } else {
+            RowBatcher::new(factory.arrow_schema())?
+        })
+    }
+
+    /// Counts a record appended to `table` and hands batches over when enough are buffered.
+    fn appended(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        next_checkpoint: u64,
+    ) -> Result<Result<(), RecordError>, WorkerError> {
+        let sink = self.sinks.get_mut(table).expect("appended tables exist");
         sink.rows += 1;
         self.buffered += 1;
         if sink.batcher.rows() >= BATCH_ROWS {
@@ -188,10 +238,12 @@ impl Sinks {
             sink.closed.extend(files);
             sink.closed_bytes += bytes;
         }
-        let mut batcher = RowBatcher::new(factory.arrow_schema())?;
+        let mut batcher = self.batcher(&factory)?;
+        let sink = self.sinks.get_mut(table).expect("evolved tables exist");
         std::mem::swap(&mut sink.batcher, &mut batcher);
         sink.carried.push(batcher.take_unknown_fields());
         sink.factory = factory;
+        sink.checked.clear();
         if !changes.is_empty() {
             let changes: Vec<String> = changes.iter().map(ToString::to_string).collect();
             tracing::info!(
