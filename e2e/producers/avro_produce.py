@@ -4,9 +4,10 @@ protocol) — for Tidewater's tests.
 
 Records are JSON objects given one per line on stdin, serialized with --schema (a file) under
 the topic's subject (TopicNameStrategy: `<topic>-value`), or --subject-strategy record /
-topic-record. Exit 4 when the registry refuses the schema as incompatible.
+topic-record. Values of decimal fields may be given as strings. Exit 4 when the registry refuses the schema as incompatible.
 """
 import argparse
+import decimal
 import json
 import sys
 
@@ -17,6 +18,16 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 
+def decimal_fields(schema):
+    """Top-level fields of decimal logical type (given as strings in the JSON input)."""
+    out = []
+    for f in schema.get("fields", []):
+        types = f["type"] if isinstance(f["type"], list) else [f["type"]]
+        if any(isinstance(t, dict) and t.get("logicalType") == "decimal" for t in types):
+            out.append(f["name"])
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bootstrap", required=True)
@@ -25,15 +36,21 @@ def main():
     ap.add_argument("--schema", required=True, help="file with the Avro schema (JSON)")
     ap.add_argument("--partition", type=int, default=0)
     ap.add_argument("--subject-strategy", default="topic", choices=["topic", "record", "topic-record"])
+    ap.add_argument("--registry-auth", help="USER:PASSWORD for the registry (HTTP basic)")
     args = ap.parse_args()
-    registry = SchemaRegistryClient({"url": args.registry})
+    registry_conf = {"url": args.registry}
+    if args.registry_auth:
+        registry_conf["basic.auth.user.info"] = args.registry_auth
+    registry = SchemaRegistryClient(registry_conf)
     conf = {"auto.register.schemas": True}
     if args.subject_strategy == "record":
         conf["subject.name.strategy"] = record_subject_name_strategy
     elif args.subject_strategy == "topic-record":
         conf["subject.name.strategy"] = topic_record_subject_name_strategy
     with open(args.schema) as f:
-        serializer = AvroSerializer(registry, f.read(), conf=conf)
+        text = f.read()
+    serializer = AvroSerializer(registry, text, conf=conf)
+    decimals = decimal_fields(json.loads(text))
     producer = Producer({"bootstrap.servers": args.bootstrap, "linger.ms": 5})
     ctx = SerializationContext(args.topic, MessageField.VALUE)
     sent = 0
@@ -41,7 +58,11 @@ def main():
         if not line.strip():
             continue
         try:
-            value = serializer(json.loads(line), ctx)
+            record = json.loads(line)
+            for name in decimals:
+                if isinstance(record.get(name), (str, int, float)):
+                    record[name] = decimal.Decimal(str(record[name]))
+            value = serializer(record, ctx)
         except SchemaRegistryError as e:
             print(f"registry refused the schema: {e}", file=sys.stderr)
             sys.exit(4 if e.http_status_code == 409 else 1)

@@ -13,6 +13,7 @@ Implemented subset of the Confluent Schema Registry REST API (v1, Avro only):
   GET  /schemas/ids/{id}/versions                 [{subject, version}]
   GET/PUT /config, /config/{subject}              {"compatibilityLevel": X} / {"compatibility": X}
   POST /compatibility/subjects/{s}/versions/{v}   {"is_compatible": bool}
+With --basic-auth USER:PASSWORD every request needs that HTTP basic authorization (else 401).
 Compatibility levels: NONE, BACKWARD (default), FORWARD, FULL (and the _TRANSITIVE forms, checked
 against every version). Records are compared field by field: a field read from data that lacks
 it needs a default; a field present on both sides must keep its type or be promotable
@@ -21,6 +22,7 @@ that contains the other side's type). Errors use Confluent's codes (40401 subjec
 40402 version not found, 40403 schema not found, 409 incompatible, 42201 invalid schema).
 """
 import argparse
+import base64
 import json
 import re
 import sys
@@ -121,6 +123,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def route(self, method):
         reg = self.server.registry
+        if self.server.auth and self.headers.get("Authorization") != self.server.auth:
+            return self.error(401, 401, "Unauthorized")
         path = self.path.split("?")[0].rstrip("/")
         with reg.lock:
             try:
@@ -216,10 +220,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--verbose", action="store_true")
+    ap.add_argument("--basic-auth", help="USER:PASSWORD every request must present (HTTP basic)")
     args = ap.parse_args()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.registry = Registry()
     server.verbose = args.verbose
+    server.auth = "Basic " + base64.b64encode(args.basic_auth.encode()).decode() if args.basic_auth else None
     print(f"schema registry on 127.0.0.1:{args.port}", flush=True)
     server.serve_forever()
 

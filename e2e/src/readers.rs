@@ -135,6 +135,10 @@ pub struct CatalogTable {
     pub pyiceberg_distinct: u64,
     /// `None` unless DuckDB was asked.
     pub duckdb: Option<(u64, u64)>,
+    /// The first rows by id, normalized to JSON, as PyIceberg and DuckDB read them (only from
+    /// [`inspect_catalog_rows`]).
+    pub pyiceberg_first: Vec<serde_json::Value>,
+    pub duckdb_first: Vec<serde_json::Value>,
 }
 
 /// Every table of a SQL catalog (e2e/readers/inspect_tables.py), by `namespace.name`; DuckDB
@@ -143,6 +147,24 @@ pub fn inspect_catalog(
     catalog_uri: &str,
     warehouse: &Path,
     duckdb: bool,
+) -> Result<std::collections::BTreeMap<String, CatalogTable>> {
+    inspect(catalog_uri, warehouse, duckdb, 0)
+}
+
+/// [`inspect_catalog`] with both readers, and the first `rows` rows of every table by id.
+pub fn inspect_catalog_rows(
+    catalog_uri: &str,
+    warehouse: &Path,
+    rows: usize,
+) -> Result<std::collections::BTreeMap<String, CatalogTable>> {
+    inspect(catalog_uri, warehouse, true, rows)
+}
+
+fn inspect(
+    catalog_uri: &str,
+    warehouse: &Path,
+    duckdb: bool,
+    rows: usize,
 ) -> Result<std::collections::BTreeMap<String, CatalogTable>> {
     let out = Command::new(venv_python())
         .arg(repo_root().join("e2e/readers/inspect_tables.py"))
@@ -156,6 +178,7 @@ pub fn inspect_catalog(
                 "pyiceberg"
             },
         ])
+        .args(["--rows", &rows.to_string()])
         .output()?;
     anyhow::ensure!(
         out.status.success(),
@@ -207,6 +230,11 @@ pub fn inspect_catalog(
                     .map(|a| a.iter().filter_map(serde_json::Value::as_u64).collect())
                     .unwrap_or_default(),
                 duckdb: n(&t, "/duckdb/rows").zip(n(&t, "/duckdb/distinct")),
+                pyiceberg_first: t["pyiceberg"]["first"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default(),
+                duckdb_first: t["duckdb"]["first"].as_array().cloned().unwrap_or_default(),
             };
             (name, table)
         })

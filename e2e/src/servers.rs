@@ -352,24 +352,33 @@ impl RestCatalog {
 pub struct SchemaRegistry {
     _server: Server,
     pub port: u16,
+    /// `user:password` every request must carry (HTTP basic), when set.
+    pub basic_auth: Option<String>,
 }
 
 impl SchemaRegistry {
     /// A registry with empty state; its log goes to `dir/schema-registry.log`.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::start_with_auth(dir, None)
+    }
+
+    /// A registry that refuses requests without HTTP basic `user:password` (when given).
+    pub fn start_with_auth(dir: &Path, basic_auth: Option<&str>) -> Result<Self> {
         let port = free_port();
         let log = std::fs::File::create(dir.join("schema-registry.log"))?;
-        let child = Command::new(venv_python())
-            .arg(repo_root().join("e2e/servers/schema_registry.py"))
-            .args(["--port", &port.to_string()])
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()?;
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(repo_root().join("e2e/servers/schema_registry.py"))
+            .args(["--port", &port.to_string()]);
+        if let Some(auth) = basic_auth {
+            cmd.args(["--basic-auth", auth]);
+        }
+        let child = cmd.stdout(log.try_clone()?).stderr(log).spawn()?;
         let mut server = Server(child);
         wait_owned_port(&mut server.0, port, "schema registry")?;
         Ok(Self {
             _server: server,
             port,
+            basic_auth: basic_auth.map(str::to_string),
         })
     }
 
@@ -380,13 +389,36 @@ impl SchemaRegistry {
 
     /// `GET path` as JSON (the test reads the registry's state with it).
     pub fn get(&self, path: &str) -> Result<serde_json::Value> {
+        self.request("GET", path, "")
+    }
+
+    /// Registers `schema` (Avro, JSON text) under `subject`; returns its id.
+    pub fn register(&self, subject: &str, schema: &str) -> Result<u64> {
+        let body = serde_json::json!({ "schema": schema }).to_string();
+        let answer = self.request("POST", &format!("/subjects/{subject}/versions"), &body)?;
+        answer["id"].as_u64().context("registry answer without id")
+    }
+
+    fn request(&self, method: &str, path: &str, body: &str) -> Result<serde_json::Value> {
         let mut s = TcpStream::connect(("127.0.0.1", self.port))?;
         s.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let auth = self.basic_auth.as_ref().map_or(String::new(), |a| {
+            use base64::Engine as _;
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            )
+        });
+        write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: localhost\r\n{auth}Content-Type: \
+             application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
         let (head, body) = text.split_once("\r\n\r\n").context("no HTTP body")?;
-        anyhow::ensure!(head.contains(" 200 "), "GET {path}: {head}");
+        anyhow::ensure!(head.contains(" 200 "), "{method} {path}: {head} {body}");
         Ok(serde_json::from_str(body)?)
     }
 }
@@ -395,21 +427,25 @@ impl SchemaRegistry {
 /// `schema` (e2e/producers/avro_produce.py); returns its exit code and stderr.
 pub fn produce_avro(
     bootstrap: &str,
-    registry: &str,
+    registry: &SchemaRegistry,
     topic: &str,
     schema: &Path,
     records: &[String],
 ) -> Result<(Option<i32>, String)> {
-    let mut child = Command::new(venv_python())
-        .arg(repo_root().join("e2e/producers/avro_produce.py"))
+    let mut cmd = Command::new(venv_python());
+    cmd.arg(repo_root().join("e2e/producers/avro_produce.py"))
         .args([
             "--bootstrap",
             bootstrap,
             "--registry",
-            registry,
+            &registry.url(),
             "--topic",
             topic,
-        ])
+        ]);
+    if let Some(auth) = &registry.basic_auth {
+        cmd.args(["--registry-auth", auth]);
+    }
+    let mut child = cmd
         .arg("--schema")
         .arg(schema)
         .stdin(std::process::Stdio::piped())

@@ -36,13 +36,7 @@ fn the_registry_serves_confluent_clients_and_refuses_incompatible_schemas() -> R
         r#"{"name":"id","type":"string"},{"name":"note","type":"string"}"#,
     )?;
     let produce = |schema: &std::path::Path, records: &[String]| {
-        produce_avro(
-            &broker.bootstrap,
-            &registry.url(),
-            "orders",
-            schema,
-            records,
-        )
+        produce_avro(&broker.bootstrap, &registry, "orders", schema, records)
     };
     let records = |from: u64, extra: &str| -> Vec<String> {
         (from..from + 5)
