@@ -77,15 +77,15 @@ fn order(id: u64, v2: bool) -> String {
         "day": 20_454,
         "price": format!("{id}.25"),
         "uid": format!("00000000-0000-0000-0000-{id:012}"),
-        "status": if id % 2 == 0 { "NEW" } else { "PAID" },
-        "customer": {"name": format!("c{id}"), "city": if id % 3 == 0 { Value::Null } else { json!("Vienna") }},
+        "status": if id.is_multiple_of(2) { "NEW" } else { "PAID" },
+        "customer": {"name": format!("c{id}"), "city": if id.is_multiple_of(3) { Value::Null } else { json!("Vienna") }},
         "tags": ["a", format!("b{id}")],
         "attrs": {"n": id},
         "qty": id % 7,
     });
     if v2 {
         o["customer"]["tier"] = json!("gold");
-        o["coupon"] = if id % 2 == 0 {
+        o["coupon"] = if id.is_multiple_of(2) {
             json!("SAVE")
         } else {
             Value::Null
