@@ -1,8 +1,9 @@
 //! Fuzz entry points (`fuzz/`, run with `cargo fuzz`; CI replays the stored corpus through
 //! the same functions in a unit test). Each one feeds arbitrary bytes to a decoder or a pure
 //! decision and panics only when a property breaks: a decoder either takes a record whole or
-//! leaves the batch untouched; a resolved route is a valid table name; inferred columns
-//! always make a valid Iceberg schema.
+//! leaves the batch untouched (and a finished batch is a valid Arrow batch); a resolved route is
+//! a valid table name; inferred columns, from a JSON record or any Avro schema, always make a
+//! valid Iceberg schema the decoder can fill.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -11,8 +12,8 @@ use tidewater_crds::pipeline::CreateTableSpec;
 
 use crate::{
     commit::table_definition,
-    decode::{Pushed, RowBatcher},
-    evolve::infer_definition,
+    decode::{AvroWriter, Pushed, RowBatcher},
+    evolve::{infer_definition, table_schema},
     route::{RecordView, Template, json_field},
 };
 
@@ -69,6 +70,79 @@ pub fn json_decoder(data: &[u8]) {
     let rows = plain.rows();
     if let Some(batch) = plain.finish() {
         assert_eq!(batch.num_rows(), rows);
+    }
+}
+
+/// The writer schema the Avro decoder is fuzzed with: every type it maps, nested ones too.
+pub const AVRO_FUZZ_SCHEMA: &str = r#"{"type": "record", "name": "F", "namespace": "fuzz", "fields": [
+    {"name": "id", "type": "long"},
+    {"name": "n", "type": ["null", "int"]},
+    {"name": "f", "type": "float"},
+    {"name": "d", "type": "double"},
+    {"name": "ok", "type": "boolean"},
+    {"name": "s", "type": "string"},
+    {"name": "raw", "type": "bytes"},
+    {"name": "fx", "type": {"type": "fixed", "name": "Four", "size": 4}},
+    {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}},
+    {"name": "price", "type": {"type": "bytes", "logicalType": "decimal", "precision": 10, "scale": 2}},
+    {"name": "day", "type": {"type": "int", "logicalType": "date"}},
+    {"name": "at", "type": {"type": "long", "logicalType": "time-micros"}},
+    {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "local", "type": {"type": "long", "logicalType": "local-timestamp-micros"}},
+    {"name": "u", "type": {"type": "string", "logicalType": "uuid"}},
+    {"name": "r", "type": ["null", {"type": "record", "name": "In", "fields": [
+        {"name": "a", "type": "string"},
+        {"name": "xs", "type": {"type": "array", "items": ["null", "long"]}}]}]},
+    {"name": "again", "type": ["null", "In"]},
+    {"name": "m", "type": {"type": "map", "values": {"type": "array", "items": "string"}}},
+    {"name": "either", "type": ["null", "long", "string"]}
+]}"#;
+
+/// The Avro decoder on arbitrary datum bytes for [`AVRO_FUZZ_SCHEMA`]: a record is appended
+/// whole or not at all, and the batch builds (nested arrays included).
+pub fn avro_decoder(data: &[u8]) {
+    crate::decode::limit_avro_allocations(1 << 20);
+    let schema = apache_avro::Schema::parse_str(AVRO_FUZZ_SCHEMA).expect("the fuzz schema parses");
+    let writer = AvroWriter::new(schema).expect("the fuzz schema resolves");
+    let table = table_schema(&writer, &[]).expect("the fuzz schema maps");
+    let arrow = iceberg::arrow::schema_to_arrow_schema(&table).expect("arrow schema");
+    let mut batcher = RowBatcher::for_avro(Arc::new(arrow)).expect("every mapped type is filled");
+    for _ in 0..2 {
+        let before = batcher.rows();
+        match batcher.push_avro(&writer, data) {
+            Ok(()) => assert_eq!(batcher.rows(), before + 1),
+            Err(e) => {
+                assert_eq!(batcher.rows(), before, "a failed record leaves the batch alone");
+                assert!(!e.message.is_empty(), "a reason is given");
+            }
+        }
+    }
+    let rows = batcher.rows();
+    if let Some(batch) = batcher.finish() {
+        assert_eq!(batch.num_rows(), rows);
+    }
+}
+
+/// Any Avro schema text: when it maps to a table, the table schema is valid Iceberg, converts
+/// to Arrow, and the Avro decoder accepts it.
+pub fn avro_table(data: &[u8]) {
+    crate::decode::limit_avro_allocations(1 << 20);
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(schema) = apache_avro::Schema::parse_str(text) else {
+        return;
+    };
+    let Ok(writer) = AvroWriter::new(schema) else {
+        return;
+    };
+    let Ok(table) = table_schema(&writer, &["ts".into()]) else {
+        return;
+    };
+    let arrow = iceberg::arrow::schema_to_arrow_schema(&table)
+        .unwrap_or_else(|e| panic!("{table:?} does not convert to Arrow: {e}"));
+    if let Err(e) = RowBatcher::for_avro(Arc::new(arrow)) {
+        panic!("the decoder cannot fill the table it mapped: {e}");
     }
 }
 
@@ -174,6 +248,39 @@ mod tests {
     #[test]
     fn the_route_template_corpus_replays() {
         replay("route_template", super::route_template);
+    }
+
+    #[test]
+    fn the_avro_decoder_corpus_replays() {
+        replay("avro_decoder", super::avro_decoder);
+    }
+
+    /// The corpus holds 70 datums written by fastavro (an independent encoder) with the fuzz
+    /// schema, and 30 mutations of them: every one of the 70 must convert.
+    #[test]
+    fn datums_written_by_fastavro_convert() {
+        use std::sync::Arc;
+
+        use crate::{
+            decode::{AvroWriter, RowBatcher},
+            evolve::table_schema,
+        };
+        let schema = apache_avro::Schema::parse_str(super::AVRO_FUZZ_SCHEMA).unwrap();
+        let writer = AvroWriter::new(schema).unwrap();
+        let table = table_schema(&writer, &[]).unwrap();
+        let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&table).unwrap());
+        let mut batcher = RowBatcher::for_avro(arrow).unwrap();
+        let converted = inputs("avro_decoder")
+            .iter()
+            .filter(|(_, data)| batcher.push_avro(&writer, data).is_ok())
+            .count();
+        assert!(converted >= 70, "{converted} of 100 converted");
+        assert_eq!(batcher.finish().unwrap().num_rows(), converted);
+    }
+
+    #[test]
+    fn the_avro_table_corpus_replays() {
+        replay("avro_table", super::avro_table);
     }
 
     #[test]

@@ -397,6 +397,8 @@ fn coordinator_main(
             return ExitCode::from(2);
         }
     };
+    // Before anything reads Avro (records, or the catalog's manifests).
+    tidewater_runtime::decode::limit_avro_allocations(config.max_record_bytes);
     options.pipeline_yaml = std::fs::read_to_string(file).unwrap_or_default();
     options.base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let result = block_on(async move {

@@ -49,6 +49,18 @@ impl AvroWriter {
     }
 }
 
+/// The smallest allocation cap set by [`limit_avro_allocations`] (iceberg's manifest reading
+/// shares the setting).
+pub const MIN_AVRO_ALLOCATION: usize = 16 << 20;
+
+/// Caps what one length prefix in an Avro datum may make the decoder allocate: no string,
+/// bytes, array or map of a record is longer than the record, and without a cap a 10-byte value
+/// claiming a huge array makes apache-avro reserve gigabytes (its default allows 512 Mi
+/// elements). Process-wide, first call wins; returns the cap in force.
+pub fn limit_avro_allocations(max_record_bytes: usize) -> usize {
+    apache_avro::util::max_allocation_bytes(max_record_bytes.max(MIN_AVRO_ALLOCATION))
+}
+
 /// The schema id and the datum of a value in the Confluent wire format.
 pub fn frame(payload: &[u8]) -> Result<(u32, &[u8]), ConvertError> {
     match payload {
@@ -561,6 +573,28 @@ mod tests {
         assert_eq!(b.rows(), 0);
         b.push_avro(&w, &good).unwrap();
         assert_eq!(b.finish().unwrap().num_rows(), 1);
+    }
+
+    #[test]
+    fn a_length_prefix_cannot_reserve_more_than_the_cap() {
+        let cap = limit_avro_allocations(1 << 20);
+        assert_eq!(cap, MIN_AVRO_ALLOCATION);
+        let w = writer(
+            r#"{"type":"record","name":"R","fields":[{"name":"xs","type":{"type":"array","items":"long"}}]}"#,
+        );
+        let mut b = RowBatcher::for_avro(Arc::new(arrow_schema::Schema::empty())).unwrap();
+        // A block of 100 million items (zig-zag varint), then nothing: refused by the cap
+        // (16 Mi), not reserved (the library's default would allow it).
+        let mut datum = Vec::new();
+        let mut n: u64 = 100_000_000u64 << 1;
+        while n >= 0x80 {
+            datum.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        datum.push(n as u8);
+        let e = b.push_avro(&w, &datum).unwrap_err();
+        assert_eq!(e.kind, "invalid-avro", "{}", e.message);
+        assert!(e.message.contains(&cap.to_string()), "{}", e.message);
     }
 
     #[test]

@@ -19,7 +19,7 @@ mod value;
 use builder::Builder;
 use value::{Kind, Scalar, ValueSeed};
 
-pub use avro::{AvroWriter, frame};
+pub use avro::{AvroWriter, MIN_AVRO_ALLOCATION, frame, limit_avro_allocations};
 
 /// Why a record could not be converted. `kind` is a stable label for metrics and headers.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -240,6 +240,7 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
                     "is required with format.type avro".into(),
                 )
             })?;
+            crate::decode::limit_avro_allocations(setup.config.max_record_bytes);
             Some(Registry::new(spec)?)
         }
         _ => None,
