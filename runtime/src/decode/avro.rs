@@ -29,6 +29,17 @@ pub struct AvroWriter {
 }
 
 impl AvroWriter {
+    /// Parses an Avro schema (JSON text, as a registry serves it) and resolves its named types.
+    /// apache-avro panics on some invalid names (found by fuzzing); that is an error here too.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let json: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+        check_names(&json)?;
+        let parsed = std::panic::catch_unwind(|| Schema::parse_str(text))
+            .map_err(|_| "the Avro parser rejected the schema (an invalid name?)".to_string())?;
+        Self::new(parsed.map_err(|e| e.to_string())?)
+    }
+
     /// Resolves `schema`'s named types; fails on a reference to an undefined name.
     pub fn new(schema: Schema) -> Result<Self, String> {
         let names = ResolvedSchema::try_from(&schema)
@@ -47,6 +58,35 @@ impl AvroWriter {
             other => other,
         }
     }
+}
+
+/// Every named type's name is a valid Avro full name (apache-avro panics on others).
+fn check_names(v: &serde_json::Value) -> Result<(), String> {
+    match v {
+        serde_json::Value::Array(items) => items.iter().try_for_each(check_names),
+        serde_json::Value::Object(o) => {
+            if let Some(serde_json::Value::String(name)) = o.get("name")
+                && o.contains_key("type")
+                && !valid_full_name(name)
+            {
+                return Err(format!("`{name}` is not a valid Avro name"));
+            }
+            o.values().try_for_each(check_names)
+        }
+        _ => Ok(()),
+    }
+}
+
+fn valid_full_name(name: &str) -> bool {
+    name.split('.').enumerate().all(|(i, part)| {
+        // A leading dot (the null namespace) leaves an empty first part.
+        (i == 0 && part.is_empty() && name.len() > 1)
+            || part
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 /// The smallest allocation cap set by [`limit_avro_allocations`] (iceberg's manifest reading

@@ -256,12 +256,11 @@ fn parse(id: u32, body: &serde_json::Value) -> Result<WriterSchema, RegistryErro
         .get("schema")
         .and_then(serde_json::Value::as_str)
         .ok_or_else(|| unusable("the registry's answer has no schema".into()))?;
-    let schema = Schema::parse_str(text).map_err(|e| unusable(format!("invalid Avro: {e}")))?;
-    let full_name = match &schema {
+    let writer = AvroWriter::parse(text).map_err(|e| unusable(format!("invalid Avro: {e}")))?;
+    let full_name = match &writer.schema {
         Schema::Record(r) => Some(r.name.fullname(None)),
         _ => None,
     };
-    let writer = AvroWriter::new(schema).map_err(|e| unusable(format!("invalid Avro: {e}")))?;
     Ok(WriterSchema {
         id,
         writer,
