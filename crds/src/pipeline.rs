@@ -419,7 +419,7 @@ pub struct SinkSpec {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "has(self.table) || size(self.rules) > 0",
+    "rule": "has(self.table) || (has(self.rules) && size(self.rules) > 0)",
     "message": "a route needs a default table template or at least one rule"
 }]))]
 pub struct RouteSpec {

@@ -179,6 +179,17 @@ fn avro_topics_land_in_tables_made_and_evolved_from_the_registry() -> Result<()>
     )?;
     wait_for_total_rows(&uri, &warehouse, 150, Duration::from_secs(120))
         .map_err(|e| e.context(tw.log_text()))?;
+    // Dead letters are counted per table and reason (published at a checkpoint).
+    for reason in ["invalid-avro", "unknown-schema"] {
+        let name = format!(
+            "tidewater_table_dead_lettered_records_total{{table=\"lake.shop_orders\",reason=\"{reason}\"}}"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while tw.metric(&name).is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        assert_eq!(tw.metric(&name), Some(1.0), "{name}");
+    }
     assert!(
         tw.stop(Duration::from_secs(60))?.success(),
         "{}",

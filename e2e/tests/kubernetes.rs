@@ -252,6 +252,11 @@ async fn cel_cases(client: &Client, ns: &str) -> Result<()> {
             "spec": {"pipelineRef": "clicks"},
         })
     };
+    let format = |v: serde_json::Value| {
+        let mut doc = pipeline(ns);
+        doc["spec"]["format"] = v;
+        doc
+    };
     let security = |v: serde_json::Value| {
         let mut doc = pipeline(ns);
         doc["spec"]["source"]["kafka"]["security"] = v;
@@ -319,6 +324,52 @@ async fn cel_cases(client: &Client, ns: &str) -> Result<()> {
             "spec.source.kafka.security",
             "tls",
         ),
+        (
+            "avro without a registry",
+            format(json!({"type": "avro"})),
+            "spec.format",
+            "registry",
+        ),
+        (
+            "basic registry auth without a password source",
+            format(
+                json!({"type": "avro", "registry": {"url": "http://registry:8081",
+                "auth": {"type": "basic", "username": "u"}}}),
+            ),
+            "spec.format.registry.auth",
+            "passwordFile",
+        ),
+        (
+            "bearer registry auth with two token sources",
+            format(
+                json!({"type": "avro", "registry": {"url": "http://registry:8081",
+                "auth": {"type": "bearer", "tokenFile": "/t", "tokenEnv": "T"}}}),
+            ),
+            "spec.format.registry.auth",
+            "tokenFile",
+        ),
+        (
+            "both sink.table and sink.route",
+            {
+                let mut d = pipeline(ns);
+                d["spec"]["sink"]["route"] = json!({"table": "raw.{topic}"});
+                d
+            },
+            "spec.sink",
+            "exactly one",
+        ),
+        (
+            "a route without a default table or a rule",
+            {
+                let mut d = pipeline(ns);
+                let sink = d["spec"]["sink"].as_object_mut().expect("sink");
+                sink.remove("table");
+                sink.insert("route".into(), json!({}));
+                d
+            },
+            "spec.sink.route",
+            "at least one rule",
+        ),
     ];
     let mut cases = 0;
     for (what, doc, field, word) in &refused {
@@ -343,6 +394,37 @@ async fn cel_cases(client: &Client, ns: &str) -> Result<()> {
         .await;
     expect_refused("a changed sink.table", moved, "spec.sink", "immutable")?;
     cases += 1;
+    // The same rule: a switch from one table to a route.
+    let switched = pipelines
+        .patch(
+            "clicks",
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"spec": {"sink": {"table": null, "route": {"table": "raw.{topic}"}}}}),
+            ),
+        )
+        .await;
+    expect_refused(
+        "sink.table switched to a route",
+        switched,
+        "spec.sink",
+        "immutable",
+    )?;
+    // A routed pipeline and an Avro one with complete credentials are accepted.
+    let mut routed = pipeline(ns);
+    routed["spec"]["sink"]
+        .as_object_mut()
+        .expect("sink")
+        .remove("table");
+    routed["spec"]["sink"]["route"] =
+        json!({"table": "raw.{topic}", "rules": [{"topic": "a.*", "table": "a.{topic}"}]});
+    routed["spec"]["format"] = json!({"type": "avro", "registry": {"url": "https://registry:8081",
+        "auth": {"type": "basic", "username": "u", "passwordEnv": "REGISTRY_PASSWORD"}}});
+    routed["metadata"]["name"] = json!("routed");
+    pipelines
+        .create(&dry, &serde_json::from_value(routed)?)
+        .await
+        .context("a routed Avro pipeline is accepted")?;
 
     let policy_refused: Vec<(&str, serde_json::Value, &str, &str)> = vec![
         (

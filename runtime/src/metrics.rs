@@ -44,6 +44,15 @@ pub struct FieldLabels {
     pub field: String,
 }
 
+/// Labels for per-table dead-letter reasons.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableReasonLabels {
+    /// `namespace.name`.
+    pub table: String,
+    /// Stable error kind (e.g. `wrong-type`).
+    pub reason: String,
+}
+
 /// Labels for per-table metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TableLabels {
@@ -64,6 +73,8 @@ pub struct Metrics {
     pub rows_committed: Counter,
     /// Records sent to the dead-letter topic, by reason.
     pub dead_lettered: Family<ReasonLabels, Counter>,
+    /// Records dead-lettered after their table was resolved, by table and reason.
+    pub table_dead_lettered: Family<TableReasonLabels, Counter>,
     /// Records written without a field they carried (the table has no column for it).
     pub unknown_fields: Family<FieldLabels, Counter>,
     /// Rows committed, per table.
@@ -129,6 +140,7 @@ impl Metrics {
             dead_lettered: Family::default(),
             unknown_fields: Family::default(),
             table_rows: Family::default(),
+            table_dead_lettered: Family::default(),
             table_files: Family::default(),
             table_commits: Family::default(),
             schema_changes: Family::default(),
@@ -173,6 +185,11 @@ impl Metrics {
             "dead_lettered_records",
             "Records sent to the dead-letter topic",
             m.dead_lettered.clone(),
+        );
+        m.registry.register(
+            "table_dead_lettered_records",
+            "Records sent to the dead-letter topic after their table was resolved, per table",
+            m.table_dead_lettered.clone(),
         );
         m.registry.register(
             "unknown_field_records",

@@ -26,7 +26,7 @@ use crate::{
     control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
     decode::{UNKNOWN_FIELD_NAMES, UnsupportedColumn},
     failpoint,
-    metrics::{FieldLabels, Metrics, ReasonLabels},
+    metrics::{FieldLabels, Metrics, ReasonLabels, TableReasonLabels},
     offsets::{Offsets, TopicPartition, set_offset},
     source::{
         self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer, registry::Registry,
@@ -193,6 +193,8 @@ struct Epoch {
     records: u64,
     bytes: u64,
     dead_by_kind: HashMap<&'static str, u64>,
+    /// Dead letters of records whose table was known, by table and reason.
+    dead_by_table: HashMap<(String, &'static str), u64>,
 }
 
 struct State {
@@ -437,6 +439,7 @@ impl State {
         let payload = m.payload();
         self.epoch.records += 1;
         self.epoch.bytes += payload.map_or(0, |p| p.len() as u64);
+        let mut table = None;
         let result = match payload {
             None => Err(("no-value", "record has no value (tombstone)".to_string())),
             Some(p) if p.len() > self.max_record_bytes => Err((
@@ -449,14 +452,20 @@ impl State {
             )),
             Some(p) => match self.routing.target(m) {
                 Err(reason) => Err(("unroutable", reason)),
-                Ok(target) => self.sinks.push(
-                    &self.rt,
-                    m.topic(),
-                    &target.table,
-                    target.rule,
-                    p,
-                    self.last_barrier + 1,
-                )?,
+                Ok(target) => {
+                    let pushed = self.sinks.push(
+                        &self.rt,
+                        m.topic(),
+                        &target.table,
+                        target.rule,
+                        p,
+                        self.last_barrier + 1,
+                    )?;
+                    if pushed.is_err() {
+                        table = Some(target.table.into_owned());
+                    }
+                    pushed
+                }
             },
         };
         match result {
@@ -467,7 +476,12 @@ impl State {
                     self.epoch.max_ts = Some(self.epoch.max_ts.map_or(ts, |t| t.max(ts)));
                 }
             }
-            Err((kind, message)) => self.dead_letter(m, kind, &message)?,
+            Err((kind, message)) => {
+                self.dead_letter(m, kind, &message)?;
+                if let Some(table) = table {
+                    *self.epoch.dead_by_table.entry((table, kind)).or_default() += 1;
+                }
+            }
         }
         if let Some(next) = self
             .owned
@@ -547,6 +561,15 @@ impl State {
             self.metrics
                 .dead_lettered
                 .get_or_create(&ReasonLabels {
+                    reason: kind.into(),
+                })
+                .inc_by(n);
+        }
+        for ((table, kind), n) in e.dead_by_table.drain() {
+            self.metrics
+                .table_dead_lettered
+                .get_or_create(&TableReasonLabels {
+                    table,
                     reason: kind.into(),
                 })
                 .inc_by(n);
