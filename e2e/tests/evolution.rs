@@ -1,6 +1,6 @@
 //! Schema evolution without restart, running `examples/evolving-json.yaml`: records change
 //! shape while one pipeline process runs — new fields become columns, an int column widens to
-//! long, a required column becomes optional, nested values are counted (not evolved yet), a
+//! long, a required column becomes optional, a nested object becomes a struct column, a
 //! string where a number was is dead-lettered with its reason. PyIceberg and DuckDB read every
 //! value of the evolved table. Then the same pipeline with `onIncompatible: fail` stops at
 //! such a record without committing past it.
@@ -76,7 +76,7 @@ fn records_that_change_shape_evolve_the_table_without_a_restart() -> Result<()> 
     send(&producer, 250..300, |id| {
         format!(r#"{{"id":{id},"qty":2}}"#)
     })?;
-    // A nested value (not evolved: counted), and ids that are not numbers (dead-lettered).
+    // A nested object (becomes a struct column), and ids that are not numbers (dead-lettered).
     send(&producer, 300..310, |id| {
         format!(r#"{{"id":{id},"note":"x","meta":{{"a":{id}}}}}"#)
     })?;
@@ -86,7 +86,10 @@ fn records_that_change_shape_evolve_the_table_without_a_restart() -> Result<()> 
     let t = wait_rows(&uri, &warehouse, 310)?;
     assert_eq!(t.pyiceberg_rows, 310, "{t:?}\n{}", tw.log_text());
     let meta = tw.metric("tidewater_unknown_field_records_total{field=\"meta\"}");
-    assert_eq!(meta, Some(10.0), "nested values are counted");
+    assert_eq!(
+        meta, None,
+        "the nested object became a column, nothing was left out"
+    );
     let changes = tw
         .metric("tidewater_schema_changes_total{table=\"shop.orders\"}")
         .context("schema changes counted")?;
@@ -105,7 +108,14 @@ fn records_that_change_shape_evolve_the_table_without_a_restart() -> Result<()> 
     let t = inspect_catalog(&uri, &warehouse, true)?
         .remove(TABLE)
         .context("table")?;
-    assert_eq!(t.columns, ["id", "qty", "note", "coupon", "score", "gift"]);
+    assert_eq!(
+        t.columns,
+        ["id", "qty", "note", "coupon", "score", "gift", "meta"]
+    );
+    assert!(
+        t.types["meta"].starts_with("struct<") && t.types["meta"].contains("a: optional long"),
+        "{t:?}"
+    );
     assert_eq!(t.types["qty"], "long", "{t:?}");
     assert_eq!(
         (
@@ -121,9 +131,10 @@ fn records_that_change_shape_evolve_the_table_without_a_restart() -> Result<()> 
         assert_eq!(nonnull["coupon"], 100, "{reader}: {nonnull:?}");
         assert_eq!(nonnull["score"], 100, "{reader}");
         assert_eq!(nonnull["gift"], 100, "{reader}");
+        assert_eq!(nonnull["meta"], 10, "{reader}");
         assert_eq!(
             nonnull["qty"], 300,
-            "{reader}: every record but the nested ones"
+            "{reader}: every record but the ten with a nested object"
         );
         assert_eq!(nonnull["note"], 260, "{reader}: all but the 50 without one");
     }

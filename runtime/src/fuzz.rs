@@ -11,9 +11,8 @@ use arrow_schema::{DataType, Field, Schema, TimeUnit};
 use tidewater_crds::pipeline::CreateTableSpec;
 
 use crate::{
-    commit::table_definition,
     decode::{AvroWriter, Pushed, RowBatcher},
-    evolve::{infer_definition, table_schema},
+    evolve::{infer_schema, table_schema},
     route::{RecordView, Template, json_field},
 };
 
@@ -106,7 +105,7 @@ pub fn avro_decoder(data: &[u8]) {
     let writer = AvroWriter::new(schema).expect("the fuzz schema resolves");
     let table = table_schema(&writer, &[]).expect("the fuzz schema maps");
     let arrow = iceberg::arrow::schema_to_arrow_schema(&table).expect("arrow schema");
-    let mut batcher = RowBatcher::for_avro(Arc::new(arrow)).expect("every mapped type is filled");
+    let mut batcher = RowBatcher::new(Arc::new(arrow)).expect("every mapped type is filled");
     for _ in 0..2 {
         let before = batcher.rows();
         match batcher.push_avro(&writer, data) {
@@ -142,7 +141,7 @@ pub fn avro_table(data: &[u8]) {
     };
     let arrow = iceberg::arrow::schema_to_arrow_schema(&table)
         .unwrap_or_else(|e| panic!("{table:?} does not convert to Arrow: {e}"));
-    if let Err(e) = RowBatcher::for_avro(Arc::new(arrow)) {
+    if let Err(e) = RowBatcher::new(Arc::new(arrow)) {
         panic!("the decoder cannot fill the table it mapped: {e}");
     }
 }
@@ -193,7 +192,8 @@ pub fn route_template(data: &[u8]) {
     }
 }
 
-/// Inferred table definitions always make a valid Iceberg schema.
+/// Columns inferred from any JSON record make a valid Iceberg schema that converts to Arrow
+/// and that the decoder fills.
 pub fn infer_table(data: &[u8]) {
     let create = CreateTableSpec {
         schema: vec![],
@@ -201,13 +201,18 @@ pub fn infer_table(data: &[u8]) {
         partition_by: vec![],
         properties: Default::default(),
     };
-    if let Ok(inferred) = infer_definition(&create, data)
-        && let Err(e) = table_definition(&inferred)
-    {
-        panic!(
-            "inferred columns {:?} are not a valid schema: {e}",
-            inferred.schema
-        );
+    if let Ok(schema) = infer_schema(&create, data) {
+        let arrow = iceberg::arrow::schema_to_arrow_schema(&schema)
+            .unwrap_or_else(|e| panic!("{schema:?} does not convert to Arrow: {e}"));
+        let mut batcher = RowBatcher::new(Arc::new(arrow))
+            .unwrap_or_else(|e| panic!("the decoder cannot fill an inferred table: {e}"));
+        // The record it was inferred from converts whole or not at all (it need not fit: a
+        // later array element or a hinted timestamp may not).
+        let fitted = batcher.push(data).is_ok();
+        assert_eq!(batcher.rows(), usize::from(fitted));
+        if let Some(batch) = batcher.finish() {
+            assert_eq!(batch.num_rows(), 1);
+        }
     }
 }
 
@@ -270,7 +275,7 @@ mod tests {
         let writer = AvroWriter::new(schema).unwrap();
         let table = table_schema(&writer, &[]).unwrap();
         let arrow = Arc::new(iceberg::arrow::schema_to_arrow_schema(&table).unwrap());
-        let mut batcher = RowBatcher::for_avro(arrow).unwrap();
+        let mut batcher = RowBatcher::new(arrow).unwrap();
         let converted = inputs("avro_decoder")
             .iter()
             .filter(|(_, data)| batcher.push_avro(&writer, data).is_ok())

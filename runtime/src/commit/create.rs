@@ -56,9 +56,10 @@ pub async fn load_or_create(
             (schema, spec)
         }
         (true, Some(Sample::Json(record))) => {
-            let inferred = crate::evolve::infer_definition(create, record)
+            let schema = crate::evolve::infer_schema(create, record)
                 .map_err(|e| definition(format!("cannot infer its columns: {e}")))?;
-            table_definition(&inferred).map_err(|e| definition(e.to_string()))?
+            let spec = partition_spec(create, &schema).map_err(|e| definition(e.to_string()))?;
+            (schema, spec)
         }
     };
     if !catalog.namespace_exists(ident.namespace()).await? {

@@ -473,7 +473,7 @@ mod tests {
     fn batcher_for(w: &AvroWriter) -> RowBatcher {
         let table = crate::evolve::table_schema(w, &[]).unwrap();
         let arrow = iceberg::arrow::schema_to_arrow_schema(&table).unwrap();
-        RowBatcher::for_avro(Arc::new(arrow)).unwrap()
+        RowBatcher::new(Arc::new(arrow)).unwrap()
     }
 
     fn order(w: &AvroWriter, id: i64, ship: Option<&str>) -> Vec<u8> {
@@ -622,7 +622,7 @@ mod tests {
         let w = writer(
             r#"{"type":"record","name":"R","fields":[{"name":"xs","type":{"type":"array","items":"long"}}]}"#,
         );
-        let mut b = RowBatcher::for_avro(Arc::new(arrow_schema::Schema::empty())).unwrap();
+        let mut b = RowBatcher::new(Arc::new(arrow_schema::Schema::empty())).unwrap();
         // A block of 100 million items (zig-zag varint), then nothing: refused by the cap
         // (16 Mi), not reserved (the library's default would allow it).
         let mut datum = Vec::new();

@@ -15,8 +15,9 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 mod avro;
 mod builder;
+mod json;
 mod value;
-use builder::Builder;
+use builder::{Builder, Datum};
 use value::{Kind, Scalar, ValueSeed};
 
 pub use avro::{AvroWriter, MIN_AVRO_ALLOCATION, frame, limit_avro_allocations};
@@ -33,8 +34,9 @@ pub struct ConvertError {
     pub field: Option<String>,
 }
 
-/// What the JSON value of a field without a column looks like (schema evolution reads it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a JSON value looks like (schema evolution and inference read it), nested values
+/// included.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Shape {
     /// `null`.
     Null,
@@ -46,10 +48,10 @@ pub enum Shape {
     Number,
     /// A string.
     String,
-    /// An object.
-    Object,
-    /// An array.
-    Array,
+    /// An object: its fields in order (a name seen twice counts once, first place).
+    Object(Vec<(String, Shape)>),
+    /// An array: the shape of its first element that is not null (`None`: empty or all null).
+    Array(Option<Box<Shape>>),
 }
 
 /// What [`RowBatcher::push_evolving`] did with a record.
@@ -57,7 +59,8 @@ pub enum Shape {
 pub enum Pushed {
     /// The record is in the batch.
     Appended,
-    /// Nothing was appended: the record has non-null fields the table has no column for.
+    /// Nothing was appended: the record has non-null fields the table has no column for (at
+    /// the top level, or inside a struct column: then the column's whole value is given).
     NewFields(Vec<(String, Shape)>),
 }
 
@@ -122,24 +125,10 @@ impl RowBatcher {
     /// A batcher for an Arrow schema derived from the table's Iceberg schema. Fails when a
     /// required column has a type the converter cannot fill.
     pub fn new(schema: SchemaRef) -> Result<Self, UnsupportedColumn> {
-        Self::filling(schema, false)
-    }
-
-    /// A batcher for Avro records, which fill struct, list and map columns too.
-    pub fn for_avro(schema: SchemaRef) -> Result<Self, UnsupportedColumn> {
-        Self::filling(schema, true)
-    }
-
-    fn filling(schema: SchemaRef, nested: bool) -> Result<Self, UnsupportedColumn> {
         let mut columns = Vec::new();
         for field in schema.fields() {
             let kind = Kind::of(field.data_type());
-            let fillable = match kind {
-                Kind::Unsupported => false,
-                Kind::Nested => nested,
-                _ => true,
-            };
-            if !fillable && !field.is_nullable() {
+            if kind == Kind::Unsupported && !field.is_nullable() {
                 return Err(UnsupportedColumn {
                     column: field.name().clone(),
                     data_type: field.data_type().to_string(),
@@ -214,9 +203,20 @@ impl RowBatcher {
         Ok(Pushed::Appended)
     }
 
-    fn append(&mut self, values: Vec<Scalar<'_>>) {
-        for (builder, value) in self.builders.iter_mut().zip(values) {
-            builder.append(value);
+    fn append(&mut self, (values, mut nested): Parsed<'_>) {
+        if nested.is_empty() {
+            for (builder, value) in self.builders.iter_mut().zip(values) {
+                builder.append(value);
+            }
+        } else {
+            nested.sort_by_key(|(i, _)| *i);
+            let mut nested = nested.into_iter().peekable();
+            for (i, (builder, value)) in self.builders.iter_mut().zip(values).enumerate() {
+                match nested.next_if(|(j, _)| *j == i) {
+                    Some((_, d)) => builder.append_datum(d),
+                    None => builder.append(value),
+                }
+            }
         }
         self.rows += 1;
     }
@@ -249,7 +249,7 @@ impl RowBatcher {
         payload: &'a [u8],
         unknown: &mut Vec<(Cow<'a, str>, Option<Shape>)>,
         shapes: bool,
-    ) -> Result<Vec<Scalar<'a>>, ConvertError> {
+    ) -> Result<Parsed<'a>, ConvertError> {
         let mut failure = None;
         let seed = RecordSeed {
             batcher: self,
@@ -273,8 +273,10 @@ impl RowBatcher {
                 }));
             }
         };
-        for (column, value) in self.columns.iter().zip(&values) {
-            if column.required && *value == Scalar::Null {
+        for (i, (column, value)) in self.columns.iter().zip(&values.0).enumerate() {
+            let present = *value != Scalar::Null
+                || values.1.iter().any(|(j, d)| *j == i && *d != Datum::Null);
+            if column.required && !present {
                 return Err(ConvertError {
                     kind: "missing-required",
                     message: format!("required field `{}` is missing or null", column.name),
@@ -304,8 +306,12 @@ struct RecordSeed<'b, 'de> {
     shapes: bool,
 }
 
+/// A parsed record: a scalar per column (null for nested columns), and the values of the
+/// nested columns that the record has, by column index.
+type Parsed<'a> = (Vec<Scalar<'a>>, Vec<(usize, Datum)>);
+
 impl<'de> DeserializeSeed<'de> for RecordSeed<'_, 'de> {
-    type Value = Vec<Scalar<'de>>;
+    type Value = Parsed<'de>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_map(self)
@@ -313,7 +319,7 @@ impl<'de> DeserializeSeed<'de> for RecordSeed<'_, 'de> {
 }
 
 impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
-    type Value = Vec<Scalar<'de>>;
+    type Value = Parsed<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON object")
@@ -321,6 +327,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut values = vec![Scalar::Null; self.batcher.columns.len()];
+        let mut nested: Vec<(usize, Datum)> = Vec::new();
         // Records usually list fields in schema order: try the column after the last match
         // first, then the name index.
         let mut hint = 0;
@@ -332,6 +339,30 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
                 Slot::Column(i) => {
                     hint = i + 1;
                     let column = &self.batcher.columns[i];
+                    if column.kind == Kind::Nested {
+                        let value: serde_json::Value = map.next_value()?;
+                        let data_type = self.batcher.schema.field(i).data_type();
+                        let mut unknown = Vec::new();
+                        match json::to_datum(&value, data_type, &column.name, &mut unknown) {
+                            Ok(d) => {
+                                nested.retain(|(j, _)| *j != i);
+                                nested.push((i, d));
+                            }
+                            Err(e) => {
+                                *self.failure = Some(e);
+                                return Err(de::Error::custom("conversion failed"));
+                            }
+                        }
+                        if self.shapes && !unknown.is_empty() {
+                            let shape = json::shape_of(&value);
+                            self.unknown
+                                .push((Cow::Owned(column.name.clone()), Some(shape)));
+                        } else {
+                            self.unknown
+                                .extend(unknown.into_iter().map(|p| (Cow::Owned(p), None)));
+                        }
+                        continue;
+                    }
                     let seed = ValueSeed { kind: column.kind };
                     match map.next_value_seed(seed)? {
                         Ok(v) => values[i] = v,
@@ -356,7 +387,7 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
                 }
             }
         }
-        Ok(values)
+        Ok((values, nested))
     }
 }
 
@@ -425,12 +456,23 @@ impl<'de> Visitor<'de> for ShapeSeed {
         Ok(Shape::String)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Shape::Object)
+        let mut fields: Vec<(String, Shape)> = Vec::new();
+        while let Some(name) = map.next_key::<Cow<'de, str>>()? {
+            let shape = map.next_value_seed(ShapeSeed)?;
+            if !fields.iter().any(|(n, _)| *n == name) {
+                fields.push((name.into_owned(), shape));
+            }
+        }
+        Ok(Shape::Object(fields))
     }
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::Array)
+        let mut first = None;
+        while let Some(shape) = seq.next_element_seed(ShapeSeed)? {
+            if first.is_none() && shape != Shape::Null {
+                first = Some(Box::new(shape));
+            }
+        }
+        Ok(Shape::Array(first))
     }
 }
 

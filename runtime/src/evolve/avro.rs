@@ -35,11 +35,7 @@ pub fn table_schema(writer: &AvroWriter, timestamp_fields: &[String]) -> Result<
     if fields.is_empty() {
         return Err("the writer schema has no field a column can be made of".into());
     }
-    Schema::builder()
-        .with_fields(fields)
-        .build()
-        .map_err(|e| e.to_string())
-        .and_then(|s| renumber(&s))
+    renumber(fields)
 }
 
 /// How deep records may nest (a recursive record type is cut off there).
@@ -127,15 +123,10 @@ fn iceberg_type(
     }
 }
 
-/// `schema` with field ids 1, 2, … in schema order: top-level columns first, then the nested
-/// fields of each, as Iceberg's own id assignment does.
-fn renumber(schema: &Schema) -> Result<Schema, String> {
-    let top: Vec<NestedField> = schema
-        .as_struct()
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+/// A schema of `columns` with field ids 1, 2, … in order: top-level columns first, then the
+/// nested fields of each, as Iceberg's own id assignment does.
+pub(super) fn renumber(columns: Vec<Arc<NestedField>>) -> Result<Schema, String> {
+    let top: Vec<NestedField> = columns.iter().map(|f| f.as_ref().clone()).collect();
     let mut next = i32::try_from(top.len()).unwrap_or(i32::MAX);
     let fields: Vec<Arc<NestedField>> = top
         .into_iter()
@@ -226,7 +217,7 @@ mod tests {
                 "widen ratio to double",
                 "add column items.element.qty int",
                 "add column ship.zip string",
-                "add column meta struct<string>",
+                "add column meta struct<src: string>",
                 "make kind optional",
             ],
         );

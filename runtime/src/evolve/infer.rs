@@ -1,9 +1,14 @@
-//! A table's columns inferred from its first record (pure): every top-level field with a value
-//! becomes an optional column — booleans → boolean, integers → long, other numbers → double,
-//! strings → string (timestamptz when the spec names the field in `timestampFields`). Null,
-//! object and array values give no column; schema evolution adds columns for later records.
+//! A table's columns inferred from its first JSON record (pure): every top-level field with a
+//! value becomes an optional column — booleans → boolean, integers → long, other numbers →
+//! double, strings → string (timestamptz when the spec names the field in
+//! `timestampFields`), objects → structs of their fields, arrays → lists of their first
+//! non-null element's type. Null values, empty objects and arrays without a typed element give
+//! no column; schema evolution adds columns (and struct fields) for later records.
 
-use tidewater_crds::pipeline::{ColumnSpec, CreateTableSpec};
+use std::sync::Arc;
+
+use iceberg::spec::{NestedField, PrimitiveType, Schema, Type};
+use tidewater_crds::pipeline::CreateTableSpec;
 
 use super::column_type;
 use crate::decode::{AvroWriter, Shape, field_shapes};
@@ -17,34 +22,27 @@ pub enum Sample<'a> {
     Avro(&'a AvroWriter),
 }
 
-/// `create` with its empty schema filled from `record` (a JSON object).
-pub fn infer_definition(
-    create: &CreateTableSpec,
-    record: &[u8],
-) -> Result<CreateTableSpec, String> {
+/// The table schema `create` (which lists no columns) gets from `record` (a JSON object);
+/// field ids 1…n for the columns, then their nested fields.
+pub fn infer_schema(create: &CreateTableSpec, record: &[u8]) -> Result<Schema, String> {
     let fields =
         field_shapes(record).map_err(|e| format!("the first record is not a JSON object: {e}"))?;
-    let schema: Vec<ColumnSpec> = fields
-        .into_iter()
+    let columns: Vec<Arc<NestedField>> = fields
+        .iter()
         .filter_map(|(name, shape)| {
             let ty = match shape {
-                Shape::String if create.timestamp_fields.contains(&name) => "timestamptz".into(),
-                other => column_type(other)?.to_string(),
+                Shape::String if create.timestamp_fields.contains(name) => {
+                    Type::Primitive(PrimitiveType::Timestamptz)
+                }
+                other => column_type(other)?,
             };
-            Some(ColumnSpec {
-                name,
-                column_type: ty,
-                required: false,
-                doc: None,
-            })
+            Some(Arc::new(NestedField::optional(0, name, ty)))
         })
         .collect();
-    if schema.is_empty() {
+    if columns.is_empty() {
         return Err("the first record has no field a column can be inferred from".into());
     }
-    let mut inferred = create.clone();
-    inferred.schema = schema;
-    Ok(inferred)
+    super::avro::renumber(columns)
 }
 
 #[cfg(test)]
@@ -63,36 +61,59 @@ mod tests {
     #[test]
     fn columns_follow_the_first_records_values() {
         let record = br#"{"id":7,"ts":"2026-12-01T10:00:00Z","price":9.5,"ok":true,"name":"x",
-            "gone":null,"meta":{"a":1},"tags":[1]}"#;
-        let d = infer_definition(&spec(&["ts"]), record).unwrap();
-        let columns: Vec<(&str, &str, bool)> = d
-            .schema
+            "gone":null,"meta":{"a":1,"deep":{"b":"s"},"none":null},"tags":[null,1],"empty":[],
+            "nothing":{}}"#;
+        let schema = infer_schema(&spec(&["ts"]), record).unwrap();
+        let columns: Vec<(i32, &str, String, bool)> = schema
+            .as_struct()
+            .fields()
             .iter()
-            .map(|c| (c.name.as_str(), c.column_type.as_str(), c.required))
+            .map(|f| {
+                (
+                    f.id,
+                    f.name.as_str(),
+                    super::super::type_name(&f.field_type),
+                    f.required,
+                )
+            })
             .collect();
+        let expected: Vec<(i32, &str, &str)> = vec![
+            (1, "id", "long"),
+            (2, "ts", "timestamptz"),
+            (3, "price", "double"),
+            (4, "ok", "boolean"),
+            (5, "name", "string"),
+            (6, "meta", "struct<a: long, deep: struct<b: string>>"),
+            (7, "tags", "list<long>"),
+        ];
+        let got: Vec<(i32, &str, &str)> = columns
+            .iter()
+            .map(|(id, n, t, _)| (*id, *n, t.as_str()))
+            .collect();
+        assert_eq!(got, expected);
+        assert!(columns.iter().all(|c| !c.3), "all optional");
         assert_eq!(
-            columns,
-            vec![
-                ("id", "long", false),
-                ("ts", "timestamptz", false),
-                ("price", "double", false),
-                ("ok", "boolean", false),
-                ("name", "string", false),
-            ]
+            schema.field_by_name("meta.deep.b").unwrap().id,
+            10,
+            "nested ids after the columns"
         );
+        let plain = infer_schema(&spec(&[]), record).unwrap();
         assert_eq!(
-            d.partition_by,
-            vec!["day(ts)".to_string()],
-            "the rest is kept"
+            *plain.field_by_name("ts").unwrap().field_type,
+            Type::Primitive(PrimitiveType::String),
+            "ts without the hint"
         );
-        let plain = infer_definition(&spec(&[]), record).unwrap();
-        assert_eq!(plain.schema[1].column_type, "string", "ts without the hint");
     }
 
     #[test]
     fn records_without_a_usable_field_are_refused() {
-        for bad in [&b"[1]"[..], b"{\"a\":null,\"b\":[]}", b"nope"] {
-            assert!(infer_definition(&spec(&[]), bad).is_err());
+        for bad in [
+            &b"[1]"[..],
+            b"{\"a\":null,\"b\":[]}",
+            b"nope",
+            b"{\"c\":{}}",
+        ] {
+            assert!(infer_schema(&spec(&[]), bad).is_err());
         }
     }
 }

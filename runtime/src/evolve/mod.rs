@@ -1,9 +1,9 @@
 //! Schema evolution (pure): what a record that does not fit the table asks of its schema, and
-//! the table's next schema. A field the table lacks becomes a new optional column (from a JSON
-//! value: boolean, long, double, string — nested JSON values are not evolved; from an Avro
-//! writer schema: its full type, nested fields of records included); an `int` column given a
-//! wider value becomes `long`, `float` becomes `double` and a decimal gains precision (same
-//! scale) when an Avro writer schema widens it. A required column becomes optional when an
+//! the table's next schema. A field the table lacks becomes a new optional column, and a field
+//! a struct column lacks a new optional field of it (from a JSON value: boolean, long, double,
+//! string, objects → structs, arrays → lists; from an Avro writer schema: its full type); an
+//! `int` column given a wider value becomes `long`, `float` becomes `double` and a decimal
+//! gains precision (same scale) when an Avro writer schema widens it. A required column becomes optional when an
 //! Avro writer schema makes it nullable or drops it, and for JSON only when the pipeline allows
 //! it (`relax_required`: a JSON record has no schema saying the field is now optional, so by
 //! default it is a bad record, not a reason to weaken the table). Nothing else changes:
@@ -22,7 +22,7 @@ use iceberg::spec::{
 use crate::decode::{ConvertError, Shape};
 
 pub use avro::table_schema;
-pub use infer::{Sample, infer_definition};
+pub use infer::{Sample, infer_schema};
 
 /// One change to a table's schema. `path` names a field: struct field names from the top,
 /// `element` for a list's elements, `value` for a map's values.
@@ -52,10 +52,34 @@ pub enum Change {
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::AddColumn { path, ty } => write!(f, "add column {} {ty}", path.join(".")),
+            Self::AddColumn { path, ty } => {
+                write!(f, "add column {} {}", path.join("."), type_name(ty))
+            }
             Self::Widen { path, to } => write!(f, "widen {} to {to}", path.join(".")),
             Self::MakeOptional { path } => write!(f, "make {} optional", path.join(".")),
         }
+    }
+}
+
+/// A type as users read it: `long`, `struct<a: long, b: string>`, `list<string>`,
+/// `map<string, long>`.
+pub fn type_name(ty: &Type) -> String {
+    match ty {
+        Type::Primitive(p) => p.to_string(),
+        Type::Struct(s) => {
+            let fields: Vec<String> = s
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name, type_name(&f.field_type)))
+                .collect();
+            format!("struct<{}>", fields.join(", "))
+        }
+        Type::List(l) => format!("list<{}>", type_name(&l.element_field.field_type)),
+        Type::Map(m) => format!(
+            "map<{}, {}>",
+            type_name(&m.key_field.field_type),
+            type_name(&m.value_field.field_type)
+        ),
     }
 }
 
@@ -70,14 +94,65 @@ pub enum Observation {
     Writer(Arc<Schema>),
 }
 
-/// The column type a new field's value asks for (`None`: nested values, not evolved yet).
-pub fn column_type(shape: Shape) -> Option<PrimitiveType> {
+/// How deep inferred JSON types may nest.
+const MAX_JSON_DEPTH: usize = 32;
+
+/// The column type a JSON value asks for: boolean, long for integers, double for other
+/// numbers, string; an object → a struct of its fields that have a type, an array → a list of
+/// its first non-null element's type (all optional; field ids 0 until the type is added to a
+/// schema). `None`: null, an empty object, an array without a typed element.
+pub fn column_type(shape: &Shape) -> Option<Type> {
+    shape_type(shape, 0)
+}
+
+fn shape_type(shape: &Shape, depth: usize) -> Option<Type> {
+    let p = |t| Some(Type::Primitive(t));
     match shape {
-        Shape::Boolean => Some(PrimitiveType::Boolean),
-        Shape::Integer => Some(PrimitiveType::Long),
-        Shape::Number => Some(PrimitiveType::Double),
-        Shape::String => Some(PrimitiveType::String),
-        Shape::Null | Shape::Object | Shape::Array => None,
+        Shape::Boolean => p(PrimitiveType::Boolean),
+        Shape::Integer => p(PrimitiveType::Long),
+        Shape::Number => p(PrimitiveType::Double),
+        Shape::String => p(PrimitiveType::String),
+        Shape::Null => None,
+        _ if depth >= MAX_JSON_DEPTH => None,
+        Shape::Object(fields) => {
+            let fields: Vec<NestedFieldRef> = fields
+                .iter()
+                .filter_map(|(name, s)| {
+                    let ty = shape_type(s, depth + 1)?;
+                    Some(Arc::new(NestedField::optional(0, name, ty)))
+                })
+                .collect();
+            (!fields.is_empty()).then(|| Type::Struct(StructType::new(fields)))
+        }
+        Shape::Array(element) => {
+            let ty = shape_type(element.as_deref()?, depth + 1)?;
+            let element = NestedField::list_element(0, ty, false);
+            Some(Type::List(ListType::new(Arc::new(element))))
+        }
+    }
+}
+
+/// What a JSON value of `shape` adds to an existing field of type `ty` at `path`: struct
+/// fields it lacks (also in list elements), recursively.
+fn json_additions(ty: &Type, shape: &Shape, path: &[String], out: &mut Vec<Change>) {
+    let at = |name: &str| [path, &[name.to_string()]].concat();
+    match (ty, shape) {
+        (Type::Struct(st), Shape::Object(fields)) => {
+            for (name, s) in fields {
+                match st.field_by_name(name) {
+                    Some(f) => json_additions(&f.field_type, s, &at(name), out),
+                    None => {
+                        if let Some(ty) = column_type(s) {
+                            out.push(Change::AddColumn { path: at(name), ty });
+                        }
+                    }
+                }
+            }
+        }
+        (Type::List(l), Shape::Array(Some(element))) => {
+            json_additions(&l.element_field.field_type, element, &at("element"), out);
+        }
+        _ => {}
     }
 }
 
@@ -85,16 +160,28 @@ pub fn column_type(shape: Shape) -> Option<PrimitiveType> {
 /// record is then written without the fields, or dead-lettered with its error).
 pub fn decide(schema: &Schema, observation: &Observation, relax_required: bool) -> Vec<Change> {
     match observation {
-        Observation::NewFields(fields) => fields
-            .iter()
-            .filter(|(name, _)| schema.as_struct().field_by_name(name).is_none())
-            .filter_map(|(name, shape)| {
-                column_type(*shape).map(|ty| Change::AddColumn {
-                    path: vec![name.clone()],
-                    ty: Type::Primitive(ty),
-                })
-            })
-            .collect(),
+        Observation::NewFields(fields) => {
+            let mut changes = Vec::new();
+            for (name, shape) in fields {
+                match schema.as_struct().field_by_name(name) {
+                    Some(f) => json_additions(
+                        &f.field_type,
+                        shape,
+                        std::slice::from_ref(name),
+                        &mut changes,
+                    ),
+                    None => {
+                        if let Some(ty) = column_type(shape) {
+                            changes.push(Change::AddColumn {
+                                path: vec![name.clone()],
+                                ty,
+                            });
+                        }
+                    }
+                }
+            }
+            changes
+        }
         Observation::Failed(error) => {
             let Some(field) = error
                 .field
@@ -339,35 +426,81 @@ mod tests {
 
     #[test]
     fn new_fields_become_optional_columns_typed_by_their_values() {
+        let obj = |f: Vec<(&str, Shape)>| {
+            Shape::Object(f.into_iter().map(|(n, s)| (n.to_string(), s)).collect())
+        };
         let seen = Observation::NewFields(vec![
             ("flag".into(), Shape::Boolean),
             ("count".into(), Shape::Integer),
             ("price".into(), Shape::Number),
             ("note".into(), Shape::String),
-            ("nested".into(), Shape::Object),
-            ("list".into(), Shape::Array),
+            (
+                "meta".into(),
+                obj(vec![("a", Shape::Integer), ("gone", Shape::Null)]),
+            ),
+            ("tags".into(), Shape::Array(Some(Box::new(Shape::String)))),
+            ("empty".into(), Shape::Array(None)),
+            ("nothing".into(), obj(vec![])),
             ("id".into(), Shape::Integer),
         ]);
         let changes = decide(&schema(), &seen, false);
-        let add = |name: &str, ty| Change::AddColumn {
-            path: vec![name.into()],
-            ty: Type::Primitive(ty),
-        };
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
         assert_eq!(
-            changes,
-            vec![
-                add("flag", PrimitiveType::Boolean),
-                add("count", PrimitiveType::Long),
-                add("price", PrimitiveType::Double),
-                add("note", PrimitiveType::String),
+            shown,
+            [
+                "add column flag boolean",
+                "add column count long",
+                "add column price double",
+                "add column note string",
+                "add column meta struct<a: long>",
+                "add column tags list<string>",
             ],
-            "nested values and existing columns ask nothing"
+            "null, empty values and existing columns ask nothing"
         );
         let next = apply(&schema(), &changes, 3).unwrap();
         let note = next.field_by_name("note").unwrap();
         assert_eq!((note.id, note.required), (7, false));
+        let a = next.field_by_name("meta.a").unwrap();
+        assert_eq!((a.id, a.required), (9, false), "nested fields get new ids");
         assert_eq!(next.field_by_name("id").unwrap().id, 1, "ids kept");
         assert_eq!(next.schema_id(), schema().schema_id() + 1);
+
+        // A later record brings fields the struct (and a list's struct elements) lack.
+        let with_items = apply(
+            &next,
+            &decide(
+                &next,
+                &Observation::NewFields(vec![(
+                    "items".into(),
+                    Shape::Array(Some(Box::new(obj(vec![("sku", Shape::String)])))),
+                )]),
+                false,
+            ),
+            next.highest_field_id(),
+        )
+        .unwrap();
+        let seen = Observation::NewFields(vec![
+            (
+                "meta".into(),
+                obj(vec![("a", Shape::Integer), ("b", Shape::Boolean)]),
+            ),
+            (
+                "items".into(),
+                Shape::Array(Some(Box::new(obj(vec![("qty", Shape::Integer)])))),
+            ),
+        ]);
+        let changes = decide(&with_items, &seen, false);
+        let shown: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "add column meta.b boolean",
+                "add column items.element.qty long"
+            ]
+        );
+        let last = apply(&with_items, &changes, with_items.highest_field_id()).unwrap();
+        assert!(last.field_by_name("items.element.qty").is_some());
+        assert!(decide(&last, &seen, false).is_empty(), "nothing left to do");
     }
 
     #[test]

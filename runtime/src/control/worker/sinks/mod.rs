@@ -177,13 +177,9 @@ impl Sinks {
         Ok(Ok(()))
     }
 
-    /// A batcher for the table's current schema and the pipeline's format.
+    /// A batcher for the table's current schema.
     fn batcher(&self, factory: &WriterFactory) -> Result<RowBatcher, WorkerError> {
-        Ok(if self.registry.is_some() {
-            RowBatcher::for_avro(factory.arrow_schema())?
-        } else {
-            RowBatcher::new(factory.arrow_schema())?
-        })
+        Ok(RowBatcher::new(factory.arrow_schema())?)
     }
 
     /// Counts a record appended to `table` and hands batches over when enough are buffered.
