@@ -16,7 +16,7 @@ use crate::{
     route::{RecordView, Template, json_field},
 };
 
-/// Every column kind the JSON decoder fills, required and optional.
+/// Every column kind the JSON decoder fills, required and optional, nested ones too.
 fn decoder_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int64, false),
@@ -39,6 +39,35 @@ fn decoder_schema() -> Arc<Schema> {
         Field::new("b", DataType::Boolean, true),
         Field::new("u", DataType::FixedSizeBinary(16), true),
         Field::new("bin", DataType::Binary, true),
+        Field::new(
+            "meta",
+            DataType::Struct(
+                vec![
+                    Field::new("a", DataType::Int64, false),
+                    Field::new_list("xs", Field::new("element", DataType::Utf8, true), true),
+                ]
+                .into(),
+            ),
+            true,
+        ),
+        Field::new(
+            "attrs",
+            DataType::Map(
+                Arc::new(Field::new(
+                    "key_value",
+                    DataType::Struct(
+                        vec![
+                            Field::new("key", DataType::Utf8, false),
+                            Field::new("value", DataType::Float64, true),
+                        ]
+                        .into(),
+                    ),
+                    false,
+                )),
+                false,
+            ),
+            true,
+        ),
     ]))
 }
 
