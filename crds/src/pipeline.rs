@@ -581,11 +581,11 @@ pub enum WriteMode {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CreateTableSpec {
-    /// Columns, in order. Empty: inferred from the table's first record — every top-level
-    /// field with a value becomes an optional column (true/false → boolean, integers → long,
-    /// other numbers → double, strings → string, or timestamptz when named in
-    /// `timestampFields`); null, object and array values give no column (later records add
-    /// columns by schema evolution).
+    /// Columns, in order. Empty: taken from the first record — for Avro its subject's newest
+    /// schema; for JSON every top-level field with a value becomes an optional column
+    /// (true/false → boolean, integers → long, other numbers → double, strings → string, or
+    /// timestamptz when named in `timestampFields`, objects → structs, arrays → lists); later
+    /// records add columns by schema evolution.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub schema: Vec<ColumnSpec>,
     /// With an inferred schema: fields whose ISO 8601 strings become `timestamptz` columns
@@ -599,6 +599,15 @@ pub struct CreateTableSpec {
     /// Table properties set at creation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub properties: BTreeMap<String, String>,
+    /// The table's sort order: `col`, `col desc`, `day(ts) asc nulls last`, … (recorded in the
+    /// table's metadata for engines and compaction that sort; the pipeline writes records in
+    /// arrival order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sort_by: Vec<String>,
+    /// Iceberg format version of a created table: 1 or 2 (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2))]
+    pub format_version: Option<u8>,
 }
 
 /// One column of a table to create.

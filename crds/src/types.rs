@@ -193,6 +193,49 @@ impl PartitionField {
     }
 }
 
+/// One field of a table's sort order: a column or a transform of it, the direction and where
+/// nulls go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortField {
+    /// The column and its transform (as in `partitionBy`).
+    pub field: PartitionField,
+    /// Descending instead of ascending.
+    pub descending: bool,
+    /// Nulls before the other values.
+    pub nulls_first: bool,
+}
+
+impl SortField {
+    /// Parses `col`, `col desc`, `day(ts) asc nulls last`, …: a column or transform as in
+    /// `partitionBy`, then optionally `asc`/`desc`, then optionally `nulls first`/`nulls last`
+    /// (default: nulls first ascending, nulls last descending, as SQL engines do).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut rest = text.trim();
+        let lower = rest.to_ascii_lowercase();
+        let mut nulls_first = None;
+        for (suffix, first) in [(" nulls first", true), (" nulls last", false)] {
+            if lower.ends_with(suffix) {
+                nulls_first = Some(first);
+                rest = rest[..rest.len() - suffix.len()].trim_end();
+            }
+        }
+        let lower = rest.to_ascii_lowercase();
+        let mut descending = false;
+        for (suffix, desc) in [(" asc", false), (" desc", true)] {
+            if lower.ends_with(suffix) {
+                descending = desc;
+                rest = rest[..rest.len() - suffix.len()].trim_end();
+            }
+        }
+        let field = PartitionField::parse(rest).map_err(|e| format!("sort field {e}"))?;
+        Ok(Self {
+            field,
+            descending,
+            nulls_first: nulls_first.unwrap_or(!descending),
+        })
+    }
+}
+
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
@@ -295,6 +338,25 @@ pub fn parse_table_ident(text: &str) -> Result<(Vec<String>, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sort_fields_take_a_direction_and_a_null_order() {
+        let f = SortField::parse("day(ts) DESC").unwrap();
+        assert_eq!(
+            (
+                f.field.transform,
+                f.field.column.as_str(),
+                f.descending,
+                f.nulls_first
+            ),
+            (Transform::Day, "ts", true, false)
+        );
+        let f = SortField::parse("id asc nulls last").unwrap();
+        assert!(!f.descending && !f.nulls_first);
+        let f = SortField::parse("bucket(16, id)").unwrap();
+        assert!(!f.descending && f.nulls_first);
+        assert!(SortField::parse("id sideways").is_err());
+    }
 
     #[test]
     fn column_types_parse() {

@@ -6,7 +6,8 @@ use std::{collections::HashSet, fmt};
 use crate::{
     pipeline::{CatalogType, IngestionPipelineSpec, KafkaSecuritySpec},
     types::{
-        ColumnType, PartitionField, StartingOffsets, Transform, parse_duration, parse_table_ident,
+        ColumnType, PartitionField, SortField, StartingOffsets, Transform, parse_duration,
+        parse_table_ident,
     },
 };
 
@@ -470,6 +471,35 @@ fn validate_create_table(
             err(&path, format!("`{text}` is listed twice"));
         }
     }
+    for (i, text) in create.sort_by.iter().enumerate() {
+        let path = format!("{at}.sortBy[{i}]");
+        match SortField::parse(text) {
+            Err(e) => err(&path, e),
+            Ok(f) => match columns.get(&f.field.column) {
+                None if !inferred => err(
+                    &path,
+                    format!("column `{}` is not in createTable.schema", f.field.column),
+                ),
+                Some(t) => {
+                    if let Some(reason) = transform_mismatch(f.field.transform, *t) {
+                        err(
+                            &path,
+                            format!(
+                                "{} cannot be applied to `{}`: {reason}",
+                                f.field.transform, f.field.column
+                            ),
+                        );
+                    }
+                }
+                None => {}
+            },
+        }
+    }
+    if let Some(v) = create.format_version
+        && !(1..=2).contains(&v)
+    {
+        err(&format!("{at}.formatVersion"), format!("{v} is not 1 or 2"));
+    }
 }
 
 fn transform_mismatch(transform: Transform, t: ColumnType) -> Option<&'static str> {
@@ -662,6 +692,8 @@ mod tests {
             "bucket(id)".into(),
             "hour(amount)".into(),
         ];
+        create.sort_by = vec!["id desc nulls first".into(), "ts sideways".into()];
+        create.format_version = Some(3);
         spec.sink
             .write_properties
             .insert("write.parquet.compression-codec".into(), "zip".into());
@@ -675,6 +707,8 @@ mod tests {
                 "spec.sink.createTable.partitionBy[0]",
                 "spec.sink.createTable.partitionBy[1]",
                 "spec.sink.createTable.partitionBy[2]",
+                "spec.sink.createTable.sortBy[1]",
+                "spec.sink.createTable.formatVersion",
                 "spec.sink.writeProperties.write.parquet.compression-codec",
                 "spec.checkpoint.interval",
                 "spec.parallelism",
@@ -688,7 +722,9 @@ mod tests {
                 .contains("`nope` is not in createTable.schema")
         );
         assert!(errors[5].reason.contains("needs a timestamp column"));
-        assert!(errors[9].reason.contains("bad records would loop"));
+        assert!(errors[6].reason.contains("sort field"), "{}", errors[6]);
+        assert!(errors[7].reason.contains("not 1 or 2"));
+        assert!(errors[11].reason.contains("bad records would loop"));
     }
 
     #[test]

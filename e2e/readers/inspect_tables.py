@@ -58,7 +58,7 @@ def main():
             table = catalog.load_table(ident)
             name = ".".join(ident)
             fields = table.schema().fields
-            entry = {"columns": [f.name for f in fields], "types": {f.name: str(f.field_type) for f in fields}, "required": [f.name for f in fields if f.required], "snapshots": len(table.snapshots())}
+            entry = {"columns": [f.name for f in fields], "types": {f.name: str(f.field_type) for f in fields}, "required": [f.name for f in fields if f.required], "snapshots": len(table.snapshots()), "format_version": table.format_version, "sort_order": [f"{table.schema().find_column_name(f.source_id)} {f.transform} {f.direction.value} {f.null_order.value}" for f in table.sort_order().fields]}
             if "pyiceberg" in readers:
                 arrow = table.scan().to_arrow()
                 ids = arrow.column(args.id_column).to_pylist()

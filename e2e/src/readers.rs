@@ -129,6 +129,9 @@ pub struct CatalogTable {
     pub nonnull: std::collections::BTreeMap<String, u64>,
     pub duckdb_nonnull: std::collections::BTreeMap<String, u64>,
     pub snapshots: u64,
+    /// The table's format version and sort order (`column transform direction null-order`).
+    pub format_version: u64,
+    pub sort_order: Vec<String>,
     pub pyiceberg_rows: u64,
     /// Every id PyIceberg read, sorted (tables up to 100k rows).
     pub ids: Vec<u64>,
@@ -223,6 +226,8 @@ fn inspect(
                 duckdb_nonnull: counts(&t["duckdb"]["nonnull"]),
                 columns: strings(&t["columns"]),
                 snapshots: n(&t, "/snapshots").unwrap_or(0),
+                format_version: n(&t, "/format_version").unwrap_or(0),
+                sort_order: strings(&t["sort_order"]),
                 pyiceberg_rows: n(&t, "/pyiceberg/rows").unwrap_or(0),
                 pyiceberg_distinct: n(&t, "/pyiceberg/distinct").unwrap_or(0),
                 ids: t["pyiceberg"]["ids"]

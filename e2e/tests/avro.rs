@@ -225,6 +225,12 @@ fn avro_topics_land_in_tables_made_and_evolved_from_the_registry() -> Result<()>
     }
 
     let orders = table(&all, "lake.shop_orders");
+    assert_eq!(orders.format_version, 2);
+    assert_eq!(
+        orders.sort_order,
+        ["ts identity desc nulls-last"],
+        "createTable.sortBy"
+    );
     let types: Vec<(&str, &str)> = orders
         .columns
         .iter()

@@ -229,6 +229,8 @@ pub fn infer_table(data: &[u8]) {
         timestamp_fields: vec!["ts".into()],
         partition_by: vec![],
         properties: Default::default(),
+        sort_by: vec![],
+        format_version: None,
     };
     if let Ok(schema) = infer_schema(&create, data) {
         let arrow = iceberg::arrow::schema_to_arrow_schema(&schema)

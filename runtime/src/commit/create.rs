@@ -9,14 +9,15 @@ use std::{
 use iceberg::{
     Catalog, Namespace, NamespaceIdent, TableCreation, TableIdent,
     spec::{
-        NestedField, PrimitiveType, Schema, Transform as IcebergTransform, Type,
+        FormatVersion, NestedField, NullOrder, PrimitiveType, Schema, SortDirection,
+        SortField as IcebergSortField, SortOrder, Transform as IcebergTransform, Type,
         UnboundPartitionSpec,
     },
     table::Table,
 };
 use tidewater_crds::{
     pipeline::CreateTableSpec,
-    types::{ColumnType, PartitionField, Transform},
+    types::{ColumnType, PartitionField, SortField, Transform},
 };
 
 use crate::{config::PipelineConfig, evolve::Sample};
@@ -79,10 +80,17 @@ pub async fn load_or_create(
             Err(e) => return Err(e.into()),
         }
     }
+    let order = sort_order(create, &schema).map_err(|e| definition(e.to_string()))?;
+    let format_version = match create.format_version {
+        Some(1) => FormatVersion::V1,
+        _ => FormatVersion::V2,
+    };
     let creation = TableCreation::builder()
         .name(ident.name().to_string())
         .schema(schema)
         .partition_spec(spec)
+        .sort_order_opt(order)
+        .format_version(format_version)
         .properties(create.properties.clone())
         .build();
     match catalog.create_table(ident.namespace(), creation).await {
@@ -136,24 +144,69 @@ pub fn partition_spec(
             .field_by_name(&field.column)
             .map(|f| f.id)
             .ok_or_else(|| TableError::Definition(format!("unknown column `{}`", field.column)))?;
-        let (transform, name) = match field.transform {
-            Transform::Identity => (IcebergTransform::Identity, field.column.clone()),
-            Transform::Year => (IcebergTransform::Year, format!("{}_year", field.column)),
-            Transform::Month => (IcebergTransform::Month, format!("{}_month", field.column)),
-            Transform::Day => (IcebergTransform::Day, format!("{}_day", field.column)),
-            Transform::Hour => (IcebergTransform::Hour, format!("{}_hour", field.column)),
-            Transform::Bucket(n) => (
-                IcebergTransform::Bucket(n),
-                format!("{}_bucket", field.column),
-            ),
-            Transform::Truncate(w) => (
-                IcebergTransform::Truncate(w),
-                format!("{}_trunc", field.column),
-            ),
+        let name = match field.transform {
+            Transform::Identity => field.column.clone(),
+            Transform::Year => format!("{}_year", field.column),
+            Transform::Month => format!("{}_month", field.column),
+            Transform::Day => format!("{}_day", field.column),
+            Transform::Hour => format!("{}_hour", field.column),
+            Transform::Bucket(_) => format!("{}_bucket", field.column),
+            Transform::Truncate(_) => format!("{}_trunc", field.column),
         };
-        spec = spec.add_partition_field(source, name, transform)?;
+        spec = spec.add_partition_field(source, name, iceberg_transform(field.transform))?;
     }
     Ok(spec.build())
+}
+
+fn iceberg_transform(t: Transform) -> IcebergTransform {
+    match t {
+        Transform::Identity => IcebergTransform::Identity,
+        Transform::Year => IcebergTransform::Year,
+        Transform::Month => IcebergTransform::Month,
+        Transform::Day => IcebergTransform::Day,
+        Transform::Hour => IcebergTransform::Hour,
+        Transform::Bucket(n) => IcebergTransform::Bucket(n),
+        Transform::Truncate(w) => IcebergTransform::Truncate(w),
+    }
+}
+
+/// The sort order of a table definition over `schema` (`None`: unsorted).
+pub fn sort_order(
+    create: &CreateTableSpec,
+    schema: &Schema,
+) -> Result<Option<SortOrder>, TableError> {
+    if create.sort_by.is_empty() {
+        return Ok(None);
+    }
+    let mut order = SortOrder::builder();
+    order.with_order_id(1);
+    for text in &create.sort_by {
+        let f = SortField::parse(text).map_err(TableError::Definition)?;
+        let source_id = schema
+            .as_struct()
+            .field_by_name(&f.field.column)
+            .map(|c| c.id)
+            .ok_or_else(|| {
+                TableError::Definition(format!("sortBy: unknown column `{}`", f.field.column))
+            })?;
+        order.with_sort_field(
+            IcebergSortField::builder()
+                .source_id(source_id)
+                .transform(iceberg_transform(f.field.transform))
+                .direction(if f.descending {
+                    SortDirection::Descending
+                } else {
+                    SortDirection::Ascending
+                })
+                .null_order(if f.nulls_first {
+                    NullOrder::First
+                } else {
+                    NullOrder::Last
+                })
+                .build(),
+        );
+    }
+    Ok(Some(order.build(schema)?))
 }
 
 fn primitive(t: ColumnType) -> PrimitiveType {

@@ -216,6 +216,8 @@ mod tests {
                 "name".into(),
             ],
             properties: Default::default(),
+            sort_by: vec![],
+            format_version: None,
             timestamp_fields: vec![],
         };
         let (schema, spec) = table_definition(&create).unwrap();
@@ -253,6 +255,8 @@ mod tests {
             schema: vec![column("id", "long", true)],
             partition_by: vec![],
             properties: Default::default(),
+            sort_by: vec![],
+            format_version: None,
             timestamp_fields: vec![],
         };
         let (schema, spec) = table_definition(&create).unwrap();

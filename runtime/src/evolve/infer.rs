@@ -55,6 +55,8 @@ mod tests {
             timestamp_fields: timestamps.iter().map(|s| (*s).to_string()).collect(),
             partition_by: vec!["day(ts)".into()],
             properties: Default::default(),
+            sort_by: vec![],
+            format_version: None,
         }
     }
 

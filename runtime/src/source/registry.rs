@@ -313,4 +313,36 @@ mod tests {
         );
         assert_eq!(encode_path("a b/ü"), "a%20b%2F%C3%BC");
     }
+
+    #[test]
+    fn a_registry_that_is_down_is_retried_then_reported_by_url() {
+        // A port nothing listens on (bound, then closed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let spec = RegistrySpec {
+            url: format!("http://127.0.0.1:{port}/"),
+            ca_file: None,
+            auth: None,
+            subject_strategy: SubjectStrategy::Topic,
+        };
+        let mut registry = Registry::new(&spec).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let e = rt.block_on(registry.schema(7)).unwrap_err();
+        let RegistryError::Unavailable { url, reason } = &e else {
+            panic!("{e}");
+        };
+        assert_eq!(*url, format!("http://127.0.0.1:{port}/schemas/ids/7"));
+        assert!(!reason.is_empty());
+        assert!(
+            started.elapsed() >= Duration::from_secs(5),
+            "retried with backoff before giving up"
+        );
+    }
 }
