@@ -2,7 +2,8 @@
 # Benchmark (not a test): builds release binaries and runs bench/bench.py, which prints a
 # Markdown report and writes bench/results/latest.json. `bash bench/run.sh distributed [args]`
 # runs bench/distributed.py (coordinator + worker processes) instead; `bash bench/run.sh compaction`
-# runs bench/compaction.py (bin-pack throughput on >= 2 GB of small files). See docs/benchmarks.md.
+# runs bench/compaction.py (bin-pack throughput on >= 2 GB of small files); `bash bench/run.sh
+# tables` runs bench/tables.py (1, 10, 50, 200 tables from as many topics). See docs/benchmarks.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -12,6 +13,10 @@ cargo build -q --release -p tidewater-runtime -p tidewater-e2e --bins
 if [ "${1:-}" = compaction ]; then
   shift
   exec .venv/bin/python bench/compaction.py --bin "$CARGO_TARGET_DIR/release" "$@"
+fi
+if [ "${1:-}" = tables ]; then
+  shift
+  exec .venv/bin/python bench/tables.py --bin "$CARGO_TARGET_DIR/release" "$@"
 fi
 if [ "${1:-}" = distributed ]; then
   shift
