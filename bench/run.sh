@@ -3,7 +3,8 @@
 # Markdown report and writes bench/results/latest.json. `bash bench/run.sh distributed [args]`
 # runs bench/distributed.py (coordinator + worker processes) instead; `bash bench/run.sh compaction`
 # runs bench/compaction.py (bin-pack throughput on >= 2 GB of small files); `bash bench/run.sh
-# tables` runs bench/tables.py (1, 10, 50, 200 tables from as many topics). See docs/benchmarks.md.
+# tables` runs bench/tables.py (1, 10, 50, 200 tables from as many topics); `bash bench/run.sh formats`
+# runs bench/formats.py (Avro against JSON, new field to committed column). See docs/benchmarks.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -13,6 +14,10 @@ cargo build -q --release -p tidewater-runtime -p tidewater-e2e --bins
 if [ "${1:-}" = compaction ]; then
   shift
   exec .venv/bin/python bench/compaction.py --bin "$CARGO_TARGET_DIR/release" "$@"
+fi
+if [ "${1:-}" = formats ]; then
+  shift
+  exec .venv/bin/python bench/formats.py --bin "$CARGO_TARGET_DIR/release" "$@"
 fi
 if [ "${1:-}" = tables ]; then
   shift

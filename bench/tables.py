@@ -60,9 +60,9 @@ spec:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True, type=Path)
-    ap.add_argument("--events", type=int, default=400_000, help="total per run")
+    ap.add_argument("--events", type=int, default=2_000_000, help="total per run")
     ap.add_argument("--tables", default="1,10,50,200")
-    ap.add_argument("--interval", default="2s")
+    ap.add_argument("--interval", default="500ms")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tw-tables-"))
     broker, bootstrap = start_broker()
