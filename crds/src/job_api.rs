@@ -158,6 +158,10 @@ pub struct WorkerStatus {
     /// Seconds since a remote worker was last heard from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen_seconds: Option<f64>,
+    /// Where a remote worker serves `/metrics`, `/healthz` and `/readyz`, as it reported it
+    /// (workers in the coordinator's process share its endpoint).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 /// One partition in the status.

@@ -97,6 +97,20 @@ impl Tidewater {
         Self::spawn(&args, "--metrics-addr", log, failpoints)
     }
 
+    /// A worker given no metrics address, as a user starts several on one host: it takes the
+    /// first free port from 9465 up. `metrics_port` is 0 until the test learns the port (the
+    /// coordinator's status names it).
+    pub fn worker_on_default_port(coordinator_url: &str, name: &str, log: &Path) -> Result<Self> {
+        let args: Vec<String> = vec![
+            "worker".into(),
+            "--coordinator".into(),
+            coordinator_url.into(),
+            "--name".into(),
+            name.into(),
+        ];
+        Self::launch(&args, None, log, None)
+    }
+
     /// The coordinator's base URL (for workers).
     pub fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.metrics_port)
@@ -118,15 +132,33 @@ impl Tidewater {
         log: &Path,
         failpoints: Option<&str>,
     ) -> Result<Self> {
+        Self::launch(args, Some((addr_flag, metrics_port)), log, failpoints)
+    }
+
+    /// Starts the binary with `args`, and `FLAG 127.0.0.1:PORT` when `addr` is given.
+    fn launch(
+        args: &[String],
+        addr: Option<(&str, u16)>,
+        log: &Path,
+        failpoints: Option<&str>,
+    ) -> Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)?;
         let mut cmd = Command::new(tidewater_bin());
-        cmd.args(args)
-            .arg(addr_flag)
-            .arg(format!("127.0.0.1:{metrics_port}"))
-            .env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
+        cmd.args(args);
+        let metrics_port = match addr {
+            Some((flag, port)) => {
+                cmd.arg(flag).arg(format!("127.0.0.1:{port}"));
+                port
+            }
+            None => {
+                cmd.env_remove("TIDEWATER_METRICS_ADDR");
+                0
+            }
+        };
+        cmd.env("RUST_LOG", "info,sqlx=warn,iceberg=warn,opendal=warn")
             .env("AWS_ACCESS_KEY_ID", S3_KEY_ID)
             .env("AWS_SECRET_ACCESS_KEY", S3_SECRET)
             .env(OAUTH_ENV, format!("{}:{}", OAUTH_CLIENT.0, OAUTH_CLIENT.1))

@@ -186,6 +186,52 @@ fn rescale_one_to_three_to_two_workers_during_ingestion() -> Result<()> {
     stack.assert_exactly_once(produced)
 }
 
+/// The README's example as a new user runs it: two workers on one host, neither given a metrics
+/// address. The second takes the next free port instead of exiting with "Address already in
+/// use"; the coordinator's status names both addresses and each serves its own `/metrics`.
+#[test]
+fn workers_on_one_host_without_a_metrics_address_take_the_next_free_port() -> Result<()> {
+    let stack = Stack::start(4, 2)?;
+    let producer = BackgroundProducer::start(&stack.broker, "clicks", 4, 1000)?;
+    let mut c = stack.coordinator(&[])?;
+    let mut w1 = Tidewater::worker_on_default_port(&c.url(), "w1", &stack.log("w1"))?;
+    let mut w2 = Tidewater::worker_on_default_port(&c.url(), "w2", &stack.log("w2"))?;
+    let status = wait_owning_workers(&c, 2, Duration::from_secs(60))?;
+    let addr_of = |name: &str| -> Result<String> {
+        let w = status["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|w| w["name"] == name))
+            .with_context(|| format!("{name} missing from {status:#}"))?;
+        w["metricsAddr"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("{name} reports no metricsAddr: {status:#}"))
+    };
+    let (a1, a2) = (addr_of("w1")?, addr_of("w2")?);
+    assert_ne!(a1, a2, "two workers, one address: {status:#}");
+    for (w, addr) in [(&mut w1, &a1), (&mut w2, &a2)] {
+        assert!(w.try_wait().is_none(), "a worker exited: {}", w.log_text());
+        let port: u16 = addr.rsplit(':').next().unwrap_or("").parse()?;
+        assert!(
+            (9465..9465 + 64).contains(&port),
+            "{addr} is outside the default range"
+        );
+        w.metrics_port = port;
+        let (code, body) = w.http_get("/metrics")?;
+        assert_eq!(code, 200, "{addr}: {body}");
+        assert!(
+            body.contains("tidewater_records_in_total"),
+            "{addr}: {body}"
+        );
+        assert!(
+            w.log_text().contains(addr.as_str()),
+            "the worker logs its address"
+        );
+    }
+    stack.finish(producer, &mut c)?;
+    Ok(())
+}
+
 /// Triggers a savepoint and waits until it completed; returns its path.
 fn savepoint(c: &Tidewater, stop: bool) -> Result<String> {
     let (code, body) = c.http_post("/v1/savepoints", &format!(r#"{{"stop": {stop}}}"#))?;

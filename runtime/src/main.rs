@@ -22,6 +22,12 @@ use tidewater_runtime::{
     metrics::{self, Metrics},
 };
 
+/// A worker's `/metrics` address when none is given: this one, or the next free port after it.
+const WORKER_METRICS_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9465);
+/// How many ports from `WORKER_METRICS_DEFAULT` up a worker tries.
+const WORKER_METRICS_PORTS: u16 = 64;
+
 #[derive(Parser)]
 #[command(
     name = "tidewater",
@@ -115,9 +121,11 @@ enum Command {
         /// Name shown in the coordinator's status (default: host name).
         #[arg(long, env = "TIDEWATER_WORKER_NAME")]
         name: Option<String>,
-        /// Address for this worker's /metrics, /healthz and /readyz.
-        #[arg(long, default_value = "127.0.0.1:9465", env = "TIDEWATER_METRICS_ADDR")]
-        metrics_addr: SocketAddr,
+        /// Address for this worker's /metrics, /healthz and /readyz. Without it, the first
+        /// free port from 127.0.0.1:9465 upwards (so several workers can share a host); the
+        /// address taken is logged and shown in the coordinator's /v1/status.
+        #[arg(long, env = "TIDEWATER_METRICS_ADDR")]
+        metrics_addr: Option<SocketAddr>,
     },
     /// Maintain the tables of a CompactionPolicy: bin-pack compaction of cold partitions,
     /// snapshot expiry, orphan removal, manifest merging. Follows `spec.schedule` unless
@@ -246,11 +254,26 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| format!("worker-{}", std::process::id()));
             let result = block_on(async move {
                 let metrics = Arc::new(Metrics::new());
-                let bound = metrics::serve(metrics_addr, metrics.clone())
+                let bound = match metrics_addr {
+                    Some(addr) => metrics::serve(addr, metrics.clone())
+                        .await
+                        .map_err(|e| format!("metrics endpoint {addr}: {e}"))?,
+                    None => metrics::serve_next_free(
+                        WORKER_METRICS_DEFAULT,
+                        WORKER_METRICS_PORTS,
+                        metrics.clone(),
+                    )
                     .await
-                    .map_err(|e| format!("metrics endpoint {metrics_addr}: {e}"))?;
+                    .map_err(|e| {
+                        format!(
+                            "metrics endpoint: no free port in {WORKER_METRICS_DEFAULT} and the \
+                             {} after it ({e}); give --metrics-addr",
+                            WORKER_METRICS_PORTS - 1
+                        )
+                    })?,
+                };
                 tracing::info!(%coordinator, %name, metrics = %bound, "worker starting");
-                remote::run(&coordinator, &name, metrics, shutdown_signal())
+                remote::run(&coordinator, &name, bound, metrics, shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())
             });

@@ -375,9 +375,41 @@ pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<S
     Ok(bound)
 }
 
+/// `serve` on `first`, or else on the next port after it that is free, trying `ports` in all
+/// (a port in use is skipped; any other error is returned at once).
+pub async fn serve_next_free(
+    first: SocketAddr,
+    ports: u16,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<SocketAddr> {
+    let mut last = None;
+    for port in (first.port()..=u16::MAX).take(usize::from(ports)) {
+        match serve(SocketAddr::new(first.ip(), port), metrics.clone()).await {
+            Ok(bound) => return Ok(bound),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::from(std::io::ErrorKind::AddrInUse)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_port_in_use_moves_the_endpoint_to_the_next_free_one() {
+        let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = held.local_addr().unwrap();
+        let m = Arc::new(Metrics::new());
+        let bound = serve_next_free(taken, 8, m.clone()).await.unwrap();
+        assert_ne!(bound.port(), taken.port());
+        assert!(bound.port() > taken.port() && bound.port() < taken.port() + 8);
+        let again = serve_next_free(taken, 8, m.clone()).await.unwrap();
+        assert!(again.port() != bound.port() && again.port() != taken.port());
+        let only_taken = serve_next_free(taken, 1, m).await.unwrap_err();
+        assert_eq!(only_taken.kind(), std::io::ErrorKind::AddrInUse);
+    }
 
     #[test]
     fn renders_prometheus_text() {

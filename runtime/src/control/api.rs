@@ -207,8 +207,8 @@ async fn register(State(s): State<Arc<Shared>>, Json(req): Json<RegisterRequest>
             format!("the job is {state}"),
         );
     }
-    let worker_id = s.hub.register_remote(&req.name);
-    tracing::info!(worker = worker_id, name = %req.name, "worker registered");
+    let worker_id = s.hub.register_remote(&req.name, req.metrics_addr.clone());
+    tracing::info!(worker = worker_id, name = %req.name, metrics = ?req.metrics_addr, "worker registered");
     Json(RegisterResponse {
         worker_id,
         run_id: reg.run_id,

@@ -26,6 +26,8 @@ pub enum Event {
         id: WorkerId,
         /// Its name.
         name: String,
+        /// Its `/metrics` address, as it reported it.
+        metrics_addr: Option<String>,
     },
     /// A worker stopped answering (or its thread ended).
     Lost {
@@ -119,7 +121,7 @@ impl Hub {
     }
 
     /// Registers a remote worker and announces it to the coordinator.
-    pub fn register_remote(&self, name: &str) -> WorkerId {
+    pub fn register_remote(&self, name: &str, metrics_addr: Option<String>) -> WorkerId {
         let id = {
             let mut inner = self.lock();
             let id = inner.next_id;
@@ -140,6 +142,7 @@ impl Hub {
         self.emit(Event::Joined {
             id,
             name: name.to_string(),
+            metrics_addr,
         });
         id
     }
@@ -272,7 +275,7 @@ mod tests {
     #[test]
     fn remote_commands_are_resent_until_confirmed_and_events_taken_once() {
         let (hub, mut events) = Hub::new();
-        let id = hub.register_remote("w-0");
+        let id = hub.register_remote("w-0", None);
         assert!(matches!(events.try_recv(), Ok(Event::Joined { .. })));
         hub.send(id, ToWorker::Stop).unwrap();
         hub.send(
@@ -315,7 +318,7 @@ mod tests {
     #[test]
     fn silent_workers_are_found() {
         let (hub, _events) = Hub::new();
-        let id = hub.register_remote("w");
+        let id = hub.register_remote("w", None);
         assert!(hub.silent_for(Duration::from_secs(60)).is_empty());
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(hub.silent_for(Duration::from_millis(10)), vec![id]);

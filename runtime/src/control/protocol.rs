@@ -86,6 +86,9 @@ pub struct WorkerAck {
 pub struct RegisterRequest {
     /// Stable name of the process (pod name or host name), for status and logs.
     pub name: String,
+    /// The address its `/metrics` endpoint is bound to, for `/v1/status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_addr: Option<String>,
 }
 
 /// The answer to a registration: everything a worker needs besides the catalog credentials

@@ -5,6 +5,7 @@
 
 use std::{
     collections::VecDeque,
+    net::SocketAddr,
     path::Path,
     sync::{Arc, mpsc},
     time::{Duration, Instant},
@@ -69,10 +70,12 @@ enum SessionEnd {
     Lost(String),
 }
 
-/// Runs a worker process until the coordinator stops it or `shutdown` resolves.
+/// Runs a worker process until the coordinator stops it or `shutdown` resolves;
+/// `metrics_addr` (where its `/metrics` is bound) is reported when it registers.
 pub async fn run(
     coordinator: &str,
     name: &str,
+    metrics_addr: SocketAddr,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), RemoteError> {
@@ -91,7 +94,7 @@ pub async fn run(
         if *stop_rx.borrow() {
             return Ok(());
         }
-        let reg = match register(&client, &base, name).await {
+        let reg = match register(&client, &base, name, metrics_addr).await {
             Ok(r) => r,
             Err(e) => {
                 if last_complaint.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
@@ -121,10 +124,14 @@ async fn register(
     client: &reqwest::Client,
     base: &str,
     name: &str,
+    metrics_addr: SocketAddr,
 ) -> Result<RegisterResponse, RegisterError> {
     let resp = client
         .post(format!("{base}/v1/workers"))
-        .json(&RegisterRequest { name: name.into() })
+        .json(&RegisterRequest {
+            name: name.into(),
+            metrics_addr: Some(metrics_addr.to_string()),
+        })
         .timeout(Duration::from_secs(10))
         .send()
         .await?;

@@ -24,12 +24,17 @@ impl Coordinator {
     /// checkpoint (they take effect at the next boundary).
     pub(super) fn on_membership(&mut self, event: Event) {
         match event {
-            Event::Joined { id, name } => {
+            Event::Joined {
+                id,
+                name,
+                metrics_addr,
+            } => {
                 tracing::info!(worker = id, %name, "worker joined");
                 self.members.insert(
                     id,
                     Member {
                         name,
+                        metrics_addr,
                         leaving: false,
                         thread: None,
                     },

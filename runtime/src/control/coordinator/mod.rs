@@ -152,6 +152,8 @@ pub fn start_policy(topic_known: bool, configured: StartingOffsets) -> StartingO
 
 struct Member {
     name: String,
+    /// A remote worker's `/metrics` address, as it reported it.
+    metrics_addr: Option<String>,
     leaving: bool,
     thread: Option<std::thread::JoinHandle<()>>,
 }

@@ -353,6 +353,7 @@ impl Coordinator {
             id,
             Member {
                 name: format!("local-{id}"),
+                metrics_addr: None,
                 leaving: false,
                 thread: Some(thread),
             },

@@ -58,6 +58,7 @@ impl Coordinator {
                     .map(|(tp, _)| format!("{}/{}", tp.topic, tp.partition))
                     .collect(),
                 last_seen_seconds: seen.get(&id).copied(),
+                metrics_addr: m.metrics_addr.clone(),
             })
             .collect();
         let partitions: Vec<PartitionStatus> = self
