@@ -14,6 +14,10 @@ use apache_avro::{
 };
 use arrow_schema::DataType;
 
+mod guard;
+
+use guard::{Strict, check_names};
+
 use super::{
     ConvertError, RowBatcher,
     builder::Datum,
@@ -54,72 +58,6 @@ impl AvroWriter {
         Ok(writer)
     }
 
-    /// Every array in `schema` has items that take at least one byte each. A datum's block
-    /// count is otherwise unbounded by its length: 10 bytes could claim 16 million `null`
-    /// items and make the decoder materialise them all (gigabytes, found by fuzzing).
-    fn check_arrays<'a>(
-        &'a self,
-        schema: &'a Schema,
-        path: &str,
-        seen: &mut Vec<&'a Name>,
-    ) -> Result<(), String> {
-        let here = |name: &str| {
-            if path.is_empty() {
-                name.to_string()
-            } else {
-                format!("{path}.{name}")
-            }
-        };
-        match schema {
-            Schema::Ref { name } if !seen.contains(&name) => {
-                seen.push(name);
-                self.check_arrays(self.resolve(schema), path, seen)
-            }
-            Schema::Record(r) => {
-                seen.push(&r.name);
-                r.fields
-                    .iter()
-                    .try_for_each(|f| self.check_arrays(&f.schema, &here(&f.name), seen))
-            }
-            Schema::Array(a) => {
-                if !self.takes_bytes(&a.items, &mut Vec::new()) {
-                    return Err(format!(
-                        "field `{path}` is an array of items that take no bytes (null, fixed(0) \
-                         or a record of such fields): its length cannot be bounded, not supported"
-                    ));
-                }
-                self.check_arrays(&a.items, &here("element"), seen)
-            }
-            Schema::Map(m) => self.check_arrays(&m.types, &here("value"), seen),
-            Schema::Union(u) => u
-                .variants()
-                .iter()
-                .try_for_each(|v| self.check_arrays(v, path, seen)),
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether every value of `schema` takes at least one byte in a datum. A recursive
-    /// reference does: a record can only contain itself through a union or an array.
-    fn takes_bytes<'a>(&'a self, schema: &'a Schema, seen: &mut Vec<&'a Name>) -> bool {
-        match schema {
-            Schema::Null => false,
-            Schema::Fixed(f) => f.size > 0,
-            Schema::Decimal(d) => self.takes_bytes(&d.inner, seen),
-            Schema::Record(r) => {
-                seen.push(&r.name);
-                r.fields.iter().any(|f| self.takes_bytes(&f.schema, seen))
-            }
-            Schema::Ref { name } => {
-                seen.contains(&name) || {
-                    seen.push(name);
-                    self.takes_bytes(self.resolve(schema), seen)
-                }
-            }
-            _ => true,
-        }
-    }
-
     /// `schema` itself, or the named type it refers to.
     pub fn resolve<'a>(&'a self, schema: &'a Schema) -> &'a Schema {
         match schema {
@@ -127,35 +65,6 @@ impl AvroWriter {
             other => other,
         }
     }
-}
-
-/// Every named type's name is a valid Avro full name (apache-avro panics on others).
-fn check_names(v: &serde_json::Value) -> Result<(), String> {
-    match v {
-        serde_json::Value::Array(items) => items.iter().try_for_each(check_names),
-        serde_json::Value::Object(o) => {
-            if let Some(serde_json::Value::String(name)) = o.get("name")
-                && o.contains_key("type")
-                && !valid_full_name(name)
-            {
-                return Err(format!("`{name}` is not a valid Avro name"));
-            }
-            o.values().try_for_each(check_names)
-        }
-        _ => Ok(()),
-    }
-}
-
-fn valid_full_name(name: &str) -> bool {
-    name.split('.').enumerate().all(|(i, part)| {
-        // A leading dot (the null namespace) leaves an empty first part.
-        (i == 0 && part.is_empty() && name.len() > 1)
-            || part
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    })
 }
 
 /// The smallest allocation cap set by [`limit_avro_allocations`] (iceberg's manifest reading
@@ -249,22 +158,6 @@ impl RowBatcher {
             }
         }
         Ok(values)
-    }
-}
-
-/// A datum's bytes that refuse to be read past their end with an error other than
-/// `UnexpectedEof`: apache-avro reads a union index at end of input as "null" (a truncated
-/// record would become nulls silently) and an array block then yields one such item per count.
-struct Strict<'a>(&'a [u8]);
-
-impl std::io::Read for Strict<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        if self.0.is_empty() && !buf.is_empty() {
-            return Err(std::io::Error::other(
-                "the datum ends before its schema does",
-            ));
-        }
-        self.0.read(buf)
     }
 }
 
@@ -522,7 +415,7 @@ fn describe(v: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Arc;
 
     use apache_avro::{Decimal, types::Record};
@@ -533,7 +426,7 @@ mod tests {
 
     use super::*;
 
-    const V1: &str = r#"{"type": "record", "name": "Order", "namespace": "shop", "fields": [
+    pub(super) const V1: &str = r#"{"type": "record", "name": "Order", "namespace": "shop", "fields": [
         {"name": "id", "type": "long"},
         {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
         {"name": "day", "type": {"type": "int", "logicalType": "date"}},
@@ -551,94 +444,17 @@ mod tests {
         {"name": "bill", "type": ["null", "Address"]}
     ]}"#;
 
-    fn writer(text: &str) -> AvroWriter {
+    pub(super) fn writer(text: &str) -> AvroWriter {
         AvroWriter::new(Schema::parse_str(text).unwrap()).unwrap()
     }
 
-    /// Avro's zig-zag varint.
-    fn zigzag(n: i64) -> Vec<u8> {
-        let mut n = ((n << 1) ^ (n >> 63)) as u64;
-        let mut out = Vec::new();
-        loop {
-            let b = (n & 0x7f) as u8;
-            n >>= 7;
-            if n == 0 {
-                out.push(b);
-                return out;
-            }
-            out.push(b | 0x80);
-        }
-    }
-
-    #[test]
-    fn a_truncated_datum_is_refused_not_read_as_nulls() {
-        let w = writer(V1);
-        let mut b = batcher_for(&w);
-        let whole = order(&w, 7, None);
-        // The last field is the `bill` union: without its index byte apache-avro alone would
-        // read it as null and accept the record.
-        let cut = &whole[..whole.len() - 1];
-        let e = b.push_avro(&w, cut).unwrap_err();
-        assert_eq!(e.kind, "invalid-avro");
-        assert!(e.message.contains("ends before"), "{}", e.message);
-        assert_eq!(b.rows(), 0);
-        b.push_avro(&w, &whole).unwrap();
-        assert_eq!(b.rows(), 1);
-    }
-
-    #[test]
-    fn a_huge_array_count_in_a_tiny_datum_fails_at_once() {
-        let w = writer(
-            r#"{"type": "record", "name": "R", "fields": [
-                {"name": "xs", "type": {"type": "array", "items": ["null", "long"]}}]}"#,
-        );
-        let mut b = batcher_for(&w);
-        let mut datum = zigzag(16 * 1024 * 1024 - 1);
-        datum.push(0); // one null item, then nothing
-        let started = std::time::Instant::now();
-        let e = b.push_avro(&w, &datum).unwrap_err();
-        assert!(e.message.contains("ends before"), "{}", e.message);
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
-            "took {:?}",
-            started.elapsed()
-        );
-    }
-
-    #[test]
-    fn arrays_of_items_that_take_no_bytes_are_refused_by_name() {
-        for items in [
-            r#""null""#,
-            r#"{"type": "fixed", "name": "Empty", "size": 0}"#,
-            r#"{"type": "record", "name": "Nothing", "fields": [{"name": "n", "type": "null"}]}"#,
-        ] {
-            let text = format!(
-                r#"{{"type": "record", "name": "R", "fields": [
-                    {{"name": "inner", "type": {{"type": "record", "name": "In", "fields": [
-                        {{"name": "xs", "type": {{"type": "array", "items": {items}}}}}]}}}}]}}"#
-            );
-            let e = AvroWriter::new(Schema::parse_str(&text).unwrap()).unwrap_err();
-            assert!(
-                e.contains("`inner.xs`") && e.contains("no bytes"),
-                "{items}: {e}"
-            );
-        }
-        // Recursive types through a union are fine, and so is an array of them.
-        writer(
-            r#"{"type": "record", "name": "Node", "fields": [
-                {"name": "v", "type": "long"},
-                {"name": "kids", "type": {"type": "array", "items": "Node"}},
-                {"name": "next", "type": ["null", "Node"]}]}"#,
-        );
-    }
-
-    fn batcher_for(w: &AvroWriter) -> RowBatcher {
+    pub(super) fn batcher_for(w: &AvroWriter) -> RowBatcher {
         let table = crate::evolve::table_schema(w, &[]).unwrap();
         let arrow = iceberg::arrow::schema_to_arrow_schema(&table).unwrap();
         RowBatcher::new(Arc::new(arrow)).unwrap()
     }
 
-    fn order(w: &AvroWriter, id: i64, ship: Option<&str>) -> Vec<u8> {
+    pub(super) fn order(w: &AvroWriter, id: i64, ship: Option<&str>) -> Vec<u8> {
         let mut r = Record::new(&w.schema).unwrap();
         r.put("id", id);
         r.put("ts", Value::TimestampMillis(1_767_323_045_500));
