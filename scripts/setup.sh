@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Tidewater's tests and quick start need on a fresh Debian machine.
 # Idempotent: each step is skipped when its result is already present.
-# Outputs: .venv/ (PyIceberg, DuckDB + extensions, psycopg), bin/tansu (broker), mold, PostgreSQL.
+# Outputs: .venv/ (PyIceberg, DuckDB + extensions, psycopg), bin/tansu (broker), mold, PostgreSQL,
+# lua5.1, Prometheus (promtool).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,6 +19,10 @@ command -v cc >/dev/null 2>&1 || apt_pkgs+=(build-essential)
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   apt_pkgs+=(postgresql)
 fi
+# Lua 5.1 runs the Argo CD health checks (Argo CD's Lua is 5.1-compatible); Prometheus'
+# promtool checks and unit-tests the alert rules, its server scrapes a running pipeline.
+command -v lua5.1 >/dev/null 2>&1 || apt_pkgs+=(lua5.1)
+command -v promtool >/dev/null 2>&1 || apt_pkgs+=(prometheus)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   say "apt-get install ${apt_pkgs[*]}"
   sudo_ apt-get update -qq || true

@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 use tidewater_crds::CompactionPolicy;
 use tidewater_operator::kube_io::{Address, Context};
 
+pub mod walk;
+
 pub type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
 
 /// The operator's context on `client`.
