@@ -29,6 +29,26 @@ assert c["securityContext"]["readOnlyRootFilesystem"] is True
 assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
 print(f"chart: {len(docs)} objects render and parse; CRDs match crds/")
 PY
+# Monitoring on: PodMonitors, the PrometheusRule (exactly the rules file promtool tests) and
+# the dashboard ConfigMap (JSON whose every panel has a query).
+"$helm" template tw "$chart" --namespace tidewater-system --set monitoring.podMonitors.enabled=true \
+  --set monitoring.prometheusRule.enabled=true --set monitoring.grafanaDashboard.enabled=true > "$rendered"
+.venv/bin/python - "$rendered" "$chart" <<'PY'
+import json, sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+assert len(by_kind.get("PodMonitor", [])) == 2, sorted(by_kind)
+rule = by_kind["PrometheusRule"][0]
+assert rule["spec"] == yaml.safe_load(open(f"{sys.argv[2]}/files/prometheus-rules.yaml")), "PrometheusRule differs from files/prometheus-rules.yaml"
+cm = by_kind["ConfigMap"][0]
+assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+dash = json.loads(cm["data"]["tidewater.json"])
+assert dash == json.load(open(f"{sys.argv[2]}/files/grafana-dashboard.json"))
+assert dash["panels"] and all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in dash["panels"])
+print(f"chart: monitoring renders {len(rule['spec']['groups'])} rule groups, {len(dash['panels'])} dashboard panels")
+PY
 if "$helm" template tw "$chart" --set replicas=5 >/dev/null 2>&1; then
   echo "values.schema.json accepted replicas=5" >&2
   exit 1

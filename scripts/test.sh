@@ -11,6 +11,9 @@ echo "== fmt"; cargo fmt --all -- --check
 echo "== build"; cargo build --workspace --all-targets
 echo "== generated CRDs"; bash scripts/gen-crds.sh --check
 echo "== helm chart"; bash scripts/check-chart.sh
+echo "== argo cd health checks"; bash scripts/gen-argocd.sh --check
+echo "== alert rules"; promtool check rules charts/tidewater/files/prometheus-rules.yaml
+(cd e2e/prometheus; promtool test rules alerts_test.yaml)
 echo "== dependency boundaries"; bash scripts/check-deps.sh
 echo "== file length"; bash scripts/check-length.sh
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings

@@ -21,6 +21,17 @@ pub struct CategoryLabels {
     pub category: String,
 }
 
+/// Labels of a finished maintenance run.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    /// The CompactionPolicy's namespace.
+    pub namespace: String,
+    /// The CompactionPolicy's name.
+    pub policy: String,
+    /// `succeeded` or `failed`.
+    pub result: String,
+}
+
 /// Operator metrics.
 pub struct Metrics {
     registry: Registry,
@@ -30,6 +41,8 @@ pub struct Metrics {
     pub failures: Family<CategoryLabels, Counter>,
     /// Reconcile duration, seconds.
     pub duration: Histogram,
+    /// Maintenance runs (CompactionPolicy Jobs) seen finished, by policy and result.
+    pub maintenance_runs: Family<RunLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -39,7 +52,13 @@ impl Default for Metrics {
             reconciles: Counter::default(),
             failures: Family::default(),
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            maintenance_runs: Family::default(),
         };
+        m.registry.register(
+            "maintenance_runs",
+            "Maintenance runs seen finished, by CompactionPolicy and result",
+            m.maintenance_runs.clone(),
+        );
         m.registry
             .register("reconciles", "Reconciles run", m.reconciles.clone());
         m.registry.register(

@@ -32,17 +32,55 @@ fn policy(extra: &str) -> CompactionPolicy {
 }
 
 async fn reconcile_against(p: CompactionPolicy) -> Vec<Seen> {
+    reconcile_with(p, answer).await.0
+}
+
+/// One reconcile of `p` against a mock API server answering with `answer`: the requests seen
+/// and the operator's metrics afterwards.
+async fn reconcile_with(
+    p: CompactionPolicy,
+    answer: impl Fn(&Method, &str, Value) -> Value + Send + 'static,
+) -> (Vec<Seen>, String) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "analytics");
     let (server, seen) = serve(handle, answer);
-    reconcile(
-        Arc::new(DeserializeGuard(Ok(p))),
-        context(client, Address::Dns),
-    )
-    .await
-    .expect("reconcile");
+    let ctx = context(client, Address::Dns);
+    reconcile(Arc::new(DeserializeGuard(Ok(p))), ctx.clone())
+        .await
+        .expect("reconcile");
     server.abort();
-    seen.lock().unwrap().clone()
+    let seen = seen.lock().unwrap().clone();
+    (seen, ctx.metrics.render())
+}
+
+/// A failed maintenance Job is counted once, by policy and result, for the
+/// TidewaterCompactionFailing alert; the status it leaves makes the next reconcile count nothing.
+#[tokio::test]
+async fn a_finished_run_is_counted_once_by_result() {
+    fn with_failed_job(method: &Method, path: &str, body: Value) -> Value {
+        if method == Method::GET && path.ends_with("/jobs") {
+            json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": [{
+                "metadata": {"name": "clicks-maintenance-run-8", "namespace": "analytics"},
+                "status": {"failed": 1, "conditions": [{"type": "Failed", "status": "True",
+                    "lastTransitionTime": "2026-11-21T10:05:00Z"}]}
+            }]})
+        } else if method == Method::GET && path.ends_with("/pods") {
+            json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []})
+        } else {
+            answer(method, path, body)
+        }
+    }
+    let (seen, metrics) = reconcile_with(policy(""), with_failed_job).await;
+    let line = "tidewater_operator_maintenance_runs_total{namespace=\"analytics\",policy=\"clicks-maintenance\",result=\"failed\"} 1";
+    assert!(metrics.contains(line), "{metrics}");
+    assert!(!metrics.contains("result=\"succeeded\""), "{metrics}");
+    let mut p = policy("");
+    p.status = Some(serde_json::from_value(seen.last().unwrap().body["status"].clone()).unwrap());
+    let (_, again) = reconcile_with(p, with_failed_job).await;
+    assert!(
+        !again.contains("tidewater_operator_maintenance_runs_total{"),
+        "{again}"
+    );
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
@@ -114,6 +114,9 @@ pub struct Metrics {
     pub active_workers: Gauge,
     /// Workers lost (stopped heartbeating or disconnected).
     pub workers_lost: Counter,
+    /// The checkpoint interval, seconds; set by the coordinator only, so alerts comparing
+    /// `seconds_since_last_commit` with it match the coordinator's series alone.
+    pub checkpoint_interval: Gauge<f64, AtomicU64>,
 }
 
 fn unix_now() -> i64 {
@@ -159,6 +162,7 @@ impl Metrics {
             rescale_pause: secs(),
             active_workers: Gauge::default(),
             workers_lost: Counter::default(),
+            checkpoint_interval: Gauge::default(),
             registry: Registry::with_prefix("tidewater"),
         };
         m.registry.register(
@@ -277,6 +281,11 @@ impl Metrics {
             "workers_lost",
             "Workers declared lost (no heartbeat within the timeout)",
             m.workers_lost.clone(),
+        );
+        m.registry.register(
+            "checkpoint_interval_seconds",
+            "The pipeline's checkpoint interval (coordinator only)",
+            m.checkpoint_interval.clone(),
         );
         let last = m.last_commit_unix.clone();
         let started = unix_now();
@@ -421,7 +430,12 @@ mod tests {
             })
             .inc();
         m.commit_duration.observe(0.02);
+        m.checkpoint_interval.set(2.5);
         let text = m.render();
+        assert!(
+            text.contains("tidewater_checkpoint_interval_seconds 2.5"),
+            "{text}"
+        );
         assert!(text.contains("tidewater_records_in_total 3"), "{text}");
         assert!(
             text.contains("tidewater_dead_lettered_records_total{reason=\"wrong-type\"} 1"),

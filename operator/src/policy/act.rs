@@ -2,11 +2,12 @@
 //! Job, Events, the status last.
 
 use k8s_openapi::api::batch::v1::CronJob;
-use kube::{Api, api::DeleteParams, runtime::controller::Action};
+use kube::{Api, ResourceExt, api::DeleteParams, runtime::controller::Action};
 use tidewater_crds::CompactionPolicy;
 
 use crate::{
     kube_io::{Context, Error, apply, apply_status, namespace_of, publish, report_invalid},
+    metrics::RunLabels,
     policy::decide::PolicyDecision,
 };
 
@@ -37,6 +38,16 @@ pub async fn act(
         }
     }
     for n in &d.notes {
+        if let Some(result) = n.run_result() {
+            ctx.metrics
+                .maintenance_runs
+                .get_or_create(&RunLabels {
+                    namespace: ns.clone(),
+                    policy: policy.name_any(),
+                    result: result.into(),
+                })
+                .inc();
+        }
         publish(ctx, policy, &n.reason, &n.message, n.warning).await;
     }
     apply_status(ctx, policy, &d.status, None).await?;

@@ -292,6 +292,18 @@ pub struct PolicyNote {
     pub warning: bool,
 }
 
+impl PolicyNote {
+    /// The result of the finished run this note reports (`succeeded` or `failed`), for the
+    /// `maintenance_runs` metric; `None` for notes about anything else.
+    pub fn run_result(&self) -> Option<&'static str> {
+        match self.reason.as_str() {
+            "MaintenanceRun" => Some("succeeded"),
+            "MaintenanceFailed" => Some("failed"),
+            _ => None,
+        }
+    }
+}
+
 fn condition(
     type_: &str,
     is_true: bool,

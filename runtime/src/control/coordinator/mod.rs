@@ -217,6 +217,9 @@ impl Coordinator {
         mut self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<Outcome, RunError> {
+        self.metrics
+            .checkpoint_interval
+            .set(self.config.checkpoint_interval.as_secs_f64());
         let mut checkpoint = tokio::time::interval(self.config.checkpoint_interval);
         let mut discovery = tokio::time::interval(self.config.discovery_interval);
         let mut lag = tokio::time::interval(LAG_INTERVAL);
