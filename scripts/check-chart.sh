@@ -14,7 +14,7 @@ trap 'rm -f "$rendered"' EXIT
 import glob, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 kinds = sorted(d["kind"] for d in docs)
-want = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Service", "ServiceAccount"]
+want = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
 assert kinds == want, f"rendered kinds {kinds}, expected {want}"
 generated = {}
 for f in glob.glob(f"{sys.argv[2]}/*.yaml"):
@@ -27,6 +27,11 @@ dep = next(d for d in docs if d["kind"] == "Deployment")
 c = dep["spec"]["template"]["spec"]["containers"][0]
 assert c["securityContext"]["readOnlyRootFilesystem"] is True
 assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]
+env = {e["name"]: e for e in c["env"]}
+assert env["TIDEWATER_LEADER_ELECT"]["value"] == "true" and "POD_NAMESPACE" in env
+role = next(d for d in docs if d["kind"] == "Role")
+assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
 print(f"chart: {len(docs)} objects render and parse; CRDs match crds/")
 PY
 # Monitoring on: PodMonitors, the PrometheusRule (exactly the rules file promtool tests) and
@@ -49,8 +54,23 @@ assert dash == json.load(open(f"{sys.argv[2]}/files/grafana-dashboard.json"))
 assert dash["panels"] and all(p["targets"] and all(t["expr"] for t in p["targets"]) for p in dash["panels"])
 print(f"chart: monitoring renders {len(rule['spec']['groups'])} rule groups, {len(dash['panels'])} dashboard panels")
 PY
-if "$helm" template tw "$chart" --set replicas=5 >/dev/null 2>&1; then
-  echo "values.schema.json accepted replicas=5" >&2
+# HA: two replicas get a PodDisruptionBudget; a NetworkPolicy when asked.
+"$helm" template tw "$chart" --set replicas=2 --set networkPolicy.enabled=true > "$rendered"
+.venv/bin/python - "$rendered" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+kinds = [d["kind"] for d in docs]
+assert "PodDisruptionBudget" in kinds and "NetworkPolicy" in kinds, kinds
+dep = next(d for d in docs if d["kind"] == "Deployment")
+assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+print("chart: 2 replicas render with a PodDisruptionBudget and a NetworkPolicy")
+PY
+if "$helm" template tw "$chart" --set replicas=11 >/dev/null 2>&1; then
+  echo "values.schema.json accepted replicas=11" >&2
+  exit 1
+fi
+if "$helm" template tw "$chart" --set replicas=2 --set leaderElection.enabled=false >/dev/null 2>&1; then
+  echo "values.schema.json accepted 2 replicas without leader election" >&2
   exit 1
 fi
 if "$helm" template tw "$chart" --set coordinatorAddress=magic >/dev/null 2>&1; then

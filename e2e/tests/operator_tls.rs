@@ -71,6 +71,10 @@ fn operator_binary_speaks_https_to_the_api_server() -> Result<()> {
             "run",
             "--metrics-addr",
             &format!("127.0.0.1:{}", free_port()),
+            // This server answers 404 to everything, a Lease too: without election the
+            // controllers' own calls are what reach it.
+            "--leader-elect",
+            "false",
         ])
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "info")

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use kube::runtime::events::Reporter;
 use tidewater_operator::{
     kube_io::{Address, Context},
+    leader::{Elector, Timing},
     pipeline, policy,
 };
 
@@ -44,6 +45,16 @@ enum Command {
             default_value = "0.0.0.0:9090"
         )]
         metrics_addr: std::net::SocketAddr,
+        /// Elect a leader on a Lease so several replicas can run; only the leader reconciles.
+        #[arg(long, env = "TIDEWATER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_elect: bool,
+        /// Name of the Lease (in the operator's namespace: POD_NAMESPACE, else the client's).
+        #[arg(
+            long,
+            env = "TIDEWATER_LEADER_ELECTION_ID",
+            default_value = "tidewater-operator"
+        )]
+        leader_election_id: String,
     },
     /// Print the CRDs (`tidewater-operator crd | kubectl apply -f -`).
     Crd,
@@ -55,7 +66,7 @@ fn main() -> ExitCode {
     // panics. kube is built with ring, so install that.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let (default_image, address, metrics_addr) = match cli.command {
+    let (default_image, address, metrics_addr, leader_elect, lease_name) = match cli.command {
         Some(Command::Crd) => {
             print!("{}", tidewater_crds::render_crds());
             return ExitCode::SUCCESS;
@@ -64,7 +75,15 @@ fn main() -> ExitCode {
             default_image,
             coordinator_address,
             metrics_addr,
-        }) => (default_image, coordinator_address, metrics_addr),
+            leader_elect,
+            leader_election_id,
+        }) => (
+            default_image,
+            coordinator_address,
+            metrics_addr,
+            leader_elect,
+            leader_election_id,
+        ),
         None => {
             eprintln!("usage: tidewater-operator run | crd (see --help)");
             return ExitCode::from(2);
@@ -96,6 +115,16 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        let namespace = std::env::var("POD_NAMESPACE")
+            .unwrap_or_else(|_| client.default_namespace().to_string());
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("tidewater-operator-{}", std::process::id()));
+        let mut elector = Elector::new(
+            kube::Api::namespaced(client.clone(), &namespace),
+            &lease_name,
+            &identity,
+            Timing::default(),
+        );
         let ctx = Arc::new(Context {
             metrics,
             client,
@@ -110,8 +139,42 @@ fn main() -> ExitCode {
                 instance: std::env::var("POD_NAME").ok(),
             },
         });
-        tracing::info!("reconciling IngestionPipelines and CompactionPolicies");
-        tokio::join!(pipeline::run(ctx.clone()), policy::run(ctx));
-        ExitCode::SUCCESS
+        if leader_elect {
+            tokio::select! {
+                () = elector.acquire() => {}
+                () = terminated() => return ExitCode::SUCCESS,
+            }
+        }
+        tracing::info!(identity = %elector.identity(), "reconciling IngestionPipelines and CompactionPolicies");
+        let controllers = async {
+            tokio::join!(pipeline::run(ctx.clone()), policy::run(ctx));
+        };
+        if !leader_elect {
+            controllers.await;
+            return ExitCode::SUCCESS;
+        }
+        tokio::select! {
+            () = controllers => {
+                // SIGTERM/SIGINT: the controllers stopped; hand the Lease over at once.
+                if let Err(e) = elector.release().await {
+                    tracing::warn!(error = %e, "releasing the lease");
+                }
+                ExitCode::SUCCESS
+            }
+            lost = elector.keep() => {
+                tracing::error!(error = %lost, "stopping: another replica may lead now");
+                ExitCode::FAILURE
+            }
+        }
     })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn terminated() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
