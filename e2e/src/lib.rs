@@ -7,12 +7,14 @@
 mod kafka;
 pub mod kubelet;
 mod process;
+mod prometheus;
 mod readers;
 mod servers;
 mod spec;
 
 pub use kafka::*;
 pub use process::*;
+pub use prometheus::*;
 pub use readers::*;
 pub use servers::*;
 pub use spec::*;
@@ -174,4 +176,38 @@ fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) 
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port` with an optional (content type, body): the status
+/// code and the body.
+pub fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: Option<(&str, &str)>,
+) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    match body {
+        Some((kind, b)) => write!(
+            s,
+            "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: {kind}\r\nContent-Length: {}\r\n\r\n{b}",
+            b.len()
+        )?,
+        None => write!(s, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?,
+    }
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    let code = reply
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap_or(0);
+    let body = reply
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
 }

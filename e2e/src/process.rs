@@ -2,8 +2,6 @@
 //! fail points, signals and HTTP.
 
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
@@ -225,29 +223,12 @@ impl Tidewater {
     }
 
     fn http(&self, method: &str, path: &str, json: Option<&str>) -> Result<(u16, String)> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.metrics_port))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        match json {
-            Some(b) => write!(
-                s,
-                "{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
-                b.len()
-            )?,
-            None => write!(s, "{method} {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?,
-        }
-        let mut body = String::new();
-        s.read_to_string(&mut body)?;
-        let code = body
-            .split_whitespace()
-            .nth(1)
-            .unwrap_or("0")
-            .parse()
-            .unwrap_or(0);
-        let body = body
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
+        crate::http(
+            self.metrics_port,
+            method,
+            path,
+            json.map(|b| ("application/json", b)),
+        )
     }
 
     /// `GET /v1/status` as JSON.

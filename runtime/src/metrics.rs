@@ -291,13 +291,14 @@ impl Metrics {
         let started = unix_now();
         m.registry.register(
             "seconds_since_last_commit",
-            "Seconds since the last successful commit or empty checkpoint (since start if none)",
+            "Seconds since the last successful commit, or empty checkpoint while the broker answers (since start if none)",
             SinceGauge { last, started },
         );
         m
     }
 
-    /// Marks a successful commit (or a checkpoint with nothing to commit) now.
+    /// Marks a successful commit (or a checkpoint with nothing to commit while the broker
+    /// answers) now.
     pub fn mark_committed(&self) {
         self.last_commit_unix.store(unix_now(), Ordering::Relaxed);
     }

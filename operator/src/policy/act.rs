@@ -37,15 +37,21 @@ pub async fn act(
             crons.delete(name, &DeleteParams::background()).await?;
         }
     }
+    let runs = |result: &str| RunLabels {
+        namespace: ns.clone(),
+        policy: policy.name_any(),
+        result: result.into(),
+    };
+    // Both series exist at 0 from the first reconcile, so the first failure is an increase
+    // Prometheus can see.
+    for result in ["succeeded", "failed"] {
+        let _created = ctx.metrics.maintenance_runs.get_or_create(&runs(result));
+    }
     for n in &d.notes {
         if let Some(result) = n.run_result() {
             ctx.metrics
                 .maintenance_runs
-                .get_or_create(&RunLabels {
-                    namespace: ns.clone(),
-                    policy: policy.name_any(),
-                    result: result.into(),
-                })
+                .get_or_create(&runs(result))
                 .inc();
         }
         publish(ctx, policy, &n.reason, &n.message, n.warning).await;

@@ -24,7 +24,7 @@ use crate::{
     source,
 };
 
-use super::{Collected, Coordinator, Kind, Outcome, RunError, blocking};
+use super::{Collected, Coordinator, Kind, Outcome, RunError, SOURCE_ANSWER_MAX_AGE, blocking};
 
 /// How many tables of one checkpoint commit at the same time.
 const COMMIT_CONCURRENCY: usize = 8;
@@ -228,7 +228,9 @@ impl Coordinator {
                 checkpoint = id,
                 "empty checkpoint: nothing to record or commit"
             );
-            self.metrics.mark_committed();
+            if self.source_answered.elapsed() <= SOURCE_ANSWER_MAX_AGE {
+                self.metrics.mark_committed();
+            }
             self.assign_unowned()?;
             self.publish(RunState::Running);
             return Ok(None);

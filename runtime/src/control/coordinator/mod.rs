@@ -9,7 +9,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use iceberg::Catalog;
@@ -95,6 +95,9 @@ pub enum RunError {
 
 /// How often per-partition lag is refreshed (one watermark request per partition).
 const LAG_INTERVAL: Duration = Duration::from_secs(5);
+/// How recent the broker's last full answer must be for an empty checkpoint to count as
+/// being up to date (two missed lag refreshes and a margin).
+const SOURCE_ANSWER_MAX_AGE: Duration = Duration::from_secs(15);
 /// How often silent remote workers are looked for.
 const LIVENESS_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -199,6 +202,10 @@ pub struct Coordinator {
     savepoints: VecDeque<(String, bool)>,
     last_checkpoint: Option<CheckpointStatus>,
     lag: BTreeMap<TopicPartition, i64>,
+    /// When the broker last answered the watermark request of every owned partition: an
+    /// empty checkpoint counts as "up to date" for `seconds_since_last_commit` only while
+    /// this is recent (with the broker down, checkpoints are empty but nothing is landing).
+    source_answered: Instant,
     rows_committed: u64,
     aborted: u64,
     /// Whether a discovery has completed (topics matching a pattern later start at earliest).

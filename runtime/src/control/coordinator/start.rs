@@ -4,6 +4,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{Arc, mpsc},
+    time::Instant,
 };
 
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -174,6 +175,7 @@ impl Coordinator {
             savepoints: VecDeque::new(),
             last_checkpoint: None,
             lag: BTreeMap::new(),
+            source_answered: Instant::now(),
             rows_committed: 0,
             aborted: 0,
             discovered: false,

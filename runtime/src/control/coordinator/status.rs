@@ -1,6 +1,9 @@
 //! What the job reports: lag per partition and the status document behind `/v1/status`.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
 
 use tidewater_crds::job_api::{JobStatus, PartitionStatus, RunState, WorkerState, WorkerStatus};
 
@@ -11,7 +14,13 @@ use super::{Coordinator, blocking};
 impl Coordinator {
     pub(super) async fn update_lag(&mut self) {
         let (admin, offsets) = (self.admin.clone(), self.offsets.clone());
-        for (tp, lag) in blocking(move || source::lag(&admin, &offsets)).await {
+        let partitions: usize = offsets.values().map(BTreeMap::len).sum();
+        let started = Instant::now();
+        let answers = blocking(move || source::lag(&admin, &offsets)).await;
+        if answers.len() == partitions {
+            self.source_answered = started;
+        }
+        for (tp, lag) in answers {
             self.metrics
                 .lag
                 .get_or_create(&PartitionLabels {
