@@ -7,7 +7,9 @@
 //! and as many distinct ids. Runs on the SQLite and the PostgreSQL catalog, once with a route
 //! that spreads every checkpoint over four tables (crashes between two table commits), and
 //! once with events that bring a new field every 4,000 ids (crashes right after a schema
-//! update; every field must become one column holding exactly its events' values).
+//! update; every field must become one column holding exactly its events' values), and once
+//! with a topic pattern routed by topic while new topics appear every few crashes and the main
+//! topic's events keep bringing new fields (tables created and schemas changed in flight).
 //!
 //! Zombie test: a paused writer (SIGSTOP) wakes up after another writer with the same
 //! pipeline uid took over; its commit must be refused, nothing duplicated.
@@ -48,6 +50,17 @@ const EVOLVING_FAILPOINTS: &[&str] = &[
     "commit.before-catalog-update",
 ];
 
+/// Fail points with new topics, new tables and new fields in flight.
+const NEW_TOPIC_FAILPOINTS: &[&str] = &[
+    "checkpoint.between-table-commits",
+    "worker.after-schema-update",
+    "checkpoint.after-record",
+    "worker.mid-write",
+];
+
+/// Events sent to every new topic per crash iteration.
+const NEW_TOPIC_BATCH: u64 = 50;
+
 /// Ids per new field in the evolving crash test.
 const IDS_PER_FIELD: u64 = 4000;
 
@@ -65,6 +78,9 @@ enum Mode {
     Routed,
     /// One table whose schema grows all the time.
     Evolving,
+    /// `topicPattern` routed by topic: new topics (new tables) every few iterations, and the
+    /// main topic's schema growing.
+    NewTopics,
 }
 
 fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
@@ -86,12 +102,17 @@ fn crash_test_with(catalog_uri: Option<String>, iterations: usize, mode: Mode) -
             MULTI_TABLE_FAILPOINTS
         }
         Mode::Evolving => EVOLVING_FAILPOINTS,
+        Mode::NewTopics => {
+            spec.topic_pattern = Some("clicks.*".into());
+            spec.route = Some("      table: \"raw.{topic}\"\n".into());
+            NEW_TOPIC_FAILPOINTS
+        }
     };
     let file = dir.path().join("pipeline.yaml");
     spec.write(&file)?;
     let log = dir.path().join("tw.log");
     let producer = match mode {
-        Mode::Evolving => {
+        Mode::Evolving | Mode::NewTopics => {
             BackgroundProducer::start_with(&broker, "clicks", 4, 2000, evolving_event)?
         }
         _ => BackgroundProducer::start(&broker, "clicks", 4, 2000)?,
@@ -100,7 +121,26 @@ fn crash_test_with(catalog_uri: Option<String>, iterations: usize, mode: Mode) -
     let mut rng = rand::rng();
     let mut triggered: BTreeMap<&str, usize> = BTreeMap::new();
     let mut killed = 0;
+    // New topics (NewTopics mode): how many events each has been sent.
+    let mut new_topics: Vec<(String, u64)> = Vec::new();
+    let sender = broker.producer()?;
     for i in 0..iterations {
+        if mode == Mode::NewTopics {
+            if i % 5 == 0 {
+                let topic = format!("clicks-n{}", i / 5);
+                broker.create_topic(&topic, 2)?;
+                new_topics.push((topic, 0));
+            }
+            for (k, (topic, sent)) in new_topics.iter_mut().enumerate() {
+                for id in *sent..*sent + NEW_TOPIC_BATCH {
+                    // Ids of their own per topic; each topic's table gets a field of its own.
+                    let event = evolving_event(k as u64 * 1_000_000 + id);
+                    sender.send(topic, (id % 2) as i32, event.as_bytes())?;
+                }
+                *sent += NEW_TOPIC_BATCH;
+            }
+            sender.flush()?;
+        }
         // Even iterations arm a fail point (in turn), odd ones are killed at a random moment.
         let failpoint = (i % 2 == 0).then(|| failpoints[(i / 2) % failpoints.len()]);
         let armed = failpoint.map(|f| format!("{f}@{}", rng.random_range(1..=2)));
@@ -146,6 +186,9 @@ fn crash_test_with(catalog_uri: Option<String>, iterations: usize, mode: Mode) -
 
     if mode == Mode::Routed {
         return check_kind_tables(&spec, &file, &log, total);
+    }
+    if mode == Mode::NewTopics {
+        return check_topic_tables(&spec, &file, &log, total, &new_topics);
     }
     // A last, undisturbed run drains the topic and stops cleanly.
     let mut tw = Tidewater::start(&file, &log, None)?;
@@ -225,6 +268,69 @@ fn check_kind_tables(
     });
     assert_kind_counts(&tables, total);
     Ok(())
+}
+
+/// The new-topics crash test's end: a last run drains every topic; `raw.clicks` holds the main
+/// topic's events and each `raw.clicks_n{k}` exactly what its topic was sent, once, for
+/// PyIceberg and DuckDB alike.
+fn check_topic_tables(
+    spec: &PipelineSpec,
+    file: &std::path::Path,
+    log: &std::path::Path,
+    total: u64,
+    new_topics: &[(String, u64)],
+) -> Result<()> {
+    let all = total + new_topics.iter().map(|(_, n)| n).sum::<u64>();
+    let mut tw = Tidewater::start(file, log, None)?;
+    wait_for_total_rows(
+        &spec.catalog_uri,
+        &spec.warehouse,
+        all,
+        Duration::from_secs(120),
+    )?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "log:\n{}",
+        tw.log_text()
+    );
+    let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)?;
+    let mut want: BTreeMap<String, u64> = new_topics
+        .iter()
+        .map(|(t, n)| (format!("raw.{}", t.replace('-', "_")), *n))
+        .collect();
+    want.insert("raw.clicks".into(), total);
+    assert_eq!(
+        tables.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (name, n) in &want {
+        let t = &tables[name];
+        assert_eq!(
+            (t.pyiceberg_rows, t.pyiceberg_distinct, t.duckdb),
+            (*n, *n, Some((*n, *n))),
+            "{name}: PyIceberg rows, distinct ids, DuckDB (rows, distinct)"
+        );
+    }
+    let fields = tables["raw.clicks"]
+        .columns
+        .iter()
+        .filter(|c| c.starts_with('x'))
+        .count() as u64;
+    assert_eq!(
+        fields,
+        total.div_ceil(IDS_PER_FIELD),
+        "one column per new field"
+    );
+    eprintln!(
+        "new topics crash test: {} tables, {all} events exactly once",
+        want.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn crash_test_with_new_topics_and_fields_in_flight() -> Result<()> {
+    crash_test_with(None, 40, Mode::NewTopics)
 }
 
 #[test]
