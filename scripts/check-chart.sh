@@ -10,8 +10,8 @@ chart="$root/charts/tidewater"
 rendered=$(mktemp)
 trap 'rm -f "$rendered"' EXIT
 "$helm" template tw "$chart" --namespace tidewater-system --include-crds > "$rendered"
-.venv/bin/python - "$rendered" "$root/crds" <<'PY'
-import glob, sys, yaml
+.venv/bin/python - "$rendered" "$root/crds" "$chart/Chart.yaml" "$root/Cargo.toml" <<'PY'
+import glob, re, sys, yaml
 docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
 kinds = sorted(d["kind"] for d in docs)
 want = ["ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition", "CustomResourceDefinition", "Deployment", "Role", "RoleBinding", "Service", "ServiceAccount"]
@@ -30,6 +30,11 @@ assert dep["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is Tru
 assert c["livenessProbe"]["httpGet"]["path"] == "/healthz" and c["readinessProbe"]
 env = {e["name"]: e for e in c["env"]}
 assert env["TIDEWATER_LEADER_ELECT"]["value"] == "true" and "POD_NAMESPACE" in env
+# One version: the workspace's is the chart's appVersion and both images' tag.
+version = re.search(r'^version = "(.*)"$', open(sys.argv[4]).read(), re.M).group(1)
+assert yaml.safe_load(open(sys.argv[3]))["appVersion"] == version, "Chart.yaml appVersion != Cargo.toml version"
+assert c["image"] == f"ghcr.io/tidewater/operator:{version}", c["image"]
+assert env["TIDEWATER_RUNTIME_IMAGE"]["value"] == f"ghcr.io/tidewater/runtime:{version}"
 role = next(d for d in docs if d["kind"] == "Role")
 assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}]
 print(f"chart: {len(docs)} objects render and parse; CRDs match crds/")

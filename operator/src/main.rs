@@ -30,7 +30,7 @@ enum Command {
         #[arg(
             long,
             env = "TIDEWATER_RUNTIME_IMAGE",
-            default_value = "ghcr.io/tidewater/runtime:0.1.0"
+            default_value = concat!("ghcr.io/tidewater/runtime:", env!("CARGO_PKG_VERSION"))
         )]
         default_image: String,
         /// How coordinators are reached: `dns` (Service names), `endpointslice` (pod
