@@ -23,8 +23,8 @@ use std::{
 use anyhow::Result;
 use rand::Rng;
 use tidewater_e2e::{
-    BackgroundProducer, Broker, KIND_TABLES, PipelineSpec, Postgres, Tidewater, assert_kind_counts,
-    inspect_catalog, wait_for_rows, wait_for_total_rows,
+    BackgroundProducer, Broker, CatalogTable, KIND_TABLES, PipelineSpec, Postgres, Tidewater,
+    assert_kind_counts, inspect_catalog, wait_for_rows, wait_for_total_rows,
 };
 
 const FAILPOINTS: &[&str] = &[
@@ -240,14 +240,14 @@ fn check_evolved_columns(spec: &PipelineSpec, total: u64) -> Result<()> {
     Ok(())
 }
 
-/// The routed crash test's end: a last run drains the topic; each of the four tables holds
-/// exactly its share of the ids, once, for PyIceberg and DuckDB alike.
-fn check_kind_tables(
+/// A last, undisturbed run until the catalog's tables hold `total` rows together, stopped
+/// cleanly; then every table as both readers see it.
+fn drain_into_tables(
     spec: &PipelineSpec,
     file: &std::path::Path,
     log: &std::path::Path,
     total: u64,
-) -> Result<()> {
+) -> Result<BTreeMap<String, CatalogTable>> {
     let mut tw = Tidewater::start(file, log, None)?;
     wait_for_total_rows(
         &spec.catalog_uri,
@@ -260,7 +260,18 @@ fn check_kind_tables(
         "log:\n{}",
         tw.log_text()
     );
-    let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)?;
+    inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)
+}
+
+/// The routed crash test's end: a last run drains the topic; each of the four tables holds
+/// exactly its share of the ids, once, for PyIceberg and DuckDB alike.
+fn check_kind_tables(
+    spec: &PipelineSpec,
+    file: &std::path::Path,
+    log: &std::path::Path,
+    total: u64,
+) -> Result<()> {
+    let tables = drain_into_tables(spec, file, log, total)?;
     assert_eq!(tables.keys().map(String::as_str).collect::<Vec<_>>(), {
         let mut k = KIND_TABLES.to_vec();
         k.sort_unstable();
@@ -281,19 +292,7 @@ fn check_topic_tables(
     new_topics: &[(String, u64)],
 ) -> Result<()> {
     let all = total + new_topics.iter().map(|(_, n)| n).sum::<u64>();
-    let mut tw = Tidewater::start(file, log, None)?;
-    wait_for_total_rows(
-        &spec.catalog_uri,
-        &spec.warehouse,
-        all,
-        Duration::from_secs(120),
-    )?;
-    assert!(
-        tw.stop(Duration::from_secs(60))?.success(),
-        "log:\n{}",
-        tw.log_text()
-    );
-    let tables = inspect_catalog(&spec.catalog_uri, &spec.warehouse, true)?;
+    let tables = drain_into_tables(spec, file, log, all)?;
     let mut want: BTreeMap<String, u64> = new_topics
         .iter()
         .map(|(t, n)| (format!("raw.{}", t.replace('-', "_")), *n))

@@ -91,16 +91,19 @@ pub(super) fn check_names(v: &serde_json::Value) -> Result<(), String> {
     }
 }
 
+/// apache-avro's own rule for a full name: dotted identifiers, or one identifier after a
+/// leading dot (the null namespace) — `.a.b` is not one, though each part is an identifier.
 fn valid_full_name(name: &str) -> bool {
-    name.split('.').enumerate().all(|(i, part)| {
-        // A leading dot (the null namespace) leaves an empty first part.
-        (i == 0 && part.is_empty() && name.len() > 1)
-            || part
-                .chars()
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-    })
+    let identifier = |part: &str| {
+        part.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match name.strip_prefix('.') {
+        Some(simple) => identifier(simple),
+        None => name.split('.').all(identifier),
+    }
 }
 
 /// A datum's bytes that refuse to be read past their end with an error other than
@@ -141,6 +144,23 @@ mod tests {
             }
             out.push(b | 0x80);
         }
+    }
+
+    #[test]
+    fn names_follow_apache_avros_rule_so_its_parser_never_panics() {
+        for good in ["a", "shop.Order", "_x.y_1", ".Order"] {
+            assert!(super::valid_full_name(good), "{good}");
+        }
+        // `.ur5._1` made apache-avro panic while the parser read it (found by avro_table).
+        for bad in [".ur5._1", "a..b", "a.", ".", "", "1a", "a.1b", "a-b"] {
+            assert!(!super::valid_full_name(bad), "{bad}");
+        }
+        let e = AvroWriter::parse(
+            r#"{"type": "record", "name": "R", "fields": [
+                {"name": "f", "type": {"type": "fixed", "name": ".ur5._1", "size": 12}}]}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("`.ur5._1` is not a valid Avro name"), "{e}");
     }
 
     #[test]
