@@ -6,12 +6,13 @@
 //! one type → that type, optional; logical types: decimal → decimal(p, s), uuid → uuid, date →
 //! date, time-millis/micros → time, timestamp-millis/micros/nanos → timestamptz,
 //! local-timestamp-* → timestamp. A field is required unless its type admits null. What has
-//! no Iceberg counterpart (unions of several types, duration, big-decimal, null alone) gives no
-//! column: such fields are counted as unknown fields, never silently converted.
+//! no Iceberg counterpart (unions of several types, duration, big-decimal, null alone, a record
+//! that contains itself) gives no column: such fields are counted as unknown fields, never
+//! silently converted. A schema that maps to more than [`MAX_FIELDS`] fields is refused.
 
 use std::sync::Arc;
 
-use apache_avro::Schema as Avro;
+use apache_avro::{Schema as Avro, schema::Name};
 use iceberg::spec::{ListType, MapType, NestedField, PrimitiveType, Schema, StructType, Type};
 
 use crate::decode::AvroWriter;
@@ -24,13 +25,22 @@ pub fn table_schema(writer: &AvroWriter, timestamp_fields: &[String]) -> Result<
     };
     let mut ids = 0;
     let mut fields = Vec::new();
+    let mut enclosing = vec![record.name.clone()];
     for field in &record.fields {
         let hinted = timestamp_fields.contains(&field.name);
-        let Some((ty, required)) = iceberg_type(writer, &field.schema, &mut ids, hinted, 0) else {
+        let Some((ty, required)) =
+            iceberg_type(writer, &field.schema, &mut ids, hinted, 0, &mut enclosing)
+        else {
             continue;
         };
         ids += 1;
         fields.push(Arc::new(NestedField::new(ids, &field.name, ty, required)));
+    }
+    if ids > MAX_FIELDS {
+        return Err(format!(
+            "the writer schema maps to more than {MAX_FIELDS} nested fields (named types reused \
+             many times over): not supported"
+        ));
     }
     if fields.is_empty() {
         return Err("the writer schema has no field a column can be made of".into());
@@ -38,8 +48,14 @@ pub fn table_schema(writer: &AvroWriter, timestamp_fields: &[String]) -> Result<
     renumber(fields)
 }
 
-/// How deep records may nest (a recursive record type is cut off there).
+/// How deep types may nest.
 const MAX_DEPTH: usize = 32;
+
+/// How many fields, nested ones included, a table mapped from one writer schema may have. Named
+/// types can be reused: a 1 KB schema whose record types each hold two fields of the next one
+/// expands to billions of fields (found by fuzzing: 24 GB for one schema); the mapping stops
+/// counting past this and the schema is refused.
+pub const MAX_FIELDS: i32 = 10_000;
 
 /// The Iceberg type of `schema` and whether a value is always present.
 fn iceberg_type(
@@ -48,8 +64,9 @@ fn iceberg_type(
     ids: &mut i32,
     timestamp_hint: bool,
     depth: usize,
+    enclosing: &mut Vec<Name>,
 ) -> Option<(Type, bool)> {
-    if depth > MAX_DEPTH {
+    if depth > MAX_DEPTH || *ids > MAX_FIELDS {
         return None;
     }
     let p = |t: PrimitiveType| Some((Type::Primitive(t), true));
@@ -87,30 +104,38 @@ fn iceberg_type(
             let [only] = branches.as_slice() else {
                 return None;
             };
-            let (ty, _) = iceberg_type(writer, only, ids, timestamp_hint, depth + 1)?;
+            let (ty, _) = iceberg_type(writer, only, ids, timestamp_hint, depth + 1, enclosing)?;
             Some((ty, branches.len() == u.variants().len()))
         }
         Avro::Record(record) => {
+            // A record inside itself would be an endless struct: no column.
+            if enclosing.contains(&record.name) {
+                return None;
+            }
+            enclosing.push(record.name.clone());
             let mut fields = Vec::new();
             for field in &record.fields {
                 let Some((ty, required)) =
-                    iceberg_type(writer, &field.schema, ids, false, depth + 1)
+                    iceberg_type(writer, &field.schema, ids, false, depth + 1, enclosing)
                 else {
                     continue;
                 };
                 *ids += 1;
                 fields.push(Arc::new(NestedField::new(*ids, &field.name, ty, required)));
             }
+            enclosing.pop();
             Some((Type::Struct(StructType::new(fields)), true))
         }
         Avro::Array(array) => {
-            let (ty, required) = iceberg_type(writer, &array.items, ids, false, depth + 1)?;
+            let (ty, required) =
+                iceberg_type(writer, &array.items, ids, false, depth + 1, enclosing)?;
             *ids += 1;
             let element = NestedField::list_element(*ids, ty, required);
             Some((Type::List(ListType::new(Arc::new(element))), true))
         }
         Avro::Map(map) => {
-            let (ty, required) = iceberg_type(writer, &map.types, ids, false, depth + 1)?;
+            let (ty, required) =
+                iceberg_type(writer, &map.types, ids, false, depth + 1, enclosing)?;
             *ids += 2;
             let key =
                 NestedField::map_key_element(*ids - 1, Type::Primitive(PrimitiveType::String));
@@ -151,6 +176,47 @@ mod tests {
     fn writer(fields: &str) -> AvroWriter {
         let text = format!(r#"{{"type":"record","name":"E","namespace":"n","fields":[{fields}]}}"#);
         AvroWriter::new(Avro::parse_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_record_inside_itself_gives_no_column_and_reuse_is_bounded() {
+        // A linked list: `next` recurses into the enclosing record, `v` is a column.
+        let list = writer(
+            r#"{"name":"v","type":"long"},
+               {"name":"next","type":["null","n.E"]},
+               {"name":"kids","type":{"type":"array","items":"n.E"}}"#,
+        );
+        let t = table_schema(&list, &[]).unwrap();
+        let names: Vec<&str> = t
+            .as_struct()
+            .fields()
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(names, ["v"]);
+        // 20 record types, each with two fields of the next: 2^20 leaves if expanded.
+        let mut types =
+            String::from(r#"{"type":"record","name":"T20","fields":[{"name":"x","type":"long"}]}"#);
+        for i in (0..20).rev() {
+            types = format!(
+                r#"{{"type":"record","name":"T{i}","fields":[{{"name":"a","type":{types}}},{{"name":"b","type":"T{}"}}]}}"#,
+                i + 1
+            );
+        }
+        let started = std::time::Instant::now();
+        let e = table_schema(
+            &writer(&format!(r#"{{"name":"root","type":{types}}}"#)),
+            &[],
+        )
+        .unwrap_err();
+        assert!(e.contains("more than 10000 nested fields"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Found by fuzzing: two fields of the enclosing record's own type (24 GB before).
+        let fuzzed = AvroWriter::parse(include_str!(
+            "../../../fuzz/regressions/avro_table/oom-recursive-record-fields"
+        ))
+        .unwrap();
+        assert!(table_schema(&fuzzed, &["ts".into()]).is_ok());
     }
 
     const V1: &str = r#"{"name":"id","type":"int"},
