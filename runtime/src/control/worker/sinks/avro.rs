@@ -50,7 +50,20 @@ impl Sinks {
             let hints = self.timestamp_hints(rule);
             let shape = match evolve::table_schema(&writer.writer, &hints) {
                 Ok(s) => Arc::new(s),
-                Err(e) => return Ok(Err(("not-a-record", format!("schema id {id}: {e}")))),
+                Err(e) => {
+                    // Not a record, or a record no table can be made of (no mappable field,
+                    // or too many nested fields).
+                    let is_record = matches!(
+                        writer.writer.resolve(&writer.writer.schema),
+                        apache_avro::Schema::Record(_)
+                    );
+                    let kind = if is_record {
+                        "unusable-schema"
+                    } else {
+                        "not-a-record"
+                    };
+                    return Ok(Err((kind, format!("schema id {id}: {e}"))));
+                }
             };
             let observation = Observation::Writer(shape);
             if !evolve::decide(sink.factory.schema(), &observation, true).is_empty() {
