@@ -85,28 +85,19 @@ impl Tidewater {
         log: &Path,
         failpoints: Option<&str>,
     ) -> Result<Self> {
-        let args: Vec<String> = vec![
-            "worker".into(),
-            "--coordinator".into(),
-            coordinator_url.into(),
-            "--name".into(),
-            name.into(),
-        ];
-        Self::spawn(&args, "--metrics-addr", log, failpoints)
+        Self::spawn(
+            &worker_args(coordinator_url, name),
+            "--metrics-addr",
+            log,
+            failpoints,
+        )
     }
 
     /// A worker given no metrics address, as a user starts several on one host: it takes the
     /// first free port from 9465 up. `metrics_port` is 0 until the test learns the port (the
     /// coordinator's status names it).
     pub fn worker_on_default_port(coordinator_url: &str, name: &str, log: &Path) -> Result<Self> {
-        let args: Vec<String> = vec![
-            "worker".into(),
-            "--coordinator".into(),
-            coordinator_url.into(),
-            "--name".into(),
-            name.into(),
-        ];
-        Self::launch(&args, None, log, None)
+        Self::launch(&worker_args(coordinator_url, name), None, log, None)
     }
 
     /// The coordinator's base URL (for workers).
@@ -264,4 +255,11 @@ impl Drop for Tidewater {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// `worker --coordinator URL --name NAME`.
+fn worker_args(coordinator_url: &str, name: &str) -> Vec<String> {
+    ["worker", "--coordinator", coordinator_url, "--name", name]
+        .map(String::from)
+        .to_vec()
 }
