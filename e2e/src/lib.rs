@@ -6,6 +6,7 @@
 
 mod kafka;
 pub mod kubelet;
+pub mod otel;
 mod process;
 mod prometheus;
 mod readers;

@@ -114,6 +114,17 @@ impl Tidewater {
         Self::spawn_on(free_port(), args, addr_flag, log, failpoints)
     }
 
+    /// `tidewater ARGS ADDR_FLAG 127.0.0.1:<free port>` with extra environment variables
+    /// (e.g. `OTEL_*`).
+    pub fn spawn_with_env(
+        args: &[String],
+        addr_flag: &str,
+        log: &Path,
+        env: &[(&str, String)],
+    ) -> Result<Self> {
+        Self::launch_env(args, Some((addr_flag, free_port())), log, None, env)
+    }
+
     fn spawn_on(
         metrics_port: u16,
         args: &[String],
@@ -130,6 +141,16 @@ impl Tidewater {
         addr: Option<(&str, u16)>,
         log: &Path,
         failpoints: Option<&str>,
+    ) -> Result<Self> {
+        Self::launch_env(args, addr, log, failpoints, &[])
+    }
+
+    fn launch_env(
+        args: &[String],
+        addr: Option<(&str, u16)>,
+        log: &Path,
+        failpoints: Option<&str>,
+        env: &[(&str, String)],
     ) -> Result<Self> {
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -153,6 +174,9 @@ impl Tidewater {
             .env(OAUTH_ENV, format!("{}:{}", OAUTH_CLIENT.0, OAUTH_CLIENT.1))
             .stdout(Stdio::null())
             .stderr(log_file);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
         match failpoints {
             Some(f) => cmd.env("TIDEWATER_FAILPOINTS", f),
             None => cmd.env_remove("TIDEWATER_FAILPOINTS"),
@@ -222,6 +246,33 @@ impl Tidewater {
         )
     }
 
+    /// Stops the job with a savepoint (`POST /v1/savepoints {"stop": true}`) and waits for the
+    /// process to exit successfully; returns the savepoint's path from the log.
+    pub fn stop_with_savepoint(&mut self) -> Result<String> {
+        let (code, body) = self.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
+        anyhow::ensure!(code == 202, "savepoint request: {code} {body}");
+        let exit = self
+            .wait_timeout(Duration::from_secs(60))
+            .context("a stop savepoint ends the run")?;
+        anyhow::ensure!(exit.success(), "{}", self.log_text());
+        let line = self
+            .log_text()
+            .lines()
+            .find(|l| l.contains("savepoint completed"))
+            .map(str::to_string)
+            .context("no 'savepoint completed' in the log")?;
+        // JSON logs (`--log-format json`) or text (`path=…`).
+        let path = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => v["fields"]["path"].as_str().map(str::to_string),
+            Err(_) => line
+                .split("path=")
+                .nth(1)
+                .and_then(|p| p.split_whitespace().next())
+                .map(str::to_string),
+        };
+        path.with_context(|| format!("savepoint path in {line}"))
+    }
+
     /// `GET /v1/status` as JSON.
     pub fn status(&self) -> Result<serde_json::Value> {
         let (code, body) = self.http_get("/v1/status")?;
@@ -258,7 +309,7 @@ impl Drop for Tidewater {
 }
 
 /// `worker --coordinator URL --name NAME`.
-fn worker_args(coordinator_url: &str, name: &str) -> Vec<String> {
+pub fn worker_args(coordinator_url: &str, name: &str) -> Vec<String> {
     ["worker", "--coordinator", coordinator_url, "--name", name]
         .map(String::from)
         .to_vec()

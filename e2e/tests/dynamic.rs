@@ -132,7 +132,7 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
     assert_eq!(listed.len(), 27, "{listed:?}");
     assert!(listed.contains(&"by_kind.b") && listed.contains(&"hot.ev_04"));
     // Stop with a savepoint: it names these 27 tables and no other.
-    let savepoint = stop_with_savepoint(&mut tw)?;
+    let savepoint = tw.stop_with_savepoint()?;
 
     // Unroutable records are dead-lettered with the reason, nothing else.
     let dead = broker.consume_all("events.dlq", 10, Duration::from_secs(20))?;
@@ -209,23 +209,6 @@ fn a_pattern_routes_topics_into_tables_created_on_first_use() -> Result<()> {
     Ok(())
 }
 
-/// Stops `tw` with a savepoint (`POST /v1/savepoints {"stop": true}`); returns its path.
-fn stop_with_savepoint(tw: &mut Tidewater) -> Result<String> {
-    let (code, body) = tw.http_post("/v1/savepoints", r#"{"stop": true}"#)?;
-    assert_eq!(code, 202, "{body}");
-    let exit = tw
-        .wait_timeout(Duration::from_secs(60))
-        .context("a stop savepoint ends the run")?;
-    assert!(exit.success(), "{}", tw.log_text());
-    tw.log_text()
-        .lines()
-        .find(|l| l.contains("savepoint completed"))
-        .and_then(|l| l.split("path=").nth(1))
-        .and_then(|p| p.split_whitespace().next())
-        .map(str::to_string)
-        .context("savepoint path in the log")
-}
-
 /// Waits until the four routed tables hold `total` rows, then checks their counts.
 fn assert_kind_tables(uri: &str, warehouse: &std::path::Path, total: u64) -> Result<()> {
     wait_for_total_rows(uri, warehouse, total, Duration::from_secs(120))?;
@@ -256,7 +239,7 @@ fn a_coordinator_and_two_workers_route_into_tables_through_a_lost_worker_and_a_s
     w1.kill9();
     let _w3 = Tidewater::worker(&c.url(), "w3", &log("w3"))?;
     std::thread::sleep(Duration::from_secs(5));
-    let path = stop_with_savepoint(&mut c)?;
+    let path = c.stop_with_savepoint()?;
 
     // Restored by a new coordinator with two new workers, while the producer goes on.
     let mut c2 = Tidewater::coordinator(

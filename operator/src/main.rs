@@ -20,6 +20,9 @@ use tidewater_operator::{
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Log format.
+    #[arg(long, global = true, env = "TIDEWATER_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
 }
 
 #[derive(Subcommand)]
@@ -89,12 +92,40 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn")),
-        )
-        .init();
+    // Logs on stderr, plus OTLP traces (a span per reconcile) and metrics when OTEL_* names
+    // an endpoint.
+    let telemetry = match tidewater_telemetry::init(tidewater_telemetry::Options {
+        service: "tidewater-operator",
+        json_logs: cli.log_format == "json",
+        default_filter: "info,kube=warn",
+    }) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tidewater-operator: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = serve(
+        &telemetry,
+        default_image,
+        address,
+        metrics_addr,
+        leader_elect,
+        lease_name,
+    );
+    telemetry.shutdown();
+    code
+}
+
+/// Runs the controllers until SIGTERM/SIGINT (or, leading, until the Lease is lost).
+fn serve(
+    telemetry: &tidewater_telemetry::Telemetry,
+    default_image: String,
+    address: String,
+    metrics_addr: std::net::SocketAddr,
+    leader_elect: bool,
+    lease_name: String,
+) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -108,6 +139,8 @@ fn main() -> ExitCode {
             }
         };
         let metrics = Arc::new(tidewater_operator::metrics::Metrics::default());
+        let m = metrics.clone();
+        telemetry.export_metrics(Arc::new(move || m.render()));
         match tidewater_operator::metrics::serve(metrics_addr, metrics.clone()).await {
             Ok(bound) => tracing::info!(%bound, "metrics"),
             Err(e) => {

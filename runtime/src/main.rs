@@ -21,6 +21,7 @@ use tidewater_runtime::{
     maintenance,
     metrics::{self, Metrics},
 };
+use tidewater_telemetry::Telemetry;
 
 /// A worker's `/metrics` address when none is given: this one, or the next free port after it.
 const WORKER_METRICS_DEFAULT: SocketAddr =
@@ -153,20 +154,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     tidewater_crds::types::parse_duration(s)
 }
 
-fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,sqlx=warn,opendal=warn,iceberg=warn")
-    });
-    // Colours only on a terminal: log files and collectors get plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+/// Logs on stderr, plus OTLP traces and metrics when `OTEL_*` names an endpoint.
+fn init_telemetry(format: &str) -> Result<Telemetry, tidewater_telemetry::InitError> {
+    tidewater_telemetry::init(tidewater_telemetry::Options {
+        service: "tidewater",
+        json_logs: format == "json",
+        default_filter: "info,sqlx=warn,opendal=warn,iceberg=warn",
+    })
+}
+
+/// Hands the registry to the OTLP metric export (a no-op when it is off).
+fn export_metrics(telemetry: &Telemetry, metrics: &Arc<Metrics>) {
+    let m = metrics.clone();
+    telemetry.export_metrics(Arc::new(move || m.render()));
 }
 
 async fn shutdown_signal() {
@@ -183,8 +183,20 @@ fn main() -> ExitCode {
     // cannot pick one by itself and would panic at the first handshake: choose ring here.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
-    match cli.command {
+    let telemetry = match init_telemetry(&cli.log_format) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("tidewater: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let code = run_command(cli.command, &telemetry);
+    telemetry.shutdown();
+    code
+}
+
+fn run_command(command: Command, telemetry: &Telemetry) -> ExitCode {
+    match command {
         Command::Validate { file } => match PipelineConfig::load(&file) {
             Ok(c) => {
                 println!(
@@ -217,6 +229,7 @@ fn main() -> ExitCode {
                 base_dir: PathBuf::new(),
             },
             Duration::ZERO,
+            telemetry,
         ),
         Command::Coordinator {
             file,
@@ -242,6 +255,7 @@ fn main() -> ExitCode {
             } else {
                 linger
             },
+            telemetry,
         ),
         Command::Compact { file, once, report } => compact_main(&file, once, report.as_deref()),
         Command::Worker {
@@ -254,6 +268,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|| format!("worker-{}", std::process::id()));
             let result = block_on(async move {
                 let metrics = Arc::new(Metrics::new());
+                export_metrics(telemetry, &metrics);
                 let bound = match metrics_addr {
                     Some(addr) => metrics::serve(addr, metrics.clone())
                         .await
@@ -412,6 +427,7 @@ fn coordinator_main(
     listen: SocketAddr,
     mut options: Options,
     linger: Duration,
+    telemetry: &Telemetry,
 ) -> ExitCode {
     let config = match PipelineConfig::load(file) {
         Ok(c) => c,
@@ -426,6 +442,7 @@ fn coordinator_main(
     options.base_dir = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let result = block_on(async move {
         let metrics = Arc::new(Metrics::new());
+        export_metrics(telemetry, &metrics);
         let (hub, events) = Hub::new();
         let shared = Arc::new(Shared::new(metrics, hub));
         let bound = api::serve(listen, api::router(shared.clone()))

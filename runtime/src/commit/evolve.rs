@@ -20,6 +20,8 @@ const ATTEMPTS: usize = 10;
 
 /// Evolves `table` for `observation`; returns the table as it is afterwards and the changes
 /// this call made (empty when the schema already allows the record, or cannot evolve for it).
+/// Traced as `schema_update`.
+#[tracing::instrument(name = "schema_update", skip_all, fields(table = %table))]
 pub async fn evolve_table(
     catalog: &dyn Catalog,
     cas: &Cas,

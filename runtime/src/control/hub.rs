@@ -283,6 +283,7 @@ mod tests {
             ToWorker::Barrier {
                 checkpoint_id: 1,
                 release: vec![],
+                traceparent: None,
             },
         )
         .unwrap();

@@ -30,6 +30,9 @@ pub enum ToWorker {
         /// Partitions to give up right after this barrier.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         release: Vec<TopicPartition>,
+        /// The checkpoint's trace (W3C `traceparent`), so the worker's flush is its child.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        traceparent: Option<String>,
     },
     /// Discard everything since the last acknowledged barrier (open files are abandoned and
     /// never reported) and own exactly these partitions from these offsets. Sent after an
@@ -167,6 +170,7 @@ mod tests {
         let barrier = ToWorker::Barrier {
             checkpoint_id: 9,
             release: vec![],
+            traceparent: None,
         };
         let json = serde_json::to_string(&barrier).unwrap();
         assert_eq!(json, r#"{"barrier":{"checkpoint_id":9}}"#);
@@ -176,6 +180,7 @@ mod tests {
                 topic: "clicks".into(),
                 partition: 1,
             }],
+            traceparent: None,
         };
         let json = serde_json::to_string(&release).unwrap();
         assert_eq!(

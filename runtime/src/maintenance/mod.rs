@@ -161,7 +161,9 @@ impl Maintenance {
     }
 
     /// One pass over every table: compact, expire, remove orphans. A failing table is
-    /// reported and the others still run.
+    /// reported and the others still run. Traced as `compaction_run`, a `compaction_table`
+    /// span per table.
+    #[tracing::instrument(name = "compaction_run", skip_all, fields(policy = self.policy.metadata.name.as_deref().unwrap_or_default()))]
     pub async fn run_once(&self) -> Result<Vec<TableReport>, MaintenanceError> {
         let concurrent = self
             .policy
@@ -187,6 +189,7 @@ impl Maintenance {
         Ok(reports)
     }
 
+    #[tracing::instrument(name = "compaction_table", skip_all, fields(table = %ident))]
     async fn maintain(
         &self,
         ident: &TableIdent,

@@ -314,7 +314,8 @@ impl Maintenance {
     }
 
     /// Swaps in `next`; when the catalog cannot say whether it did (REST 5xx), reloads the
-    /// table and asks `landed` whether the change is there.
+    /// table and asks `landed` whether the change is there. Traced as `compaction_commit`.
+    #[tracing::instrument(name = "compaction_commit", skip_all, fields(table = %ident))]
     pub(super) async fn swap_or_check(
         &self,
         ident: &TableIdent,

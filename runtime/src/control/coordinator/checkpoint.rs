@@ -7,6 +7,7 @@ use std::{
 };
 
 use futures::StreamExt;
+use tracing::Instrument;
 
 use tidewater_crds::job_api::{CheckpointStatus, RunState, SavepointState, SavepointStatus};
 
@@ -163,7 +164,10 @@ impl Coordinator {
 
     /// One checkpoint: barrier (with partition releases) → acks → moved partitions start at
     /// their new owners → durable record → exactly-once commit → progress. Returns an outcome
-    /// when the job must end (a savepoint with stop).
+    /// when the job must end (a savepoint with stop). Traced as a `checkpoint` span with
+    /// `barrier` (workers' `flush` spans inside), `durable_record`, `commit` (a `commit_table`
+    /// per table) and `savepoint` children.
+    #[tracing::instrument(name = "checkpoint", skip_all, fields(checkpoint = self.next_checkpoint_id, savepoint = matches!(kind, Kind::Savepoint { .. })))]
     pub(super) async fn checkpoint(&mut self, kind: Kind) -> Result<Option<Outcome>, RunError> {
         let id = self.next_checkpoint_id;
         self.next_checkpoint_id += 1;
@@ -174,30 +178,31 @@ impl Coordinator {
         if matches!(kind, Kind::Savepoint { .. }) {
             self.publish(RunState::Savepointing);
         }
-        let mut gone = None;
-        for &w in &participants {
-            let release = releases.remove(&w).unwrap_or_default();
-            if self
-                .hub
-                .send(
-                    w,
-                    ToWorker::Barrier {
-                        checkpoint_id: id,
-                        release,
-                    },
-                )
-                .is_err()
-            {
-                gone = Some(w);
+        let barrier = tracing::info_span!("barrier", workers = participants.len());
+        let collected = async {
+            let traceparent = tidewater_telemetry::current_traceparent();
+            let mut gone = None;
+            for &w in &participants {
+                let release = releases.remove(&w).unwrap_or_default();
+                let barrier = ToWorker::Barrier {
+                    checkpoint_id: id,
+                    release,
+                    traceparent: traceparent.clone(),
+                };
+                if self.hub.send(w, barrier).is_err() {
+                    gone = Some(w);
+                }
             }
+            Ok::<_, RunError>(match gone {
+                Some(w) => {
+                    self.forget(w, "link closed");
+                    Collected::Aborted(format!("worker {w} is gone"))
+                }
+                None => self.collect_acks(id, &participants).await?,
+            })
         }
-        let collected = match gone {
-            Some(w) => {
-                self.forget(w, "link closed");
-                Collected::Aborted(format!("worker {w} is gone"))
-            }
-            None => self.collect_acks(id, &participants).await?,
-        };
+        .instrument(barrier)
+        .await?;
         let acks = match collected {
             Collected::Complete(acks) => acks,
             Collected::Aborted(reason) => {
@@ -232,6 +237,9 @@ impl Coordinator {
                 self.metrics.mark_committed();
             }
             self.assign_unowned()?;
+            // A leaving worker whose partitions just moved is stopped now, not at the next
+            // checkpoint with data (an idle pipeline has none: it waited out its 60 s).
+            self.retire_idle();
             self.publish(RunState::Running);
             return Ok(None);
         }
@@ -250,7 +258,10 @@ impl Coordinator {
             commits: tables,
             origin: self.origin.clone(),
         };
-        self.store.write(&record).await?;
+        self.store
+            .write(&record)
+            .instrument(tracing::info_span!("durable_record"))
+            .await?;
         failpoint::hit(failpoint::points::AFTER_RECORD);
         self.metrics
             .checkpoint_duration
@@ -261,7 +272,10 @@ impl Coordinator {
         } else {
             let commit_started = Instant::now();
             let to_commit: Vec<String> = record.commits.keys().cloned().collect();
-            let snapshots = self.commit_tables(&record, &to_commit).await?;
+            let snapshots = self
+                .commit_tables(&record, &to_commit)
+                .instrument(tracing::info_span!("commit", tables = to_commit.len()))
+                .await?;
             let now_ms = chrono::Utc::now().timestamp_millis();
             let commit_secs = commit_started.elapsed().as_secs_f64();
             self.metrics.commit_duration.observe(commit_secs);
@@ -347,7 +361,12 @@ impl Coordinator {
                     .collect(),
                 checkpoint: record,
             };
-            match self.store.write_savepoint(&savepoint).await {
+            let written = self
+                .store
+                .write_savepoint(&savepoint)
+                .instrument(tracing::info_span!("savepoint", savepoint = %sp_id, stop))
+                .await;
+            match written {
                 Ok(path) => {
                     tracing::info!(savepoint = %sp_id, %path, checkpoint = id, stop, "savepoint completed");
                     self.shared.set_savepoint(SavepointStatus {
@@ -399,7 +418,10 @@ impl Coordinator {
     ) -> Result<BTreeMap<String, i64>, RunError> {
         let mut commits = futures::stream::iter(tables)
             .map(|table| async move {
-                let outcome = self.commit_with_retry(record, table).await?;
+                let outcome = self
+                    .commit_with_retry(record, table)
+                    .instrument(tracing::info_span!("commit_table", table = %table))
+                    .await?;
                 Ok::<_, RunError>((table.clone(), outcome.snapshot_id()))
             })
             .buffer_unordered(COMMIT_CONCURRENCY);

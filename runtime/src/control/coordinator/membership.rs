@@ -259,6 +259,12 @@ impl Coordinator {
             self.rebalance = false;
             return;
         }
+        let moved: usize = per_worker
+            .values()
+            .map(|o| o.values().map(BTreeMap::len).sum::<usize>())
+            .sum();
+        let span = tracing::info_span!("rescale", partitions = moved, workers = per_worker.len());
+        let _entered = span.enter();
         self.give(per_worker, "moving partitions");
         let pause = barrier_sent.elapsed();
         self.metrics.rescale_pause.observe(pause.as_secs_f64());

@@ -80,7 +80,8 @@ struct Begin {
 
 impl Coordinator {
     /// Recovers, publishes the registration for remote workers and starts local ones.
-    /// `events` is the receiving end of `shared.hub`.
+    /// `events` is the receiving end of `shared.hub`. Traced as `recovery`.
+    #[tracing::instrument(name = "recovery", skip_all, fields(pipeline = %config.name))]
     pub async fn start(
         config: PipelineConfig,
         options: Options,

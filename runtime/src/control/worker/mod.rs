@@ -357,8 +357,14 @@ impl State {
             ToWorker::Barrier {
                 checkpoint_id,
                 release,
+                traceparent,
             } => {
-                self.barrier(checkpoint_id)?;
+                let span =
+                    tracing::info_span!("flush", checkpoint = checkpoint_id, worker = self.id);
+                if let Some(parent) = &traceparent {
+                    tidewater_telemetry::set_remote_parent(&span, parent);
+                }
+                span.in_scope(|| self.barrier(checkpoint_id))?;
                 if !release.is_empty() {
                     self.release(&release, consumer)?;
                 }
