@@ -70,6 +70,26 @@ dep = next(d for d in docs if d["kind"] == "Deployment")
 assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
 print("chart: 2 replicas render with a PodDisruptionBudget and a NetworkPolicy")
 PY
+# OpenTelemetry on: the operator exports and tells the pods it renders where to.
+"$helm" template tw "$chart" --set openTelemetry.endpoint=http://otel-collector.monitoring:4317 \
+  --set logFormat=json > "$rendered"
+.venv/bin/python - "$rendered" <<'PY'
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+dep = next(d for d in docs if d["kind"] == "Deployment")
+env = [e["name"] for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]]
+values = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+for name in ["OTEL_EXPORTER_OTLP_ENDPOINT", "TIDEWATER_PODS_OTLP_ENDPOINT"]:
+    assert values[name] == "http://otel-collector.monitoring:4317", values
+assert values["TIDEWATER_PODS_OTLP_PROTOCOL"] == "grpc" and values["TIDEWATER_LOG_FORMAT"] == "json"
+# $(POD_NAME) expands only when defined earlier in the list.
+assert env.index("POD_NAME") < env.index("OTEL_RESOURCE_ATTRIBUTES"), env
+print("chart: OpenTelemetry values reach the operator and, through it, the pods")
+PY
+if "$helm" template tw "$chart" --set openTelemetry.protocol=http/json >/dev/null 2>&1; then
+  echo "values.schema.json accepted openTelemetry.protocol=http/json" >&2
+  exit 1
+fi
 if "$helm" template tw "$chart" --set replicas=11 >/dev/null 2>&1; then
   echo "values.schema.json accepted replicas=11" >&2
   exit 1

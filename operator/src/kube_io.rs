@@ -66,6 +66,8 @@ pub struct Context {
     pub client: Client,
     /// Runtime image when a spec names none.
     pub default_image: String,
+    /// Where the rendered pods send OpenTelemetry.
+    pub pods_otlp: crate::pod_otel::PodOtlp,
     /// How coordinators are reached.
     pub address: Address,
     /// Event reporter.

@@ -11,4 +11,5 @@ pub mod kube_io;
 pub mod leader;
 pub mod metrics;
 pub mod pipeline;
+pub mod pod_otel;
 pub mod policy;

@@ -8,7 +8,9 @@ use kube::runtime::events::Reporter;
 use tidewater_operator::{
     kube_io::{Address, Context},
     leader::{Elector, Timing},
-    pipeline, policy,
+    pipeline,
+    pod_otel::PodOtlp,
+    policy,
 };
 
 #[derive(Parser)]
@@ -28,39 +30,50 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Reconcile IngestionPipelines (default).
-    Run {
-        /// Runtime image for pipelines that name none.
-        #[arg(
-            long,
-            env = "TIDEWATER_RUNTIME_IMAGE",
-            default_value = concat!("ghcr.io/tidewater/runtime:", env!("CARGO_PKG_VERSION"))
-        )]
-        default_image: String,
-        /// How coordinators are reached: `dns` (Service names), `endpointslice` (pod
-        /// addresses, for clusters without DNS or service routing) or `podip` (the ready
-        /// coordinator pod's IP, without EndpointSlices).
-        #[arg(long, env = "TIDEWATER_COORDINATOR_ADDRESS", default_value = "dns", value_parser = ["dns", "endpointslice", "podip"])]
-        coordinator_address: String,
-        /// Address of /metrics and /healthz.
-        #[arg(
-            long,
-            env = "TIDEWATER_OPERATOR_METRICS_ADDR",
-            default_value = "0.0.0.0:9090"
-        )]
-        metrics_addr: std::net::SocketAddr,
-        /// Elect a leader on a Lease so several replicas can run; only the leader reconciles.
-        #[arg(long, env = "TIDEWATER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
-        leader_elect: bool,
-        /// Name of the Lease (in the operator's namespace: POD_NAMESPACE, else the client's).
-        #[arg(
-            long,
-            env = "TIDEWATER_LEADER_ELECTION_ID",
-            default_value = "tidewater-operator"
-        )]
-        leader_election_id: String,
-    },
+    Run(RunArgs),
     /// Print the CRDs (`tidewater-operator crd | kubectl apply -f -`).
     Crd,
+}
+
+/// `tidewater-operator run`.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Runtime image for pipelines that name none.
+    #[arg(
+        long,
+        env = "TIDEWATER_RUNTIME_IMAGE",
+        default_value = concat!("ghcr.io/tidewater/runtime:", env!("CARGO_PKG_VERSION"))
+    )]
+    default_image: String,
+    /// How coordinators are reached: `dns` (Service names), `endpointslice` (pod
+    /// addresses, for clusters without DNS or service routing) or `podip` (the ready
+    /// coordinator pod's IP, without EndpointSlices).
+    #[arg(long, env = "TIDEWATER_COORDINATOR_ADDRESS", default_value = "dns", value_parser = ["dns", "endpointslice", "podip"])]
+    coordinator_address: String,
+    /// Address of /metrics and /healthz.
+    #[arg(
+        long,
+        env = "TIDEWATER_OPERATOR_METRICS_ADDR",
+        default_value = "0.0.0.0:9090"
+    )]
+    metrics_addr: std::net::SocketAddr,
+    /// Elect a leader on a Lease so several replicas can run; only the leader reconciles.
+    #[arg(long, env = "TIDEWATER_LEADER_ELECT", default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// Name of the Lease (in the operator's namespace: POD_NAMESPACE, else the client's).
+    #[arg(
+        long,
+        env = "TIDEWATER_LEADER_ELECTION_ID",
+        default_value = "tidewater-operator"
+    )]
+    leader_election_id: String,
+    /// OTLP endpoint the rendered pods export to (their OTEL_EXPORTER_OTLP_ENDPOINT; a pod
+    /// template's own env wins). Unset: the pods export nothing unless their env says so.
+    #[arg(long, env = "TIDEWATER_PODS_OTLP_ENDPOINT")]
+    pods_otlp_endpoint: Option<String>,
+    /// OTLP protocol of the rendered pods: grpc or http/protobuf.
+    #[arg(long, env = "TIDEWATER_PODS_OTLP_PROTOCOL", value_parser = ["grpc", "http/protobuf"])]
+    pods_otlp_protocol: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -69,24 +82,12 @@ fn main() -> ExitCode {
     // panics. kube is built with ring, so install that.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let (default_image, address, metrics_addr, leader_elect, lease_name) = match cli.command {
+    let args = match cli.command {
         Some(Command::Crd) => {
             print!("{}", tidewater_crds::render_crds());
             return ExitCode::SUCCESS;
         }
-        Some(Command::Run {
-            default_image,
-            coordinator_address,
-            metrics_addr,
-            leader_elect,
-            leader_election_id,
-        }) => (
-            default_image,
-            coordinator_address,
-            metrics_addr,
-            leader_elect,
-            leader_election_id,
-        ),
+        Some(Command::Run(args)) => args,
         None => {
             eprintln!("usage: tidewater-operator run | crd (see --help)");
             return ExitCode::from(2);
@@ -105,27 +106,22 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let code = serve(
-        &telemetry,
-        default_image,
-        address,
-        metrics_addr,
-        leader_elect,
-        lease_name,
-    );
+    let code = serve(&telemetry, args);
     telemetry.shutdown();
     code
 }
 
 /// Runs the controllers until SIGTERM/SIGINT (or, leading, until the Lease is lost).
-fn serve(
-    telemetry: &tidewater_telemetry::Telemetry,
-    default_image: String,
-    address: String,
-    metrics_addr: std::net::SocketAddr,
-    leader_elect: bool,
-    lease_name: String,
-) -> ExitCode {
+fn serve(telemetry: &tidewater_telemetry::Telemetry, args: RunArgs) -> ExitCode {
+    let RunArgs {
+        default_image,
+        coordinator_address: address,
+        metrics_addr,
+        leader_elect,
+        leader_election_id: lease_name,
+        pods_otlp_endpoint,
+        pods_otlp_protocol,
+    } = args;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -162,6 +158,10 @@ fn serve(
             metrics,
             client,
             default_image,
+            pods_otlp: PodOtlp {
+                endpoint: pods_otlp_endpoint,
+                protocol: pods_otlp_protocol,
+            },
             address: match address.as_str() {
                 "endpointslice" => Address::EndpointSlice,
                 "podip" => Address::PodIp,

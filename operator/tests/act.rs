@@ -187,6 +187,7 @@ fn running() -> IngestionPipeline {
         savepoint_unreachable: false,
         now: chrono::Utc::now(),
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+        pods_otlp: Default::default(),
     };
     p.status = Some(decide(&p, &obs(None)).status);
     let job = JobView {
@@ -394,6 +395,7 @@ async fn an_overdue_upgrade_is_rolled_back_to_the_last_stable_spec() {
         savepoint_unreachable: false,
         now,
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+        pods_otlp: Default::default(),
     };
     let running_job = Some(tidewater_operator::pipeline::decide::JobView {
         state: RunState::Running,

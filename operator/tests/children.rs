@@ -3,8 +3,9 @@
 
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use tidewater_crds::IngestionPipeline;
-use tidewater_operator::pipeline::children::{
-    Deploy, FINGERPRINT_ANNOTATION, Start, children, render_pipeline,
+use tidewater_operator::{
+    pipeline::children::{Deploy, FINGERPRINT_ANNOTATION, Start, children, render_pipeline},
+    pod_otel::PodOtlp,
 };
 
 fn fixture() -> IngestionPipeline {
@@ -17,7 +18,74 @@ fn deploy(start: Start, running: bool) -> Deploy {
         start,
         workers: 2,
         running,
+        otlp: PodOtlp {
+            endpoint: Some("http://otel-collector.monitoring:4317".into()),
+            protocol: Some("grpc".into()),
+        },
     }
+}
+
+fn env_value(t: &PodTemplateSpec, name: &str) -> Option<String> {
+    let env = t.spec.as_ref().unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap_or_default();
+    env.iter().find(|v| v.name == name).map(|v| {
+        v.value
+            .clone()
+            .unwrap_or_else(|| "(from a reference)".into())
+    })
+}
+
+#[test]
+fn pods_export_opentelemetry_to_the_operators_collector_unless_their_env_says_otherwise() {
+    let mut p = fixture();
+    let c = children(&p, &deploy(Start::Latest, true));
+    let worker = &c.workers.spec.as_ref().unwrap().template;
+    let coordinator = &c.coordinator.spec.as_ref().unwrap().template;
+    for (t, component) in [(worker, "worker"), (coordinator, "coordinator")] {
+        assert_eq!(
+            env_value(t, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+            Some("http://otel-collector.monitoring:4317")
+        );
+        assert_eq!(
+            env_value(t, "OTEL_EXPORTER_OTLP_PROTOCOL").as_deref(),
+            Some("grpc")
+        );
+        assert_eq!(env_value(t, "OTEL_SERVICE_NAME").as_deref(), Some("clicks"));
+        let attrs = env_value(t, "OTEL_RESOURCE_ATTRIBUTES").unwrap();
+        assert!(
+            attrs.contains(&format!("tidewater.component={component}"))
+                && attrs.contains("k8s.pod.name=$(TIDEWATER_POD_NAME)"),
+            "{attrs}"
+        );
+        let env = t.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+        let pos = |n: &str| env.iter().position(|v| v.name == n).unwrap();
+        assert!(
+            pos("TIDEWATER_POD_NAME") < pos("OTEL_RESOURCE_ATTRIBUTES"),
+            "$(TIDEWATER_POD_NAME) expands only if defined earlier"
+        );
+    }
+    // The pipeline's own env wins, and is not set twice.
+    let mut overrides = p.spec.pod_template.clone().unwrap_or_default();
+    overrides.env.insert(
+        "OTEL_EXPORTER_OTLP_ENDPOINT".into(),
+        "http://mine:4318".into(),
+    );
+    p.spec.pod_template = Some(overrides);
+    let c = children(&p, &deploy(Start::Latest, true));
+    let t = &c.workers.spec.as_ref().unwrap().template;
+    assert_eq!(
+        env_value(t, "OTEL_EXPORTER_OTLP_ENDPOINT").as_deref(),
+        Some("http://mine:4318")
+    );
+    let env = t.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    assert_eq!(
+        env.iter()
+            .filter(|v| v.name == "OTEL_EXPORTER_OTLP_ENDPOINT")
+            .count(),
+        1
+    );
 }
 
 fn args(t: &PodTemplateSpec) -> Vec<String> {

@@ -24,7 +24,7 @@ fn pipeline() -> IngestionPipeline {
 #[test]
 fn a_scheduled_policy_becomes_a_hardened_cronjob() {
     let p = policy("");
-    let kids = children(&p, &p.spec, "tidewater:1");
+    let kids = children(&p, &p.spec, "tidewater:1", &Default::default());
     let cron = kids.cron.expect("scheduled");
     assert_eq!(
         cron.metadata.name.as_deref(),
@@ -76,7 +76,7 @@ fn a_scheduled_policy_becomes_a_hardened_cronjob() {
 #[test]
 fn a_new_run_nonce_makes_one_job() {
     let mut p = policy("  runNonce: 7\n");
-    let kids = children(&p, &p.spec, "tidewater:1");
+    let kids = children(&p, &p.spec, "tidewater:1", &Default::default());
     let job = kids.run.expect("a manual run");
     assert_eq!(
         job.metadata.name.as_deref(),
@@ -90,7 +90,9 @@ fn a_new_run_nonce_makes_one_job() {
     assert_eq!(s.last_run_nonce, Some(7));
     p.status = Some(s);
     assert!(
-        children(&p, &p.spec, "tidewater:1").run.is_none(),
+        children(&p, &p.spec, "tidewater:1", &Default::default())
+            .run
+            .is_none(),
         "once per value"
     );
 }

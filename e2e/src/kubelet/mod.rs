@@ -305,6 +305,10 @@ mod tests {
             start: Start::Savepoint("/state/savepoints/sp-1".into()),
             workers: 2,
             running: true,
+            otlp: tidewater_operator::pod_otel::PodOtlp {
+                endpoint: Some("http://127.0.0.1:4317".into()),
+                protocol: None,
+            },
         };
         let kids = children(&p, &deploy);
         let mut refs = Refs::default();
@@ -379,6 +383,14 @@ mod tests {
             "TIDEWATER_WORKER_NAME".to_string(),
             "clicks-workers-1".to_string()
         )));
+        // `$(TIDEWATER_POD_NAME)` expands as the kubelet expands it.
+        assert!(
+            w.env.contains(&(
+                "OTEL_RESOURCE_ATTRIBUTES".to_string(),
+                "k8s.namespace.name=lake,k8s.pod.name=clicks-workers-1,tidewater.component=worker"
+                    .to_string()
+            ))
+        );
 
         refs.config_maps.clear();
         let err = plan(&pod, "127.0.1.2", root, program, &refs).unwrap_err();
@@ -389,7 +401,12 @@ mod tests {
     fn a_maintenance_job_reports_to_a_file_of_its_own() {
         let policy: tidewater_crds::CompactionPolicy =
             serde_yaml::from_str(include_str!("../../../examples/compaction.yaml")).unwrap();
-        let kids = tidewater_operator::policy::decide::children(&policy, &policy.spec, "tw:1");
+        let kids = tidewater_operator::policy::decide::children(
+            &policy,
+            &policy.spec,
+            "tw:1",
+            &Default::default(),
+        );
         let template = kids
             .cron
             .unwrap()

@@ -124,7 +124,7 @@ pub fn plan(
     let mut env = Vec::new();
     for e in container.env.iter().flatten() {
         let value = match (&e.value, &e.value_from) {
-            (Some(v), _) => rewrite(v),
+            (Some(v), _) => expand_refs(&rewrite(v), &env),
             (None, Some(from)) => {
                 if let Some(k) = &from.secret_key_ref {
                     let bytes = refs
@@ -202,4 +202,47 @@ pub fn selects(pod: &Pod, labels: &BTreeMap<String, String>) -> bool {
     let Some(spec) = &pod.spec else { return false };
     let selector = spec.node_selector.clone().unwrap_or_default();
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Kubernetes' `$(VAR)` expansion in an env value: a variable defined earlier in the same
+/// container is substituted, `$$` is a literal `$`, anything else stays as written.
+fn expand_refs(value: &str, earlier: &[(String, String)]) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(close) = after.strip_prefix('(').and_then(|a| a.find(')')) {
+            let name = &after[1..=close];
+            match earlier.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&rest[i..i + close + 3]),
+            }
+            rest = &after[close + 2..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_refs;
+
+    #[test]
+    fn dollar_references_expand_like_the_kubelets() {
+        let env = vec![("POD".to_string(), "w-1".to_string())];
+        assert_eq!(expand_refs("a=$(POD),b", &env), "a=w-1,b");
+        assert_eq!(
+            expand_refs("$(MISSING) $$(POD) $", &env),
+            "$(MISSING) $(POD) $"
+        );
+        assert_eq!(expand_refs("$(unclosed", &env), "$(unclosed");
+    }
 }

@@ -9,10 +9,9 @@ use k8s_openapi::{
         apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, StatefulSet, StatefulSetSpec},
         core::v1::{
             Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
-            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-            PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-            SecretVolumeSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-            VolumeMount,
+            EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
+            PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+            SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
         },
         policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
     },
@@ -27,7 +26,7 @@ use tidewater_crds::{
     deploy::{SecretEnv, SecretMount},
 };
 
-use crate::pipeline::spec_change::runtime_fingerprint;
+use crate::{pipeline::spec_change::runtime_fingerprint, pod_otel::PodOtlp};
 
 /// Port of the coordinator's API (workers, /v1, probes, /metrics).
 pub const API_PORT: i32 = 9464;
@@ -62,6 +61,8 @@ pub struct Deploy {
     pub workers: i32,
     /// Whether the coordinator runs (false when suspended).
     pub running: bool,
+    /// Where the pods send OpenTelemetry.
+    pub otlp: PodOtlp,
 }
 
 /// Names of the children of pipeline `name`.
@@ -316,18 +317,14 @@ fn pod(
         })
         .collect();
     env.extend(secret_env_vars(&p.spec.secret_env));
+    let taken = env.iter().map(|v| v.name.clone()).collect();
+    env.extend(
+        deploy
+            .otlp
+            .env(&name, &p.namespace().unwrap_or_default(), component, &taken),
+    );
     if component == "worker" {
-        env.push(EnvVar {
-            name: "TIDEWATER_WORKER_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..ObjectFieldSelector::default()
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        });
+        env.push(crate::pod_otel::pod_name_var("TIDEWATER_WORKER_NAME"));
     }
     let mut volumes = vec![
         Volume {

@@ -81,6 +81,7 @@ pub async fn observe(p: &IngestionPipeline, ctx: &Context) -> (Observed, Option<
         savepoint_unreachable: false,
         now: chrono::Utc::now(),
         default_image: ctx.default_image.clone(),
+        pods_otlp: ctx.pods_otlp.clone(),
     };
     let op = p.status.as_ref().and_then(|s| s.operation.as_ref());
     let asked = op.and_then(|o| o.savepoint_id.as_deref());

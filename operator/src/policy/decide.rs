@@ -25,6 +25,7 @@ use tidewater_crds::{
 use crate::{
     conditions,
     pipeline::children::{container_security, pod_security, secret_env_vars, secret_volumes},
+    pod_otel::PodOtlp,
 };
 
 /// Label on every Job of a policy.
@@ -118,7 +119,12 @@ fn meta(policy: &CompactionPolicy, name: String) -> ObjectMeta {
     }
 }
 
-fn job_spec(policy: &CompactionPolicy, spec: &CompactionPolicySpec, image: &str) -> JobSpec {
+fn job_spec(
+    policy: &CompactionPolicy,
+    spec: &CompactionPolicySpec,
+    image: &str,
+    otlp: &PodOtlp,
+) -> JobSpec {
     let overrides = spec.pod_template.clone().unwrap_or_default();
     let mut labels = overrides.labels.clone();
     labels.insert(POLICY_LABEL.into(), policy.name_any());
@@ -158,6 +164,13 @@ fn job_spec(policy: &CompactionPolicy, spec: &CompactionPolicySpec, image: &str)
                 ..Default::default()
             }),
     );
+    let taken = env.iter().map(|v| v.name.clone()).collect();
+    env.extend(otlp.env(
+        &policy.name_any(),
+        &policy.namespace().unwrap_or_default(),
+        "maintenance",
+        &taken,
+    ));
     JobSpec {
         backoff_limit: Some(0),
         ttl_seconds_after_finished: Some(86_400),
@@ -226,6 +239,7 @@ pub fn children(
     policy: &CompactionPolicy,
     spec: &CompactionPolicySpec,
     image: &str,
+    otlp: &PodOtlp,
 ) -> PolicyChildren {
     let name = policy.name_any();
     let config = ConfigMap {
@@ -250,7 +264,7 @@ pub fn children(
                     labels: Some(BTreeMap::from([(POLICY_LABEL.into(), name.clone())])),
                     ..ObjectMeta::default()
                 }),
-                spec: Some(job_spec(policy, spec, image)),
+                spec: Some(job_spec(policy, spec, image, otlp)),
             },
             ..CronJobSpec::default()
         }),
@@ -262,7 +276,7 @@ pub fn children(
         .filter(|n| Some(*n) != last_nonce)
         .map(|nonce| Job {
             metadata: meta(policy, run_job_name(&name, nonce)),
-            spec: Some(job_spec(policy, spec, image)),
+            spec: Some(job_spec(policy, spec, image, otlp)),
             ..Job::default()
         });
     PolicyChildren { config, cron, run }
@@ -450,6 +464,8 @@ pub struct PolicyObserved {
     pub now: chrono::DateTime<chrono::Utc>,
     /// The runtime image when the policy names none.
     pub default_image: String,
+    /// Where the rendered pods send OpenTelemetry.
+    pub pods_otlp: PodOtlp,
 }
 
 /// What to do for a policy.
@@ -506,7 +522,7 @@ pub fn decide(policy: &CompactionPolicy, obs: &PolicyObserved) -> PolicyDecision
         .image
         .clone()
         .unwrap_or_else(|| obs.default_image.clone());
-    let kids = children(policy, &spec, &image);
+    let kids = children(policy, &spec, &image, &obs.pods_otlp);
     let mut notes: Vec<PolicyNote> = kids
         .run
         .iter()

@@ -26,6 +26,7 @@ pub async fn observe(policy: &CompactionPolicy, ctx: &Context) -> Result<PolicyO
         runs: finished_runs(ctx, &ns, &policy.name_any()).await?,
         now: chrono::Utc::now(),
         default_image: ctx.default_image.clone(),
+        pods_otlp: ctx.pods_otlp.clone(),
     })
 }
 

@@ -19,6 +19,7 @@ pub fn context(client: Client, address: Address) -> Arc<Context> {
     Arc::new(Context {
         client,
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+        pods_otlp: Default::default(),
         address,
         reporter: Reporter {
             controller: "tidewater-operator".into(),

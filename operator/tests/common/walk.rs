@@ -49,6 +49,7 @@ pub fn observe(
         savepoint_unreachable: false,
         now,
         default_image: "ghcr.io/tidewater/runtime:0.1.0".into(),
+        pods_otlp: Default::default(),
     }
 }
 

@@ -69,6 +69,8 @@ pub struct Observed {
     pub now: DateTime<Utc>,
     /// Runtime image when the spec names none.
     pub default_image: String,
+    /// Where the rendered pods send OpenTelemetry.
+    pub pods_otlp: crate::pod_otel::PodOtlp,
 }
 
 /// An action on the running job.
@@ -168,6 +170,7 @@ impl Ctx<'_> {
             start,
             workers,
             running,
+            otlp: self.obs.pods_otlp.clone(),
         }
     }
 
