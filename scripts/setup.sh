@@ -24,6 +24,11 @@ fi
 # promtool checks and unit-tests the alert rules, its server scrapes a running pipeline.
 command -v lua5.1 >/dev/null 2>&1 || apt_pkgs+=(lua5.1)
 command -v promtool >/dev/null 2>&1 || apt_pkgs+=(prometheus)
+# podman (with runc: crun fails on this kind of host, see images/containers.conf) builds and
+# runs the container images.
+command -v podman >/dev/null 2>&1 || apt_pkgs+=(podman)
+command -v runc >/dev/null 2>&1 || apt_pkgs+=(runc)
+command -v newuidmap >/dev/null 2>&1 || apt_pkgs+=(uidmap)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   say "apt-get install ${apt_pkgs[*]}"
   sudo_ apt-get update -qq || true

@@ -17,7 +17,10 @@ echo "== alert rules"; promtool check rules charts/tidewater/files/prometheus-ru
 echo "== dependency boundaries"; bash scripts/check-deps.sh
 echo "== file length"; bash scripts/check-length.sh
 echo "== clippy"; cargo clippy --workspace --all-targets -- -D warnings
-echo "== tests"; cargo nextest run --workspace
+# The images the chart names, built by the same recipe from the debug binaries just built
+# (tagged <version>-debug; a release build would add ~15 minutes): e2e/tests/images.rs runs them.
+echo "== container images"; bash scripts/build-images.sh --debug
+echo "== tests"; TIDEWATER_IMAGE_SUFFIX=-debug cargo nextest run --workspace
 # The Kubernetes walk needs a real API server: the one KUBECONFIG names, or a control plane
 # started here from binaries found on this machine (scripts/control-plane.sh; none is
 # installed by setup.sh because no package registry ships kube-apiserver).

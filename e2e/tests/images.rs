@@ -2,9 +2,10 @@
 //! them: non-root 65532, read-only root filesystem, every capability dropped, /tmp writable.
 //! Each answers `--version`; the runtime validates a pipeline and runs it against the test
 //! broker until its rows land (read by PyIceberg on the host); the operator prints its CRDs.
-//! `scripts/build-images.sh` builds the images; the test command does not run it yet (a release
-//! build costs about 15 minutes on 2 cores), so without podman or the images this test says
-//! SKIPPED and why.
+//! `scripts/build-images.sh` builds the images; the test command builds them from its debug
+//! binaries (`--debug`, tagged `<version>-debug`) because a release build costs about 15
+//! minutes on 2 cores. The release images are tested when present, else the debug ones; without
+//! podman or either pair this test says SKIPPED and why.
 
 use std::{
     os::unix::fs::PermissionsExt,
@@ -16,7 +17,7 @@ use anyhow::{Context, Result, ensure};
 use tidewater_e2e::{Broker, PipelineSpec, repo_root, wait_for_rows};
 
 /// `name:version` as the chart names it (the workspace's version is the chart's appVersion).
-fn image(name: &str) -> Result<String> {
+fn chart_image(name: &str) -> Result<String> {
     let cargo = std::fs::read_to_string(repo_root().join("Cargo.toml"))?;
     let version = cargo
         .lines()
@@ -35,22 +36,42 @@ fn podman() -> Command {
     c
 }
 
-/// Why the images cannot be tested here, if they cannot.
-fn missing() -> Option<String> {
+fn exists(image: &str) -> bool {
+    podman()
+        .args(["image", "exists", image])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The (runtime, operator) images to test: `TIDEWATER_IMAGE_SUFFIX`'s when set, else the
+/// chart's, else the debug build; `Err` says why none can be tested here.
+fn images() -> Result<(String, String), String> {
     if podman().arg("--version").output().is_err() {
-        return Some("podman is not installed".into());
+        return Err("podman is not installed".into());
     }
-    for name in ["runtime", "operator"] {
-        let image = image(name).ok()?;
-        let exists = podman()
-            .args(["image", "exists", &image])
-            .status()
-            .is_ok_and(|s| s.success());
-        if !exists {
-            return Some(format!("{image} is not built (scripts/build-images.sh)"));
+    let pair = |suffix: &str| -> Result<(String, String), String> {
+        let name = |n| {
+            chart_image(n)
+                .map(|i| format!("{i}{suffix}"))
+                .map_err(|e| e.to_string())
+        };
+        Ok((name("runtime")?, name("operator")?))
+    };
+    // The test command names the pair it has just built (`-debug`).
+    let suffixes = match std::env::var("TIDEWATER_IMAGE_SUFFIX") {
+        Ok(s) => vec![s],
+        Err(_) => vec![String::new(), "-debug".into()],
+    };
+    for suffix in &suffixes {
+        let (runtime, operator) = pair(suffix)?;
+        if exists(&runtime) && exists(&operator) {
+            return Ok((runtime, operator));
         }
     }
-    None
+    let (runtime, _) = pair("")?;
+    Err(format!(
+        "{runtime} with suffix {suffixes:?} does not exist (scripts/build-images.sh [--debug])"
+    ))
 }
 
 /// `podman run` hardened as the operator's pods are, with `extra` options before the image.
@@ -82,11 +103,13 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn images_run_hardened_and_the_runtime_image_lands_rows() -> Result<()> {
-    if let Some(why) = missing() {
-        eprintln!("images: SKIPPED ({why})");
-        return Ok(());
-    }
-    let (runtime, operator) = (image("runtime")?, image("operator")?);
+    let (runtime, operator) = match images() {
+        Ok(pair) => pair,
+        Err(why) => {
+            eprintln!("images: SKIPPED ({why})");
+            return Ok(());
+        }
+    };
     for (image, binary) in [(&runtime, "tidewater"), (&operator, "tidewater-operator")] {
         let out = run_hardened(image, &[], &["--version"])?;
         ensure!(out.status.success(), "{image} --version: {}", text(&out));
