@@ -26,7 +26,7 @@ echo "== tests"; TIDEWATER_IMAGE_SUFFIX=-debug cargo nextest run --workspace
 # installed by setup.sh because no package registry ships kube-apiserver).
 if [ -n "${KUBECONFIG:-}" ]; then
   echo "== kubernetes e2e against $KUBECONFIG"
-  cargo nextest run -p tidewater-e2e --test kubernetes --no-capture
+  cargo nextest run -p tidewater-e2e --test kubernetes --test operator_ha --no-capture
 elif ! command -v kubectl >/dev/null 2>&1; then
   echo "== kubernetes e2e: SKIPPED (kubectl is not on PATH; see docs/operator.md, \"Kubernetes end-to-end suite\")"
 elif ! found=$(bash scripts/control-plane.sh find); then
@@ -37,5 +37,5 @@ else
   echo "== kubernetes e2e on a local control plane ($found; $cp_dir)"
   kubeconfig=$(bash scripts/control-plane.sh start "$cp_dir")
   KUBECONFIG=$kubeconfig TIDEWATER_E2E_CONTROL_PLANE=$cp_dir \
-    cargo nextest run -p tidewater-e2e --test kubernetes --no-capture
+    cargo nextest run -p tidewater-e2e --test kubernetes --test operator_ha --no-capture
 fi

@@ -22,16 +22,13 @@ use std::{
     collections::BTreeSet,
     io::{Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::{
-    api::core::v1::{Namespace, Pod, Secret},
-    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-};
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::{
     Api, Client, ResourceExt,
     api::{ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams},
@@ -42,36 +39,15 @@ use tidewater_crds::{
     status::{LifecycleState, OperationKind, SavepointTrigger},
 };
 use tidewater_e2e::{
-    BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, S3_KEY_ID, S3_SECRET, free_port,
-    install_crypto_provider, kubelet::LocalNode, operator_bin, repo_root, signal, tidewater_bin,
+    BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, S3_KEY_ID, S3_SECRET,
+    cluster::{MANAGER, in_namespace, kubectl, runtime, skip_reason, wait},
+    free_port,
+    kubelet::LocalNode,
+    operator_bin, repo_root, signal, tidewater_bin,
 };
 
-const MANAGER: &str = "tidewater-e2e";
 const PIPELINE_SHORT: &str = "twp";
 const POLICY_SHORT: &str = "twcp";
-
-fn skip_reason() -> Option<String> {
-    if std::env::var_os("KUBECONFIG").is_none() {
-        return Some(
-            "KUBECONFIG is not set, so there is no API server to test against".to_string(),
-        );
-    }
-    let kubectl = Command::new("kubectl")
-        .args(["version", "--client"])
-        .output();
-    if !kubectl.is_ok_and(|o| o.status.success()) {
-        return Some("kubectl is not on PATH".to_string());
-    }
-    None
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    install_crypto_provider();
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()?)
-}
 
 #[test]
 fn pipeline_lifecycle_on_kubernetes() -> Result<()> {
@@ -97,121 +73,6 @@ fn crd_validation_on_kubernetes() -> Result<()> {
     runtime()?.block_on(in_namespace("cel", |client, ns, _dir| async move {
         cel_cases(&client, &ns).await
     }))
-}
-
-/// Runs `body` in a fresh namespace (deleted afterwards) with a scratch directory, kept when
-/// the body fails.
-async fn in_namespace<F, Fut>(what: &str, body: F) -> Result<()>
-where
-    F: FnOnce(Client, String, PathBuf) -> Fut,
-    Fut: std::future::Future<Output = Result<()>>,
-{
-    let client = Client::try_default()
-        .await
-        .context("connect to KUBECONFIG's API server")?;
-    install_crds(&client).await?;
-    let dir = tempfile::tempdir()?;
-    let suffix: u32 = rand::random::<u32>() % 1_000_000;
-    let ns = format!("tidewater-e2e-{what}-{suffix}");
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
-    let result = body(client.clone(), ns.clone(), dir.path().to_path_buf()).await;
-    if result.is_err() {
-        // The operator is gone: release its finalizers, or the namespace never goes.
-        let pipelines: Api<IngestionPipeline> = Api::namespaced(client.clone(), &ns);
-        for p in pipelines
-            .list(&ListParams::default())
-            .await
-            .map(|l| l.items)
-            .unwrap_or_default()
-        {
-            let _ = pipelines
-                .patch(
-                    &p.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                )
-                .await;
-        }
-        // What a user would look at: the objects and the namespace's Events.
-        for (file, args) in [
-            (
-                "objects.yaml",
-                vec![
-                    "get",
-                    "twp,twcp,pods,jobs,statefulsets,deployments",
-                    "-o",
-                    "yaml",
-                ],
-            ),
-            (
-                "events.txt",
-                vec!["get", "events", "--sort-by=.lastTimestamp"],
-            ),
-        ] {
-            let mut args = args.clone();
-            args.extend(["-n", ns.as_str()]);
-            let text = kubectl(&args).await.unwrap_or_else(|e| format!("{e:#}"));
-            if file == "events.txt" {
-                eprintln!("events in {ns}:\n{text}");
-            }
-            let _ = std::fs::write(dir.path().join(file), text);
-        }
-        eprintln!(
-            "kubernetes e2e failed; files kept in {}",
-            dir.path().display()
-        );
-        std::mem::forget(dir);
-    }
-    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
-    result
-}
-
-async fn install_crds(client: &Client) -> Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in ["ingestionpipeline.yaml", "compactionpolicy.yaml"] {
-        let text = std::fs::read_to_string(repo_root().join("crds").join(file))?;
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&text)?;
-        let name = crd.name_any();
-        crds.patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&crd),
-        )
-        .await
-        .with_context(|| format!("install the CRD {file}"))?;
-        wait("CRD established", Duration::from_secs(60), || async {
-            let crd = crds.get(&name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-/// `kubectl` with the test's KUBECONFIG; returns stdout, fails with stderr.
-async fn kubectl(args: &[&str]) -> Result<String> {
-    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new("kubectl").args(&args).output()?;
-        ensure!(
-            out.status.success(),
-            "kubectl {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    })
-    .await?
 }
 
 /// Our short names are served for our kinds and no other resource of this server claims them.
@@ -1109,19 +970,4 @@ async fn worker_pods(client: &Client, ns: &str) -> Result<usize> {
 async fn all_pods(client: &Client, ns: &str) -> Result<usize> {
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     Ok(api.list(&ListParams::default()).await?.items.len())
-}
-
-async fn wait<F, Fut>(what: &str, timeout: Duration, mut f: F) -> Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<()>>,
-{
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f().await.is_some() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    bail!("timed out after {timeout:?} waiting for {what}")
 }
