@@ -8,6 +8,7 @@ pub mod cluster;
 mod kafka;
 pub mod kubelet;
 pub mod otel;
+pub mod podman;
 mod process;
 mod prometheus;
 mod readers;

@@ -9,70 +9,16 @@
 
 use std::{
     os::unix::fs::PermissionsExt,
-    process::{Command, Output, Stdio},
+    process::{Output, Stdio},
     time::Duration,
 };
 
 use anyhow::{Context, Result, ensure};
-use tidewater_e2e::{Broker, PipelineSpec, repo_root, wait_for_rows};
-
-/// `name:version` as the chart names it (the workspace's version is the chart's appVersion).
-fn chart_image(name: &str) -> Result<String> {
-    let cargo = std::fs::read_to_string(repo_root().join("Cargo.toml"))?;
-    let version = cargo
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .and_then(|v| v.strip_suffix('"'))
-        .context("workspace version")?;
-    Ok(format!("ghcr.io/tidewater/{name}:{version}"))
-}
-
-fn podman() -> Command {
-    let mut c = Command::new("podman");
-    c.env(
-        "CONTAINERS_CONF",
-        repo_root().join("images/containers.conf"),
-    );
-    c
-}
-
-fn exists(image: &str) -> bool {
-    podman()
-        .args(["image", "exists", image])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// The (runtime, operator) images to test: `TIDEWATER_IMAGE_SUFFIX`'s when set, else the
-/// chart's, else the debug build; `Err` says why none can be tested here.
-fn images() -> Result<(String, String), String> {
-    if podman().arg("--version").output().is_err() {
-        return Err("podman is not installed".into());
-    }
-    let pair = |suffix: &str| -> Result<(String, String), String> {
-        let name = |n| {
-            chart_image(n)
-                .map(|i| format!("{i}{suffix}"))
-                .map_err(|e| e.to_string())
-        };
-        Ok((name("runtime")?, name("operator")?))
-    };
-    // The test command names the pair it has just built (`-debug`).
-    let suffixes = match std::env::var("TIDEWATER_IMAGE_SUFFIX") {
-        Ok(s) => vec![s],
-        Err(_) => vec![String::new(), "-debug".into()],
-    };
-    for suffix in &suffixes {
-        let (runtime, operator) = pair(suffix)?;
-        if exists(&runtime) && exists(&operator) {
-            return Ok((runtime, operator));
-        }
-    }
-    let (runtime, _) = pair("")?;
-    Err(format!(
-        "{runtime} with suffix {suffixes:?} does not exist (scripts/build-images.sh [--debug])"
-    ))
-}
+use tidewater_e2e::{
+    Broker, PipelineSpec,
+    podman::{built_images, podman},
+    wait_for_rows,
+};
 
 /// `podman run` hardened as the operator's pods are, with `extra` options before the image.
 fn run_hardened(image: &str, extra: &[&str], args: &[&str]) -> Result<Output> {
@@ -103,7 +49,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn images_run_hardened_and_the_runtime_image_lands_rows() -> Result<()> {
-    let (runtime, operator) = match images() {
+    let (runtime, operator) = match built_images() {
         Ok(pair) => pair,
         Err(why) => {
             eprintln!("images: SKIPPED ({why})");

@@ -42,8 +42,10 @@ use tidewater_e2e::{
     BackgroundProducer, Broker, Moto, PipelineSpec, RestCatalog, S3_KEY_ID, S3_SECRET,
     cluster::{MANAGER, in_namespace, kubectl, runtime, skip_reason, wait},
     free_port,
-    kubelet::LocalNode,
-    operator_bin, repo_root, signal, tidewater_bin,
+    kubelet::{LocalNode, Runner},
+    operator_bin,
+    podman::built_images,
+    repo_root, signal, tidewater_bin,
 };
 
 const PIPELINE_SHORT: &str = "twp";
@@ -368,7 +370,7 @@ fn expect_refused<T: std::fmt::Debug>(
 struct Operator(Child);
 
 impl Operator {
-    fn start(dir: &Path) -> Result<Self> {
+    fn start(dir: &Path, image: &str) -> Result<Self> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -376,7 +378,7 @@ impl Operator {
         Ok(Self(
             Command::new(operator_bin())
                 .args(["run", "--coordinator-address", "podip"])
-                .args(["--default-image", "tidewater:e2e"])
+                .args(["--default-image", image])
                 .args(["--metrics-addr", &format!("127.0.0.1:{}", free_port())])
                 .stdout(log.try_clone()?)
                 .stderr(log)
@@ -442,17 +444,39 @@ fn s3_keys(moto: &Moto, prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Pods run as podman containers of the runtime image when podman and the image are here (the
+/// test command builds it), else as local processes of the runtime binary; `TIDEWATER_E2E_PODS
+/// =process` forces the fallback. Returns the runner and the image the operator names.
+fn pod_runner() -> (Runner, String) {
+    let forced = std::env::var("TIDEWATER_E2E_PODS").is_ok_and(|v| v == "process");
+    match built_images() {
+        Ok((runtime, _)) if !forced => {
+            eprintln!("pods run as podman containers of {runtime}");
+            (Runner::Podman, runtime)
+        }
+        other => {
+            let why = match other {
+                Err(e) => e,
+                Ok(_) => "TIDEWATER_E2E_PODS=process".into(),
+            };
+            eprintln!("pods run as local processes ({why})");
+            (Runner::Processes(tidewater_bin()), "tidewater:e2e".into())
+        }
+    }
+}
+
 async fn walk(client: &Client, ns: &str, dir: &Path) -> Result<()> {
     check_short_names().await?;
+    let (runner, image) = pod_runner();
     let node = LocalNode::start(
         client.clone(),
         &format!("{ns}-node"),
         ns,
         &dir.join("node"),
-        &tidewater_bin(),
+        runner,
     )
     .await?;
-    let outcome = lifecycle(client, ns, dir, &node).await;
+    let outcome = lifecycle(client, ns, dir, &node, &image).await;
     node.stop().await?;
     outcome
 }
@@ -469,13 +493,19 @@ impl Step {
     }
 }
 
-async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> Result<()> {
+async fn lifecycle(
+    client: &Client,
+    ns: &str,
+    dir: &Path,
+    node: &LocalNode,
+    image: &str,
+) -> Result<()> {
     // The harness's servers are synchronous (and the broker's admin client brings its own
     // runtime): start them off the async workers.
     let d = dir.to_path_buf();
     let servers = tokio::task::spawn_blocking(move || start_servers(&d)).await??;
     let producer = BackgroundProducer::start(&servers.broker, "clicks", 4, 500)?;
-    let mut operator = Operator::start(dir)?;
+    let mut operator = Operator::start(dir, image)?;
 
     // Secrets the pods get as environment variables: S3 keys and the catalog token.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
@@ -569,7 +599,7 @@ async fn lifecycle(client: &Client, ns: &str, dir: &Path, node: &LocalNode) -> R
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     operator.kill9();
-    operator = Operator::start(dir)?;
+    operator = Operator::start(dir, image)?;
     tokio::time::sleep(Duration::from_secs(6)).await;
     ensure!(
         in_flight().await.as_deref() == Some(savepoint_id.as_str()),

@@ -172,31 +172,35 @@ fn serve(telemetry: &tidewater_telemetry::Telemetry, args: RunArgs) -> ExitCode 
                 instance: std::env::var("POD_NAME").ok(),
             },
         });
-        if leader_elect {
+        if !leader_elect {
+            tracing::info!("reconciling IngestionPipelines and CompactionPolicies (no leader election)");
+            tokio::join!(pipeline::run(ctx.clone()), policy::run(ctx));
+            return ExitCode::SUCCESS;
+        }
+        loop {
             tokio::select! {
                 () = elector.acquire() => {}
                 () = terminated() => return ExitCode::SUCCESS,
             }
-        }
-        tracing::info!(identity = %elector.identity(), "reconciling IngestionPipelines and CompactionPolicies");
-        let controllers = async {
-            tokio::join!(pipeline::run(ctx.clone()), policy::run(ctx));
-        };
-        if !leader_elect {
-            controllers.await;
-            return ExitCode::SUCCESS;
-        }
-        tokio::select! {
-            () = controllers => {
-                // SIGTERM/SIGINT: the controllers stopped; hand the Lease over at once.
-                if let Err(e) = elector.release().await {
-                    tracing::warn!(error = %e, "releasing the lease");
+            tracing::info!(identity = %elector.identity(), "reconciling IngestionPipelines and CompactionPolicies");
+            let controllers = async {
+                tokio::join!(pipeline::run(ctx.clone()), policy::run(ctx.clone()));
+            };
+            tokio::select! {
+                () = controllers => {
+                    // SIGTERM/SIGINT: the controllers stopped; hand the Lease over at once.
+                    if let Err(e) = elector.release().await {
+                        tracing::warn!(error = %e, "releasing the lease");
+                    }
+                    return ExitCode::SUCCESS;
                 }
-                ExitCode::SUCCESS
-            }
-            lost = elector.keep() => {
-                tracing::error!(error = %lost, "stopping: another replica may lead now");
-                ExitCode::FAILURE
+                lost = elector.keep() => {
+                    // The controllers (dropped with this branch) stop before the Lease can
+                    // expire for another replica; this one stands again as a candidate, and
+                    // leads again at once if the Lease is still its own (an API server
+                    // outage rather than a successor).
+                    tracing::error!(error = %lost, "leadership lost: reconciling stopped; standing as a candidate again");
+                }
             }
         }
     })

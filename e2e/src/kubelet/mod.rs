@@ -1,6 +1,6 @@
 //! A stand-in kubelet and kube-proxy for the Kubernetes e2e suite, for API servers without
-//! nodes: one node whose pods run as local processes, each on an address of its own in
-//! 127.0.0.0/8. `plan` (pure) turns a pod into a process; [`LocalNode`] binds pods that select
+//! nodes: one node whose pods run as podman containers of their images ([`Runner::Podman`]) or
+//! as local processes of the runtime binary, each on an address of its own in 127.0.0.0/8. `plan` (pure) turns a pod into a process; [`LocalNode`] binds pods that select
 //! it, runs, probes, restarts and terminates them, reports pod status, renews the node lease,
 //! and forwards each ClusterIP Service from a local address to its ready pods.
 
@@ -8,7 +8,7 @@ mod plan;
 mod pods;
 mod proxy;
 
-pub use plan::{ProcessPlan, Refs, plan, selects};
+pub use plan::{ContainerRun, ProcessPlan, Refs, plan, plan_container, selects};
 use pods::{Running, report, start_pod, supervise, terminate};
 use proxy::{Proxy, serve_services};
 
@@ -39,13 +39,23 @@ struct NodeState {
     pub(super) labels: BTreeMap<String, String>,
     pub(super) namespace: String,
     pub(super) root: PathBuf,
-    pub(super) program: PathBuf,
+    /// The local binary pods run as, or `None` for podman containers of their images.
+    pub(super) program: Option<PathBuf>,
     pub(super) pods: HashMap<String, Running>,
     pub(super) proxies: HashMap<String, Proxy>,
     pub(super) next_ip: u32,
     pub(super) next_service_ip: u32,
     pub(super) last_heartbeat: Option<Instant>,
     pub(super) log: std::fs::File,
+}
+
+/// How the node runs a pod's container.
+#[derive(Debug, Clone)]
+pub enum Runner {
+    /// As a local process of this binary (the image's entrypoint).
+    Processes(PathBuf),
+    /// As a podman container of the pod's image, honouring its security context and limits.
+    Podman,
 }
 
 /// The local node: a thread that plays kubelet and kube-proxy for one namespace.
@@ -58,14 +68,14 @@ pub struct LocalNode {
 }
 
 impl LocalNode {
-    /// Registers node `name` and starts serving pods of `namespace` that select it; pods run
-    /// `program` with volumes and logs under `root`.
+    /// Registers node `name` and starts serving pods of `namespace` that select it; pods run as
+    /// `runner` says, with volumes and logs under `root`.
     pub async fn start(
         client: Client,
         name: &str,
         namespace: &str,
         root: &Path,
-        program: &Path,
+        runner: Runner,
     ) -> Result<Self> {
         std::fs::create_dir_all(root)?;
         let labels = BTreeMap::from([
@@ -88,7 +98,10 @@ impl LocalNode {
             labels,
             namespace: namespace.to_string(),
             root: root.to_path_buf(),
-            program: program.to_path_buf(),
+            program: match runner {
+                Runner::Processes(p) => Some(p),
+                Runner::Podman => None,
+            },
             pods: HashMap::new(),
             proxies: HashMap::new(),
             next_ip: 0,
@@ -109,6 +122,9 @@ impl LocalNode {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 for run in state.pods.values_mut() {
+                    if let Some(c) = &run.plan.container {
+                        let _ = crate::podman::podman().args(["rm", "-f", &c.name]).output();
+                    }
                     if let Some(child) = &mut run.child {
                         let _ = child.kill();
                         let _ = child.wait();
@@ -267,9 +283,14 @@ async fn tick(client: &Client, state: &mut NodeState) -> Result<()> {
     let live: Vec<String> = pods.iter().filter_map(|p| p.uid()).collect();
     state.pods.retain(|uid, run| {
         let keep = live.contains(uid);
-        if !keep && let Some(child) = &mut run.child {
-            let _ = child.kill();
-            let _ = child.wait();
+        if !keep {
+            if let Some(c) = &run.plan.container {
+                let _ = crate::podman::podman().args(["rm", "-f", &c.name]).output();
+            }
+            if let Some(child) = &mut run.child {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
         }
         keep
     });
@@ -291,6 +312,80 @@ mod tests {
             spec: template.spec,
             status: None,
         }
+    }
+
+    #[test]
+    fn operator_pods_become_hardened_podman_containers() {
+        let mut p: tidewater_crds::IngestionPipeline =
+            serde_yaml::from_str(include_str!("../../../operator/tests/fixtures/clicks.yaml"))
+                .unwrap();
+        p.metadata.namespace = Some("lake".into());
+        let deploy = Deploy {
+            image: "ghcr.io/tidewater/runtime:0.1.0-debug".into(),
+            start: Start::Latest,
+            workers: 2,
+            running: true,
+            otlp: Default::default(),
+        };
+        let kids = children(&p, &deploy);
+        let mut refs = Refs::default();
+        refs.config_maps.insert(
+            kids.config.metadata.name.clone().unwrap(),
+            kids.config.data.clone().unwrap(),
+        );
+        refs.secrets.insert(
+            "catalog-client".into(),
+            BTreeMap::from([("secret".to_string(), b"id:s3cret".to_vec())]),
+        );
+        refs.secrets.insert(
+            "lake-credentials".into(),
+            BTreeMap::from([
+                ("access-key-id".to_string(), b"AKIA".to_vec()),
+                ("secret-access-key".to_string(), b"sk".to_vec()),
+            ]),
+        );
+        let mut pod = pod_of(
+            kids.coordinator.spec.clone().unwrap().template,
+            "clicks-coordinator-abc",
+        );
+        pod.metadata.uid = Some("0123456789".into());
+        let root = Path::new("/node/pods/x");
+        let c = plan_container(&pod, "127.0.1.2", root, &refs).unwrap();
+        let run = c.container.clone().unwrap();
+        assert_eq!(run.image, "ghcr.io/tidewater/runtime:0.1.0-debug");
+        assert_eq!(run.name, "tw-clicks-coordinator-abc-01234567");
+        // Paths stay the container's; only the listen address becomes the pod's own.
+        assert_eq!(
+            &c.args[..5],
+            [
+                "coordinator",
+                "-f",
+                "/etc/tidewater/pipeline.yaml",
+                "--listen",
+                "127.0.1.2:9464"
+            ]
+        );
+        let args = pods::podman_run_args(&run, &c.env, &c.args);
+        let joined = args.join(" ");
+        for want in [
+            "--network host",
+            "--user 65532",
+            "--read-only",
+            "--cap-drop=ALL",
+            "--security-opt no-new-privileges",
+            "-v /node/pods/x/volumes/config:/etc/tidewater",
+            "-v /node/pods/x/termination-log:/dev/termination-log",
+            "-e AWS_ACCESS_KEY_ID=AKIA",
+            "ghcr.io/tidewater/runtime:0.1.0-debug coordinator -f /etc/tidewater/pipeline.yaml",
+        ] {
+            assert!(joined.contains(want), "{want} missing from: {joined}");
+        }
+        assert!(
+            c.files
+                .iter()
+                .any(|(path, _)| path == Path::new("/node/pods/x/termination-log")),
+            "the termination-log file exists before it is mounted"
+        );
     }
 
     #[test]

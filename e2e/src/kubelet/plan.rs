@@ -1,5 +1,7 @@
 //! Pure: how a pod of the operator becomes a local process (command, environment, files from
-//! ConfigMaps and Secrets, address, probes), and which pods select this node.
+//! ConfigMaps and Secrets, address, probes) or a podman container of its image (the same, plus
+//! mounts, user, read-only root, dropped capabilities, memory limit), and which pods select
+//! this node.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -29,6 +31,31 @@ pub struct ProcessPlan {
     pub readiness: Option<(u16, String)>,
     /// The container's termination-message file, on this machine.
     pub termination_log: PathBuf,
+    /// Set when the pod runs as a podman container (`program` is then `podman`).
+    pub container: Option<ContainerRun>,
+}
+
+/// How a pod's container runs under podman, from its pod spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRun {
+    /// The container's name (unique per pod instance).
+    pub name: String,
+    /// The pod's image.
+    pub image: String,
+    /// (directory or file on this machine, path in the container, read-only).
+    pub mounts: Vec<(PathBuf, String, bool)>,
+    /// `runAsUser` (container, else pod).
+    pub user: Option<i64>,
+    /// `readOnlyRootFilesystem`.
+    pub read_only: bool,
+    /// `capabilities.drop` includes ALL.
+    pub drop_all: bool,
+    /// `allowPrivilegeEscalation: false`.
+    pub no_new_privileges: bool,
+    /// `resources.limits.memory` in podman's units.
+    pub memory: Option<String>,
+    /// `workingDir`.
+    pub workdir: Option<String>,
 }
 
 /// The cluster objects a pod refers to, and where Services are reachable locally.
@@ -48,6 +75,28 @@ pub fn plan(
     ip: &str,
     root: &Path,
     program: &Path,
+    refs: &Refs,
+) -> Result<ProcessPlan, String> {
+    plan_with(pod, ip, root, Some(program), refs)
+}
+
+/// Turns `pod` into a podman container of its image, sharing this machine's network (the
+/// servers the pods talk to listen on 127.0.0.1 only) and listening on its own address `ip`;
+/// volumes are directories under `root`, mounted where the pod spec mounts them.
+pub fn plan_container(
+    pod: &Pod,
+    ip: &str,
+    root: &Path,
+    refs: &Refs,
+) -> Result<ProcessPlan, String> {
+    plan_with(pod, ip, root, None, refs)
+}
+
+fn plan_with(
+    pod: &Pod,
+    ip: &str,
+    root: &Path,
+    program: Option<&Path>,
     refs: &Refs,
 ) -> Result<ProcessPlan, String> {
     let spec = pod.spec.as_ref().ok_or("pod has no spec")?;
@@ -89,11 +138,17 @@ pub fn plan(
         volume_dirs.insert(v.name.clone(), dir);
     }
     let mut mounts: Vec<(String, PathBuf)> = Vec::new();
+    let mut container_mounts = Vec::new();
     for m in container.volume_mounts.iter().flatten() {
         let dir = volume_dirs
             .get(&m.name)
             .ok_or_else(|| format!("volumeMount {}: no such volume", m.name))?;
         mounts.push((m.mount_path.trim_end_matches('/').to_string(), dir.clone()));
+        container_mounts.push((
+            dir.clone(),
+            m.mount_path.clone(),
+            m.read_only.unwrap_or(false),
+        ));
     }
     // The kubelet mounts the termination-message file; here it is a file of the pod's.
     let termination_log = root.join("termination-log");
@@ -104,6 +159,14 @@ pub fn plan(
             .unwrap_or_else(|| "/dev/termination-log".into()),
         termination_log.clone(),
     ));
+    if program.is_none() {
+        // A container sees its mounts where the spec puts them: no path is rewritten, and the
+        // termination-message file exists before it is mounted.
+        let (path, file) = mounts.pop().expect("the termination log was pushed");
+        container_mounts.push((file.clone(), path, false));
+        files.push((file, Vec::new()));
+        mounts.clear();
+    }
     mounts.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
     let mut hosts: Vec<(&String, &String)> = refs.services.iter().collect();
     hosts.sort_by_key(|(h, _)| std::cmp::Reverse(h.len()));
@@ -164,11 +227,14 @@ pub fn plan(
         };
         env.push((e.name.clone(), value));
     }
-    let workdir = container
-        .working_dir
-        .as_deref()
-        .map(|w| PathBuf::from(rewrite(w)))
-        .unwrap_or_else(|| root.to_path_buf());
+    let workdir = match program {
+        Some(_) => container
+            .working_dir
+            .as_deref()
+            .map(|w| PathBuf::from(rewrite(w)))
+            .unwrap_or_else(|| root.to_path_buf()),
+        None => root.to_path_buf(),
+    };
     let readiness = container
         .readiness_probe
         .as_ref()
@@ -180,8 +246,12 @@ pub fn plan(
             )),
             IntOrString::String(_) => None,
         });
+    let run = match program {
+        Some(_) => None,
+        None => Some(container_run(pod, container, container_mounts)?),
+    };
     Ok(ProcessPlan {
-        program: program.to_path_buf(),
+        program: program.map_or_else(|| PathBuf::from("podman"), Path::to_path_buf),
         args: container
             .args
             .iter()
@@ -194,7 +264,71 @@ pub fn plan(
         workdir,
         readiness,
         termination_log,
+        container: run,
     })
+}
+
+fn container_run(
+    pod: &Pod,
+    container: &k8s_openapi::api::core::v1::Container,
+    mounts: Vec<(PathBuf, String, bool)>,
+) -> Result<ContainerRun, String> {
+    let pod_security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let security = container.security_context.as_ref();
+    let memory = container
+        .resources
+        .as_ref()
+        .and_then(|r| r.limits.as_ref())
+        .and_then(|l| l.get("memory"))
+        .map(|q| podman_memory(&q.0))
+        .transpose()?;
+    Ok(ContainerRun {
+        name: format!(
+            "tw-{}-{}",
+            pod.name_any(),
+            pod.uid().unwrap_or_default().get(..8).unwrap_or("")
+        ),
+        image: container
+            .image
+            .clone()
+            .ok_or("the container names no image")?,
+        mounts,
+        user: security
+            .and_then(|s| s.run_as_user)
+            .or_else(|| pod_security.and_then(|s| s.run_as_user)),
+        read_only: security
+            .and_then(|s| s.read_only_root_filesystem)
+            .unwrap_or(false),
+        drop_all: security
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.drop.as_ref())
+            .is_some_and(|d| d.iter().any(|c| c == "ALL")),
+        no_new_privileges: security.and_then(|s| s.allow_privilege_escalation) == Some(false),
+        memory,
+        workdir: container.working_dir.clone(),
+    })
+}
+
+/// A Kubernetes memory quantity in podman's units (`512Mi` → `512m`, `1Gi` → `1g`, bytes as
+/// they are).
+fn podman_memory(q: &str) -> Result<String, String> {
+    let digits = q.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &q[digits.len()..];
+    let suffix = match unit {
+        "" => "",
+        "Ki" | "k" => "k",
+        "Mi" | "M" => "m",
+        "Gi" | "G" => "g",
+        _ => {
+            return Err(format!(
+                "memory limit {q}: unit {unit} is not supported here"
+            ));
+        }
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("memory limit {q} is not a whole number"));
+    }
+    Ok(format!("{digits}{suffix}"))
 }
 
 /// Whether a pod selects the node with these labels (and tolerates its taint).
@@ -244,5 +378,13 @@ mod tests {
             "$(MISSING) $(POD) $"
         );
         assert_eq!(expand_refs("$(unclosed", &env), "$(unclosed");
+    }
+
+    #[test]
+    fn memory_limits_in_podman_units() {
+        assert_eq!(super::podman_memory("512Mi").as_deref(), Ok("512m"));
+        assert_eq!(super::podman_memory("2Gi").as_deref(), Ok("2g"));
+        assert_eq!(super::podman_memory("1048576").as_deref(), Ok("1048576"));
+        assert!(super::podman_memory("1.5Gi").is_err());
     }
 }

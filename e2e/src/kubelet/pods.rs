@@ -19,8 +19,9 @@ use serde_json::json;
 
 use super::{
     NodeState, now,
-    plan::{ProcessPlan, Refs, plan},
+    plan::{ContainerRun, ProcessPlan, Refs, plan, plan_container},
 };
+use crate::podman::podman;
 
 pub(super) struct Running {
     pub(super) name: String,
@@ -52,7 +53,11 @@ pub(super) fn start_pod(state: &mut NodeState, pod: &Pod, uid: &str, refs: &Refs
     std::fs::create_dir_all(&root)?;
     let spec = pod.spec.clone().unwrap_or_default();
     let container = spec.containers.first().cloned().unwrap_or_default();
-    let plan = match plan(pod, &ip, &root, &state.program, refs) {
+    let planned = match &state.program {
+        Some(program) => plan(pod, &ip, &root, program, refs),
+        None => plan_container(pod, &ip, &root, refs),
+    };
+    let plan = match planned {
         Ok(p) => p,
         Err(e) => {
             writeln!(state.log, "pod {}: cannot run: {e}", pod.name_any())?;
@@ -64,6 +69,17 @@ pub(super) fn start_pod(state: &mut NodeState, pod: &Pod, uid: &str, refs: &Refs
     }
     for (path, data) in &plan.files {
         std::fs::write(path, data)?;
+    }
+    if plan.container.is_some() {
+        // The container runs as its own user: volumes must be open to it (a kubelet would
+        // chown them to the pod's fsGroup).
+        use std::os::unix::fs::PermissionsExt;
+        for d in &plan.dirs {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o777))?;
+        }
+        for (path, _) in &plan.files {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+        }
     }
     writeln!(
         state.log,
@@ -105,12 +121,24 @@ fn spawn(run: &mut Running) -> Result<()> {
         .create(true)
         .append(true)
         .open(&run.log)?;
-    let mut cmd = Command::new(&run.plan.program);
-    cmd.args(&run.plan.args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(run.plan.env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&run.plan.workdir)
+    let mut cmd = match &run.plan.container {
+        None => {
+            let mut cmd = Command::new(&run.plan.program);
+            cmd.args(&run.plan.args)
+                .env_clear()
+                .env("PATH", std::env::var("PATH").unwrap_or_default())
+                .envs(run.plan.env.iter().map(|(k, v)| (k, v)));
+            cmd
+        }
+        Some(c) => {
+            // A container left by an earlier instance of this pod goes first.
+            let _ = podman().args(["rm", "-f", &c.name]).output();
+            let mut cmd = podman();
+            cmd.args(podman_run_args(c, &run.plan.env, &run.plan.args));
+            cmd
+        }
+    };
+    cmd.current_dir(&run.plan.workdir)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -232,14 +260,30 @@ pub(super) async fn terminate(
         Some(run) => match &mut run.child {
             None => true,
             Some(child) => {
+                let container = run.plan.container.as_ref().map(|c| c.name.clone());
                 let since = *run.terminating_since.get_or_insert_with(|| {
-                    let _ = Command::new("kill")
-                        .args(["-TERM", &child.id().to_string()])
-                        .status();
+                    match &container {
+                        // The container gets the signal, not the podman client.
+                        Some(name) => {
+                            let _ = podman().args(["kill", "--signal", "TERM", name]).output();
+                        }
+                        None => {
+                            let _ = Command::new("kill")
+                                .args(["-TERM", &child.id().to_string()])
+                                .status();
+                        }
+                    }
                     Instant::now()
                 });
                 if since.elapsed() > run.grace {
-                    let _ = child.kill();
+                    match &container {
+                        Some(name) => {
+                            let _ = podman().args(["kill", name]).output();
+                        }
+                        None => {
+                            let _ = child.kill();
+                        }
+                    }
                 }
                 child.try_wait().ok().flatten().is_some()
             }
@@ -261,4 +305,45 @@ pub(super) async fn terminate(
         }
     }
     Ok(())
+}
+
+/// `podman run` for a pod's container: host network (the pod listens on its own 127.x
+/// address), the pod spec's user, read-only root, dropped capabilities, memory limit, mounts.
+pub(super) fn podman_run_args(
+    c: &ContainerRun,
+    env: &[(String, String)],
+    args: &[String],
+) -> Vec<String> {
+    let mut out: Vec<String> = ["run", "--rm", "--name", &c.name, "--network", "host"]
+        .map(String::from)
+        .to_vec();
+    out.extend(["--pull".into(), "never".into()]);
+    if let Some(u) = c.user {
+        out.extend(["--user".into(), u.to_string()]);
+    }
+    if c.read_only {
+        out.push("--read-only".into());
+    }
+    if c.drop_all {
+        out.push("--cap-drop=ALL".into());
+    }
+    if c.no_new_privileges {
+        out.extend(["--security-opt".into(), "no-new-privileges".into()]);
+    }
+    if let Some(m) = &c.memory {
+        out.extend(["--memory".into(), m.clone()]);
+    }
+    for (host, path, ro) in &c.mounts {
+        let mode = if *ro { ":ro" } else { "" };
+        out.extend(["-v".into(), format!("{}:{path}{mode}", host.display())]);
+    }
+    for (k, v) in env {
+        out.extend(["-e".into(), format!("{k}={v}")]);
+    }
+    if let Some(w) = &c.workdir {
+        out.extend(["--workdir".into(), w.clone()]);
+    }
+    out.push(c.image.clone());
+    out.extend(args.iter().cloned());
+    out
 }
