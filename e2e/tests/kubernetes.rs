@@ -828,7 +828,7 @@ async fn lifecycle(
             "hotPartitionGuard": {"minAge": "0s"},
             "expireSnapshots": {"olderThan": "1m", "retainLast": 5},
             "runNonce": 1,
-            "image": "tidewater:e2e",
+            "image": image,
             "podTemplate": node.pod_template(),
         },
     }))?;

@@ -175,10 +175,16 @@ async fn two_replicas(client: &Client, ns: &str, dir: &Path) -> Result<()> {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    ensure!(
-        reconciles(&prom, follower)? == 0.0,
-        "the follower reconciled"
-    );
+    // The follower's series exists (scraped) and stays at zero.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let follower_reconciles = loop {
+        match reconciles(&prom, follower) {
+            Ok(v) => break v,
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    };
+    ensure!(follower_reconciles == 0.0, "the follower reconciled");
 
     // The leader killed -9: the follower takes the Lease once it expires (15 s) and reconciles
     // the next generation.
