@@ -535,6 +535,11 @@ async fn lifecycle(
     doc["spec"]["upgradeTimeout"] = json!("40s");
     doc["spec"]["savepointOnDeletion"] = json!(true);
     doc["spec"]["podTemplate"] = node.pod_template();
+    // Limits the podman node applies (cgroup memory and CPU), as a kubelet would.
+    doc["spec"]["resources"] = json!({
+        "coordinator": {"limits": {"memory": "512Mi", "cpu": "1"}},
+        "workers": {"limits": {"memory": "1Gi", "cpu": "1"}},
+    });
     doc["spec"]["checkpoint"]["interval"] = json!("2s");
     let pipeline: IngestionPipeline = serde_json::from_value(doc)?;
     let api: Api<IngestionPipeline> = Api::namespaced(client.clone(), ns);

@@ -320,6 +320,12 @@ mod tests {
             serde_yaml::from_str(include_str!("../../../operator/tests/fixtures/clicks.yaml"))
                 .unwrap();
         p.metadata.namespace = Some("lake".into());
+        p.spec.resources = Some(
+            serde_json::from_value(serde_json::json!({
+                "coordinator": {"limits": {"memory": "512Mi", "cpu": "500m"}}
+            }))
+            .unwrap(),
+        );
         let deploy = Deploy {
             image: "ghcr.io/tidewater/runtime:0.1.0-debug".into(),
             start: Start::Latest,
@@ -373,6 +379,8 @@ mod tests {
             "--read-only",
             "--cap-drop=ALL",
             "--security-opt no-new-privileges",
+            "--memory 512m",
+            "--cpus 0.5",
             "-v /node/pods/x/volumes/config:/etc/tidewater",
             "-v /node/pods/x/termination-log:/dev/termination-log",
             "-e AWS_ACCESS_KEY_ID=AKIA",

@@ -54,6 +54,8 @@ pub struct ContainerRun {
     pub no_new_privileges: bool,
     /// `resources.limits.memory` in podman's units.
     pub memory: Option<String>,
+    /// `resources.limits.cpu` in cores (`--cpus`).
+    pub cpus: Option<String>,
     /// `workingDir`.
     pub workdir: Option<String>,
 }
@@ -275,13 +277,16 @@ fn container_run(
 ) -> Result<ContainerRun, String> {
     let pod_security = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let security = container.security_context.as_ref();
-    let memory = container
-        .resources
-        .as_ref()
-        .and_then(|r| r.limits.as_ref())
-        .and_then(|l| l.get("memory"))
-        .map(|q| podman_memory(&q.0))
-        .transpose()?;
+    let limit = |name: &str| {
+        container
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get(name))
+            .map(|q| q.0.clone())
+    };
+    let memory = limit("memory").map(|q| podman_memory(&q)).transpose()?;
+    let cpus = limit("cpu").map(|q| podman_cpus(&q)).transpose()?;
     Ok(ContainerRun {
         name: format!(
             "tw-{}-{}",
@@ -305,8 +310,22 @@ fn container_run(
             .is_some_and(|d| d.iter().any(|c| c == "ALL")),
         no_new_privileges: security.and_then(|s| s.allow_privilege_escalation) == Some(false),
         memory,
+        cpus,
         workdir: container.working_dir.clone(),
     })
+}
+
+/// A Kubernetes CPU quantity in cores (`500m` → `0.5`, `2` → `2`).
+fn podman_cpus(q: &str) -> Result<String, String> {
+    let bad = || format!("cpu limit {q} is not a quantity this node understands");
+    let cores = match q.strip_suffix('m') {
+        Some(milli) => f64::from(milli.parse::<u32>().map_err(|_| bad())?) / 1000.0,
+        None => q.parse::<f64>().map_err(|_| bad())?,
+    };
+    if !(cores > 0.0 && cores.is_finite()) {
+        return Err(format!("cpu limit {q} must be positive"));
+    }
+    Ok(format!("{cores}"))
 }
 
 /// A Kubernetes memory quantity in podman's units (`512Mi` → `512m`, `1Gi` → `1g`, bytes as
@@ -386,5 +405,9 @@ mod tests {
         assert_eq!(super::podman_memory("2Gi").as_deref(), Ok("2g"));
         assert_eq!(super::podman_memory("1048576").as_deref(), Ok("1048576"));
         assert!(super::podman_memory("1.5Gi").is_err());
+        assert_eq!(super::podman_cpus("500m").as_deref(), Ok("0.5"));
+        assert_eq!(super::podman_cpus("2").as_deref(), Ok("2"));
+        assert_eq!(super::podman_cpus("1.5").as_deref(), Ok("1.5"));
+        assert!(super::podman_cpus("lots").is_err());
     }
 }

@@ -333,6 +333,9 @@ pub(super) fn podman_run_args(
     if let Some(m) = &c.memory {
         out.extend(["--memory".into(), m.clone()]);
     }
+    if let Some(cpus) = &c.cpus {
+        out.extend(["--cpus".into(), cpus.clone()]);
+    }
     for (host, path, ro) in &c.mounts {
         let mode = if *ro { ":ro" } else { "" };
         out.extend(["-v".into(), format!("{}:{path}{mode}", host.display())]);
