@@ -256,11 +256,22 @@ async fn tick(client: &Client, state: &mut NodeState) -> Result<()> {
                     "metadata": {"name": pod.name_any()},
                     "target": {"apiVersion": "v1", "kind": "Node", "name": state.name},
                 });
-                let bindings: Api<k8s_openapi::api::core::v1::Binding> =
-                    Api::namespaced(client.clone(), &ns);
-                let b = serde_json::from_value(binding)?;
-                if let Err(e) = bindings.create(&PostParams::default(), &b).await {
-                    writeln!(state.log, "bind {}: {e}", pod.name_any())?;
+                // POST pods/NAME/binding answers with a Status, not the Binding.
+                let pods_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
+                let bound = pods_api
+                    .create_subresource::<_, kube::core::Status>(
+                        "binding",
+                        &pod.name_any(),
+                        &PostParams::default(),
+                        &binding,
+                    )
+                    .await;
+                match bound {
+                    Ok(status) if status.is_failure() => {
+                        writeln!(state.log, "bind {}: {}", pod.name_any(), status.message)?;
+                    }
+                    Ok(_) => {}
+                    Err(e) => writeln!(state.log, "bind {}: {e}", pod.name_any())?,
                 }
                 continue;
             }
