@@ -9,7 +9,7 @@ mod pods;
 mod proxy;
 
 pub use plan::{ContainerRun, ProcessPlan, Refs, plan, plan_container, selects};
-use pods::{Running, report, start_pod, supervise, terminate};
+use pods::{Running, discard, report, start_pod, supervise, terminate};
 use proxy::{Proxy, serve_services};
 
 use std::{
@@ -122,13 +122,7 @@ impl LocalNode {
                     tokio::time::sleep(Duration::from_millis(300)).await;
                 }
                 for run in state.pods.values_mut() {
-                    if let Some(c) = &run.plan.container {
-                        let _ = crate::podman::podman().args(["rm", "-f", &c.name]).output();
-                    }
-                    if let Some(child) = &mut run.child {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                    }
+                    discard(run);
                 }
             });
         });
@@ -295,13 +289,7 @@ async fn tick(client: &Client, state: &mut NodeState) -> Result<()> {
     state.pods.retain(|uid, run| {
         let keep = live.contains(uid);
         if !keep {
-            if let Some(c) = &run.plan.container {
-                let _ = crate::podman::podman().args(["rm", "-f", &c.name]).output();
-            }
-            if let Some(child) = &mut run.child {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            discard(run);
         }
         keep
     });
@@ -325,6 +313,27 @@ mod tests {
         }
     }
 
+    /// The ConfigMap and Secrets the fixture pipeline's pods refer to.
+    fn fixture_refs(kids: &tidewater_operator::pipeline::children::Children) -> Refs {
+        let mut refs = Refs::default();
+        refs.config_maps.insert(
+            kids.config.metadata.name.clone().unwrap(),
+            kids.config.data.clone().unwrap(),
+        );
+        refs.secrets.insert(
+            "catalog-client".into(),
+            BTreeMap::from([("secret".to_string(), b"id:s3cret".to_vec())]),
+        );
+        refs.secrets.insert(
+            "lake-credentials".into(),
+            BTreeMap::from([
+                ("access-key-id".to_string(), b"AKIA".to_vec()),
+                ("secret-access-key".to_string(), b"sk".to_vec()),
+            ]),
+        );
+        refs
+    }
+
     #[test]
     fn operator_pods_become_hardened_podman_containers() {
         let mut p: tidewater_crds::IngestionPipeline =
@@ -345,22 +354,7 @@ mod tests {
             otlp: Default::default(),
         };
         let kids = children(&p, &deploy);
-        let mut refs = Refs::default();
-        refs.config_maps.insert(
-            kids.config.metadata.name.clone().unwrap(),
-            kids.config.data.clone().unwrap(),
-        );
-        refs.secrets.insert(
-            "catalog-client".into(),
-            BTreeMap::from([("secret".to_string(), b"id:s3cret".to_vec())]),
-        );
-        refs.secrets.insert(
-            "lake-credentials".into(),
-            BTreeMap::from([
-                ("access-key-id".to_string(), b"AKIA".to_vec()),
-                ("secret-access-key".to_string(), b"sk".to_vec()),
-            ]),
-        );
+        let refs = fixture_refs(&kids);
         let mut pod = pod_of(
             kids.coordinator.spec.clone().unwrap().template,
             "clicks-coordinator-abc",
@@ -425,22 +419,7 @@ mod tests {
             },
         };
         let kids = children(&p, &deploy);
-        let mut refs = Refs::default();
-        refs.config_maps.insert(
-            kids.config.metadata.name.clone().unwrap(),
-            kids.config.data.clone().unwrap(),
-        );
-        refs.secrets.insert(
-            "catalog-client".into(),
-            BTreeMap::from([("secret".to_string(), b"id:s3cret".to_vec())]),
-        );
-        refs.secrets.insert(
-            "lake-credentials".into(),
-            BTreeMap::from([
-                ("access-key-id".to_string(), b"AKIA".to_vec()),
-                ("secret-access-key".to_string(), b"sk".to_vec()),
-            ]),
-        );
+        let mut refs = fixture_refs(&kids);
         refs.services
             .insert("clicks-coordinator.lake.svc".into(), "127.0.200.1".into());
         let root = Path::new("/node/pods/x");

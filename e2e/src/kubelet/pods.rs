@@ -132,7 +132,7 @@ fn spawn(run: &mut Running) -> Result<()> {
         }
         Some(c) => {
             // A container left by an earlier instance of this pod goes first.
-            let _ = podman().args(["rm", "-f", &c.name]).output();
+            remove_container(c);
             let mut cmd = podman();
             cmd.args(podman_run_args(c, &run.plan.env, &run.plan.args));
             cmd
@@ -145,6 +145,21 @@ fn spawn(run: &mut Running) -> Result<()> {
     run.child = Some(cmd.spawn().context("start the container process")?);
     run.started_at = now();
     Ok(())
+}
+
+fn remove_container(c: &ContainerRun) {
+    let _ = podman().args(["rm", "-f", &c.name]).output();
+}
+
+/// Stops the pod's container or process at once (no grace: the pod is gone or the node stops).
+pub(super) fn discard(run: &mut Running) {
+    if let Some(c) = &run.plan.container {
+        remove_container(c);
+    }
+    if let Some(child) = &mut run.child {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// Starts, restarts (with back-off) and probes the pod's process.
