@@ -49,6 +49,11 @@ pub enum FormatType {
     /// Avro in the Confluent wire format: a zero byte, the 4-byte schema id, the binary datum.
     /// The writer schema comes from `registry`; fields are matched to columns by name.
     Avro,
+    /// Debezium change events in JSON (with or without the `schema`/`payload` wrapper): `op`
+    /// `c`, `r`, `u` write the `after` image, `d` deletes the `before` image's key; tombstones
+    /// are skipped and counted. Needs `sink.mode: upsert`.
+    #[serde(rename = "debezium-json")]
+    DebeziumJson,
 }
 
 /// A Confluent-compatible schema registry (Confluent, Apicurio's ccompat API, Karapace,
@@ -152,7 +157,7 @@ pub fn validate_format(
             "spec.format.registry",
             "is required with format.type avro".into(),
         ),
-        (FormatType::Json, Some(_)) => err(
+        (FormatType::Json | FormatType::DebeziumJson, Some(_)) => err(
             "spec.format.registry",
             "is only used with format.type avro".into(),
         ),

@@ -367,6 +367,14 @@ fn default_max_open_writers() -> u32 {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {
+        "rule": "!has(self.mode) || self.mode != 'upsert' || (has(self.primaryKey) && size(self.primaryKey) > 0)",
+        "message": "sink.mode upsert needs sink.primaryKey (the columns that identify a row)"
+    },
+    {
+        "rule": "!has(self.primaryKey) || !has(self.createTable) || !has(self.createTable.schema) || size(self.createTable.schema) == 0 || self.primaryKey.all(k, self.createTable.schema.exists(c, c.name == k && has(c.required) && c.required))",
+        "message": "every sink.primaryKey column must be a required column of sink.createTable.schema"
+    },
+    {
         "rule": "has(self.table) != has(self.route)",
         "message": "set exactly one of sink.table (one table) and sink.route (many tables)"
     },
@@ -386,9 +394,19 @@ pub struct SinkSpec {
     /// arrives are created from `createTable` (or the matching rule's own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub route: Option<RouteSpec>,
-    /// How records are written.
+    /// How records are written: `append` (every record a new row) or `upsert` (the table
+    /// holds the newest row per `primaryKey`: changes replace rows, deletes remove them).
     #[serde(default)]
     pub mode: WriteMode,
+    /// Upsert mode: the columns that identify a row (the table's identifier fields). Set on
+    /// tables the pipeline creates; an existing table's identifier fields must be these.
+    /// Every column must exist and be required.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub primary_key: Vec<String>,
+    /// Upsert mode: how deletes are recognised and written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upsert: Option<UpsertSpec>,
     /// Open data-file writers per worker (one per table being written). When a worker writes
     /// more tables at once, the least recently written table's files are closed (they are
     /// committed at the next checkpoint) and a new file is opened when its rows come back.
@@ -575,6 +593,23 @@ pub enum WriteMode {
     /// Every record becomes a new row.
     #[default]
     Append,
+    /// The table holds the newest row per primary key: a record replaces the row with its
+    /// key, a delete removes it. Each checkpoint commits its new rows with position deletes of
+    /// the rows they replace (readable by every Iceberg v2 reader).
+    Upsert,
+}
+
+/// How upsert mode recognises deletes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpsertSpec {
+    /// With `format.type: json`: a field whose value `true` (or `"true"`) marks the record as a
+    /// delete of its key, e.g. `__deleted` (Debezium's ExtractNewRecordState). A record without
+    /// a value (a tombstone) whose Kafka key is a JSON object with the key columns is a delete
+    /// too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub delete_field: Option<String>,
 }
 
 /// Definition of a table to create on first use.

@@ -53,7 +53,7 @@ pub struct CheckpointRecord {
 }
 
 /// Files of one table in one checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TableCommitPlan {
     /// Partition spec id of the files.
     pub partition_spec_id: i32,
@@ -64,6 +64,17 @@ pub struct TableCommitPlan {
     /// Bytes of the files.
     #[serde(default)]
     pub bytes: u64,
+    /// Upsert mode: position delete files removing the rows that this checkpoint's changes
+    /// replace or delete (committed with the data files in one row-delta snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub delete_files: Vec<DataFileRef>,
+    /// Rows the delete files delete.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deleted_rows: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The newest commit of a pipeline found in a table's history.
@@ -354,6 +365,7 @@ pub(crate) mod tests {
                         data_files: vec!["f".into()],
                         rows: 1,
                         bytes: 10,
+                        ..Default::default()
                     },
                 )])
             } else {
@@ -499,6 +511,7 @@ pub(crate) mod tests {
                 data_files: vec!["g".into()],
                 rows: 2,
                 bytes: 20,
+                ..Default::default()
             };
             r.commits.insert(U.into(), plan);
         }

@@ -22,7 +22,9 @@ mod create;
 mod evolve;
 mod history;
 mod pinned;
+mod row_delta;
 
+use crate::maintenance::commit::Cas;
 pub use catalog::open_catalog;
 pub(crate) use catalog::{client_trusting, read_catalog_secret};
 pub use create::{
@@ -65,6 +67,9 @@ pub enum TableError {
     /// A schema change could not be committed.
     #[error("schema evolution: {0}")]
     Evolve(String),
+    /// The catalog's compare-and-swap of a row delta failed (retried).
+    #[error("commit: {0}")]
+    Swap(String),
     /// The table history has a tidewater summary that cannot be read.
     #[error("table history: {0}")]
     History(String),
@@ -100,8 +105,12 @@ impl CommitOutcome {
 /// of this pipeline is exactly where the record starts, and commits pinned to that version.
 /// When any other writer changed the table in between, the attempt fails instead of rebasing
 /// and the next attempt validates again.
+///
+/// A checkpoint with delete files (upsert mode) is committed as a row delta through `swap`,
+/// the catalog's compare-and-swap, with the same validation.
 pub async fn commit_checkpoint(
     catalog: &dyn Catalog,
+    swap: Option<&Cas>,
     ident: &TableIdent,
     table_key: &str,
     record: &CheckpointRecord,
@@ -131,11 +140,12 @@ pub async fn commit_checkpoint(
                 TableError::History(format!("partition spec {} is gone", plan.partition_spec_id))
             })?;
         let partition_type = spec.partition_type(schema)?;
-        let files = plan
-            .data_files
-            .iter()
-            .map(|f| f.decode(plan.partition_spec_id, &partition_type, schema))
-            .collect::<Result<Vec<_>, _>>()?;
+        let decode = |refs: &[crate::write::DataFileRef]| {
+            refs.iter()
+                .map(|f| f.decode(plan.partition_spec_id, &partition_type, schema))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let files = decode(&plan.data_files)?;
         let properties = HashMap::from([
             (
                 SUMMARY_PIPELINE_UID.to_string(),
@@ -155,6 +165,36 @@ pub async fn commit_checkpoint(
                 state_location.to_string(),
             ),
         ]);
+        if !plan.delete_files.is_empty() {
+            let swap = swap.ok_or_else(|| {
+                TableError::History(format!(
+                    "checkpoint {} has delete files for {table_key} but the pipeline is not in \
+                     upsert mode",
+                    record.checkpoint_id
+                ))
+            })?;
+            let delta = row_delta::RowDelta {
+                data: files,
+                deletes: decode(&plan.delete_files)?,
+                deleted_rows: plan.deleted_rows,
+                properties,
+            };
+            match row_delta::commit_row_delta(swap, ident, &table, delta).await? {
+                Some(snapshot_id) => {
+                    failpoint::hit(failpoint::points::AFTER_COMMIT);
+                    return Ok(CommitOutcome::Committed { snapshot_id });
+                }
+                None if attempt < 10 => {
+                    tracing::info!(attempt, "table changed during commit; validating again");
+                    continue;
+                }
+                None => {
+                    return Err(TableError::Swap(format!(
+                        "{table_key} kept changing during {attempt} commit attempts"
+                    )));
+                }
+            }
+        }
         let tx = Transaction::new(&table);
         let tx = tx
             .fast_append()

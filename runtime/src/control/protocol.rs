@@ -156,6 +156,7 @@ mod tests {
                     data_files: vec!["{}".into()],
                     rows: 10,
                     bytes: 100,
+                    ..Default::default()
                 },
             )]),
             offsets,

@@ -15,6 +15,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
 mod avro;
 mod builder;
+pub mod change;
 mod json;
 mod value;
 use builder::{Builder, Datum};
@@ -109,6 +110,9 @@ pub struct RowBatcher {
     tracked: HashSet<String>,
     /// Whether a name beyond the tracked ones was seen.
     overflowed: bool,
+    /// Fields that are neither columns nor unknown (a delete marker), or all non-columns when
+    /// `None` (a batcher of key columns reading whole rows).
+    ignored: Option<Vec<String>>,
 }
 
 /// A table the JSON decoder cannot fill: a required column of a type it does not support.
@@ -160,7 +164,21 @@ impl RowBatcher {
             unknown: UnknownFields::default(),
             tracked: HashSet::new(),
             overflowed: false,
+            ignored: Some(Vec::new()),
         })
+    }
+
+    /// Fields of this name are skipped: not columns, not unknown fields, never evolved into
+    /// columns (e.g. an upsert's delete marker).
+    pub fn ignore_field(&mut self, name: &str) {
+        if let Some(ignored) = &mut self.ignored {
+            ignored.push(name.to_string());
+        }
+    }
+
+    /// Every field without a column is skipped (a batcher of key columns reading whole rows).
+    pub fn ignore_unknown_fields(&mut self) {
+        self.ignored = None;
     }
 
     /// The Arrow schema of the batches.
@@ -377,6 +395,14 @@ impl<'de> Visitor<'de> for RecordSeed<'_, 'de> {
                     }
                 }
                 Slot::Unknown(name) => {
+                    let skip = match &self.batcher.ignored {
+                        None => true,
+                        Some(names) => names.iter().any(|n| *n == name),
+                    };
+                    if skip {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
                     let shape = if self.shapes {
                         Some(map.next_value_seed(ShapeSeed)?)
                     } else {

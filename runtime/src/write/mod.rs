@@ -3,6 +3,7 @@
 
 pub mod data_file;
 pub mod partition;
+pub mod position_delete;
 
 pub use data_file::DataFileRef;
 
@@ -177,6 +178,11 @@ impl WriterFactory {
         self.arrow_schema.clone()
     }
 
+    /// Whether the files are written under a partitioned spec.
+    pub fn is_partitioned(&self) -> bool {
+        !self.partition_spec.is_unpartitioned()
+    }
+
     /// Partition spec id the files are written with.
     pub fn partition_spec_id(&self) -> i32 {
         self.partition_spec.spec_id()
@@ -203,6 +209,7 @@ impl WriterFactory {
         Ok(TableWriter {
             inner,
             factory: self.clone(),
+            wrote: false,
         })
     }
 
@@ -233,11 +240,14 @@ enum Inner {
 pub struct TableWriter {
     inner: Inner,
     factory: WriterFactory,
+    /// Whether a row was written (the file status exists only then).
+    wrote: bool,
 }
 
 impl TableWriter {
     /// Writes a batch (split by partition when the table is partitioned).
     pub async fn write(&mut self, batch: RecordBatch) -> iceberg::Result<()> {
+        self.wrote |= batch.num_rows() > 0;
         match &mut self.inner {
             Inner::Unpartitioned(w) => w.write(batch).await,
             Inner::Partitioned(p) => {
@@ -248,6 +258,24 @@ impl TableWriter {
                 Ok(())
             }
         }
+    }
+
+    /// The file the last batch went into and the rows in it so far (the last batch's rows are
+    /// the final ones): where each written row is, for an upsert's key index. None for a
+    /// partitioned table or before the first write.
+    pub fn position(&self) -> Option<(String, usize)> {
+        use iceberg::writer::CurrentFileStatus;
+        match &self.inner {
+            Inner::Unpartitioned(w) if self.wrote => {
+                Some((w.current_file_path(), w.current_row_num()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the table's files are partitioned.
+    pub fn is_partitioned(&self) -> bool {
+        matches!(self.inner, Inner::Partitioned(_))
     }
 
     /// Closes all files and returns references to them, with their total size.

@@ -87,8 +87,10 @@ fn fold_acks(base: &Offsets, acks: Vec<WorkerAck>) -> Result<Folded, String> {
                     }
                     let have = o.get_mut();
                     have.data_files.extend(plan.data_files);
+                    have.delete_files.extend(plan.delete_files);
                     have.rows += plan.rows;
                     have.bytes += plan.bytes;
+                    have.deleted_rows += plan.deleted_rows;
                 }
             }
         }
@@ -98,7 +100,8 @@ fn fold_acks(base: &Offsets, acks: Vec<WorkerAck>) -> Result<Folded, String> {
         f.min_ts = f.min_ts.into_iter().chain(ack.min_timestamp_ms).min();
         f.max_ts = f.max_ts.into_iter().chain(ack.max_timestamp_ms).max();
     }
-    f.tables.retain(|_, plan| !plan.data_files.is_empty());
+    f.tables
+        .retain(|_, plan| !plan.data_files.is_empty() || !plan.delete_files.is_empty());
     Ok(f)
 }
 
@@ -447,6 +450,7 @@ impl Coordinator {
         for attempt in 1.. {
             match commit::commit_checkpoint(
                 self.catalog.as_ref(),
+                self.swap.as_deref(),
                 &ident,
                 table,
                 record,
@@ -486,6 +490,7 @@ mod tests {
             data_files: files.iter().map(|f| DataFileRef::from(*f)).collect(),
             rows,
             bytes: rows * 10,
+            ..Default::default()
         }
     }
 

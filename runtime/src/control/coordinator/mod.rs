@@ -182,6 +182,8 @@ pub struct Coordinator {
     hub: Hub,
     events: UnboundedReceiver<Event>,
     catalog: Arc<dyn Catalog>,
+    /// The catalog's compare-and-swap, for upsert row deltas.
+    swap: Option<Arc<crate::maintenance::commit::Cas>>,
     store: StateStore,
     metrics: Arc<Metrics>,
     run_id: String,

@@ -29,6 +29,7 @@ use crate::{
         protocol::{ToCoordinator, WorkerId},
         worker::{self, Tables, WorkerSetup},
     },
+    maintenance::commit::Cas,
     offsets::Offsets,
     source,
     write::WriterFactory,
@@ -107,6 +108,15 @@ impl Coordinator {
             }
             None => None,
         };
+        // Upsert checkpoints commit row deltas through the catalog's compare-and-swap.
+        let swap = match config.resource.spec.sink.mode {
+            tidewater_crds::pipeline::WriteMode::Upsert => Some(Arc::new(
+                Cas::connect(&config.catalog)
+                    .await
+                    .map_err(|e| TableError::Swap(e.to_string()))?,
+            )),
+            tidewater_crds::pipeline::WriteMode::Append => None,
+        };
         let store = StateStore::open(&config.state_location, &storage_props)?;
         let records = store.load_all(&config.uid).await?;
         let mut states = table_states(
@@ -159,6 +169,7 @@ impl Coordinator {
             hub,
             events,
             catalog,
+            swap,
             store,
             metrics,
             run_id,

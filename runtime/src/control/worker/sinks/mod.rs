@@ -359,6 +359,7 @@ impl Sinks {
                     data_files: std::mem::take(&mut sink.closed),
                     rows,
                     bytes: std::mem::take(&mut sink.closed_bytes),
+                    ..Default::default()
                 },
             );
         }
