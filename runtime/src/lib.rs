@@ -4,7 +4,8 @@
 //! `source` (Kafka consumer, partition discovery, offsets, dead letters) → `decode`
 //! (records → Arrow, pure) → `route` (which table, pure) → `evolve` (what a record that does
 //! not fit asks of the table's schema, pure) → `write`
-//! (partitioned, rolling Parquet data files) → `checkpoint` (durable records, savepoints and
+//! (partitioned, rolling Parquet data files; `upsert` keeps the key index that turns changes
+//! into position deletes) → `checkpoint` (durable records, savepoints and
 //! the pure recovery/commit decisions) → `commit` (catalogs, table creation, fenced commits).
 //! `control` runs it: coordinator, workers, the job API. `maintenance` is the compaction
 //! application. `offsets` holds the base types all of them share; `config`, `secret`,
@@ -26,4 +27,5 @@ pub mod route;
 pub mod secret;
 pub mod source;
 pub mod storage;
+pub mod upsert;
 pub mod write;
