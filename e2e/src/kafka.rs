@@ -327,6 +327,37 @@ impl EventProducer {
         }
     }
 
+    /// Sends one keyed record to a partition; `None` is a tombstone (queued; call `flush`).
+    pub fn send_keyed(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: &[u8],
+        payload: Option<&[u8]>,
+    ) -> Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .partition(partition)
+            .key(key);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(
+                        rdkafka::types::RDKafkaErrorCode::QueueFull,
+                    ),
+                    r,
+                )) => {
+                    record = r;
+                    self.producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
     /// Sends events with ids in `ids`, partition = id mod `partitions`, timestamped now.
     pub fn send_events(
         &self,

@@ -4,6 +4,7 @@
 //! stopped when its handle drops.
 #![allow(missing_docs, clippy::missing_panics_doc)]
 
+pub mod cdc;
 pub mod cluster;
 mod kafka;
 pub mod kubelet;

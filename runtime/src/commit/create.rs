@@ -39,6 +39,7 @@ pub async fn load_or_create(
     catalog: &dyn Catalog,
     table: &str,
     create: Option<&CreateTableSpec>,
+    primary_key: &[String],
     first_record: Option<Sample<'_>>,
 ) -> Result<Table, TableError> {
     let ident = parse_ident(table)?;
@@ -63,6 +64,7 @@ pub async fn load_or_create(
             (schema, spec)
         }
     };
+    let schema = with_identifier_fields(schema, primary_key).map_err(definition)?;
     if !catalog.namespace_exists(ident.namespace()).await? {
         match catalog
             .create_namespace(ident.namespace(), HashMap::new())
@@ -104,6 +106,36 @@ pub async fn load_or_create(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// `schema` with `primary_key` as its identifier fields (made required: an inferred schema's
+/// columns are optional). Unchanged when the key is empty.
+pub fn with_identifier_fields(schema: Schema, primary_key: &[String]) -> Result<Schema, String> {
+    if primary_key.is_empty() {
+        return Ok(schema);
+    }
+    let mut ids = Vec::new();
+    for name in primary_key {
+        let field = schema
+            .field_by_name(name)
+            .ok_or_else(|| format!("primary key column `{name}` is not in the table"))?;
+        ids.push(field.id);
+    }
+    let fields = schema.as_struct().fields().iter().map(|f| {
+        if ids.contains(&f.id) && !f.required {
+            let mut f = (**f).clone();
+            f.required = true;
+            Arc::new(f)
+        } else {
+            f.clone()
+        }
+    });
+    Schema::builder()
+        .with_schema_id(schema.schema_id())
+        .with_fields(fields)
+        .with_identifier_field_ids(ids)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// Iceberg schema (field ids 1..n in column order) and partition spec of a table definition.
@@ -258,7 +290,14 @@ pub async fn open_table(
     first_record: Option<Sample<'_>>,
 ) -> Result<Table, TableError> {
     if create {
-        return load_or_create(catalog, table, config.create_table(rule), first_record).await;
+        return load_or_create(
+            catalog,
+            table,
+            config.create_table(rule),
+            &config.resource.spec.sink.primary_key,
+            first_record,
+        )
+        .await;
     }
     let ident = parse_ident(table)?;
     catalog

@@ -23,7 +23,7 @@ struct Entry {
 }
 
 /// One change of a batch, in arrival order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Row `row` of the batch's rows is the key's new row.
     Row {
@@ -32,10 +32,10 @@ pub enum Event {
         /// Kafka partition.
         partition: i32,
     },
-    /// The key of row `key` of the batch's keys is deleted.
+    /// The key is deleted.
     Delete {
-        /// Row index in the keys batch.
-        key: u32,
+        /// The key's bytes.
+        key: Box<[u8]>,
         /// Kafka partition.
         partition: i32,
     },
@@ -46,6 +46,8 @@ pub enum Event {
 pub struct BatchPlan {
     /// Rows to write, in row order, with their keys and Kafka partitions.
     pub write: Vec<(u32, Box<[u8]>, i32)>,
+    /// Keys whose last change in the batch is a delete.
+    pub gone: Vec<Box<[u8]>>,
     /// Rows of earlier writes that the batch replaces or deletes: `(file, position)`.
     pub deletes: Vec<(Arc<str>, u64)>,
     /// Keys whose previous change came from another Kafka partition (the order of their
@@ -138,13 +140,14 @@ impl KeyIndex {
     /// index forgets every key the batch touches; [`Self::written`] records the new rows.
     pub fn plan<'k>(
         &mut self,
-        events: &[Event],
+        events: &'k [Event],
         row_key: impl Fn(u32) -> &'k [u8],
-        delete_key: impl Fn(u32) -> &'k [u8],
     ) -> BatchPlan {
-        let key_of = |e: &Event| match *e {
-            Event::Row { row, .. } => row_key(row),
-            Event::Delete { key, .. } => delete_key(key),
+        let key_of = |e: &'k Event| -> &'k [u8] {
+            match e {
+                Event::Row { row, .. } => row_key(*row),
+                Event::Delete { key, .. } => key,
+            }
         };
         let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(events.len());
         for (i, e) in events.iter().enumerate() {
@@ -157,9 +160,9 @@ impl KeyIndex {
         let mut decided: Vec<(&[u8], usize)> = last.into_iter().collect();
         decided.sort_unstable_by_key(|(_, i)| *i);
         for (key, i) in decided {
-            let (partition, row) = match events[i] {
-                Event::Row { row, partition } => (partition, Some(row)),
-                Event::Delete { partition, .. } => (partition, None),
+            let (partition, row) = match &events[i] {
+                Event::Row { row, partition } => (*partition, Some(*row)),
+                Event::Delete { partition, .. } => (*partition, None),
             };
             if let Some(old) = self.remove(key) {
                 if old.partition != partition && old.partition != UNKNOWN_PARTITION {
@@ -167,8 +170,9 @@ impl KeyIndex {
                 }
                 plan.deletes.push(self.location(old));
             }
-            if let Some(row) = row {
-                plan.write.push((row, key.into(), partition));
+            match row {
+                Some(row) => plan.write.push((row, key.into(), partition)),
+                None => plan.gone.push(key.into()),
             }
         }
         plan.write.sort_unstable_by_key(|(row, _, _)| *row);
@@ -176,11 +180,53 @@ impl KeyIndex {
     }
 
     /// Records the rows of `plan.write`, written in that order to `file` from row `start`.
-    pub fn written(&mut self, write: Vec<(u32, Box<[u8]>, i32)>, file: &str, start: u64) {
-        for (n, (_, key, partition)) in write.into_iter().enumerate() {
-            let replaced = self.insert(key, file, start + n as u64, partition);
+    pub fn written(&mut self, write: &[(u32, Box<[u8]>, i32)], file: &str, start: u64) {
+        for (n, (_, key, partition)) in write.iter().enumerate() {
+            let replaced = self.insert(key.clone(), file, start + n as u64, *partition);
             debug_assert!(replaced.is_none(), "plan removed every written key");
         }
+    }
+
+    /// Replays changes recorded by [`Journal`] (in order) on an index read from the table.
+    pub fn replay(&mut self, journal: &Journal) {
+        for (key, at) in &journal.changes {
+            match at {
+                Some((file, pos, partition)) => {
+                    self.insert(key.clone(), file, *pos, *partition);
+                }
+                None => {
+                    self.remove(key);
+                }
+            }
+        }
+    }
+}
+
+/// The index changes of one epoch (since the last barrier), in order: what an index read
+/// again from the table (which holds the epoch's changes only after its commit) must replay.
+#[derive(Debug, Default)]
+pub struct Journal {
+    changes: Vec<(Box<[u8]>, Option<(Arc<str>, u64, i32)>)>,
+}
+
+impl Journal {
+    /// Notes a batch: its deleted keys, and its written rows at `file` from row `start`.
+    pub fn note(&mut self, plan: &BatchPlan, file: Option<&Arc<str>>, start: u64) {
+        self.changes
+            .extend(plan.gone.iter().map(|k| (k.clone(), None)));
+        if let Some(file) = file {
+            for (n, (_, key, partition)) in plan.write.iter().enumerate() {
+                self.changes.push((
+                    key.clone(),
+                    Some((file.clone(), start + n as u64, *partition)),
+                ));
+            }
+        }
+    }
+
+    /// Forgets the epoch (its changes are in the table, or abandoned).
+    pub fn clear(&mut self) {
+        self.changes.clear();
     }
 }
 
@@ -192,8 +238,11 @@ mod tests {
         Event::Row { row, partition: 0 }
     }
 
-    fn del(key: u32) -> Event {
-        Event::Delete { key, partition: 0 }
+    fn del(key: &[u8]) -> Event {
+        Event::Delete {
+            key: key.into(),
+            partition: 0,
+        }
     }
 
     #[test]
@@ -203,9 +252,8 @@ mod tests {
         index.insert(b"b".to_vec().into(), "f0", 8, 0);
         // rows: a(new), c, c(again); deletes: b, c
         let rows: [&[u8]; 3] = [b"a", b"c", b"c"];
-        let keys: [&[u8]; 2] = [b"b", b"c"];
-        let events = [row(0), row(1), del(0), row(2), del(1)];
-        let plan = index.plan(&events, |r| rows[r as usize], |k| keys[k as usize]);
+        let events = [row(0), row(1), del(b"b"), row(2), del(b"c")];
+        let plan = index.plan(&events, |r| rows[r as usize]);
         // a replaced (f0@7 deleted, row 0 written); b deleted (f0@8); c written twice then
         // deleted: nothing written, nothing to delete.
         assert_eq!(
@@ -216,7 +264,18 @@ mod tests {
         deletes.sort();
         assert_eq!(deletes, [(Arc::from("f0"), 7), (Arc::from("f0"), 8)]);
         assert_eq!(plan.superseded, 2);
-        index.written(plan.write, "f1", 100);
+        let mut journal = Journal::default();
+        journal.note(&plan, Some(&Arc::from("f1")), 100);
+        index.written(&plan.write, "f1", 100);
+        // An index read again from a table without this batch, with the journal replayed,
+        // is the same index.
+        let mut again = KeyIndex::default();
+        again.insert(b"a".to_vec().into(), "f0", 7, 0);
+        again.insert(b"b".to_vec().into(), "f0", 8, 0);
+        again.replay(&journal);
+        assert_eq!(again.get(b"a"), Some((Arc::from("f1"), 100)));
+        assert_eq!(again.get(b"b"), None);
+        assert_eq!(again.len(), 1);
         assert_eq!(index.get(b"a"), Some((Arc::from("f1"), 100)));
         assert_eq!(index.get(b"b"), None);
         assert_eq!(index.get(b"c"), None);
@@ -230,11 +289,20 @@ mod tests {
         index.insert(b"r".to_vec().into(), "f0", 2, UNKNOWN_PARTITION);
         let rows: [&[u8]; 2] = [b"k", b"r"];
         let events = [
-            Event::Row { row: 0, partition: 5 },
-            Event::Row { row: 1, partition: 5 },
+            Event::Row {
+                row: 0,
+                partition: 5,
+            },
+            Event::Row {
+                row: 1,
+                partition: 5,
+            },
         ];
-        let plan = index.plan(&events, |r| rows[r as usize], |_| unreachable!());
-        assert_eq!(plan.conflicts, 1, "a rebuilt key has no partition to conflict with");
+        let plan = index.plan(&events, |r| rows[r as usize]);
+        assert_eq!(
+            plan.conflicts, 1,
+            "a rebuilt key has no partition to conflict with"
+        );
         assert_eq!(plan.deletes.len(), 2);
         assert_eq!(plan.write.len(), 2);
     }
@@ -247,9 +315,8 @@ mod tests {
         }
         let full = index.memory_bytes();
         assert!(full >= 1000 * (4 + ENTRY_OVERHEAD), "{full}");
-        let keys: Vec<[u8; 4]> = (0u32..1000).map(u32::to_be_bytes).collect();
-        let events: Vec<Event> = (0..1000).map(del).collect();
-        let plan = index.plan(&events, |_| unreachable!(), |k| &keys[k as usize][..]);
+        let events: Vec<Event> = (0u32..1000).map(|i| del(&i.to_be_bytes())).collect();
+        let plan = index.plan(&events, |_| unreachable!());
         assert_eq!(plan.deletes.len(), 1000);
         assert!(index.is_empty());
     }

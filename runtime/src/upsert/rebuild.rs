@@ -101,10 +101,12 @@ pub async fn rebuild(
         let arrow = builder.schema().clone();
         let mut roots = Vec::new();
         for name in primary_key {
-            let (i, _) = arrow.column_with_name(name).ok_or_else(|| RebuildError::File {
-                file: path.clone(),
-                message: format!("no key column `{name}`"),
-            })?;
+            let (i, _) = arrow
+                .column_with_name(name)
+                .ok_or_else(|| RebuildError::File {
+                    file: path.clone(),
+                    message: format!("no key column `{name}`"),
+                })?;
             roots.push(i);
         }
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);

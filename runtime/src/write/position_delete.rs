@@ -39,12 +39,13 @@ pub fn position_delete_schema() -> iceberg::Result<Schema> {
 
 impl WriterFactory {
     /// Writes `deletes` (any order; sorted here as the spec asks) into one position delete
-    /// file named `{prefix}-deletes.parquet` of an unpartitioned table. None when empty.
+    /// file named `{prefix}-deletes.parquet` of an unpartitioned table: its reference, rows and
+    /// bytes. None when empty.
     pub async fn write_position_deletes(
         &self,
         prefix: &str,
         mut deletes: Vec<(Arc<str>, u64)>,
-    ) -> iceberg::Result<Option<(DataFileRef, u64)>> {
+    ) -> iceberg::Result<Option<(DataFileRef, u64, u64)>> {
         if deletes.is_empty() {
             return Ok(None);
         }
@@ -88,11 +89,11 @@ impl WriterFactory {
                 format!("fsync delete file: {e}"),
             )
         })?;
-        let bytes = file.file_size_in_bytes();
+        let (rows, bytes) = (file.record_count(), file.file_size_in_bytes());
         let reference = self
             .references(vec![file])?
             .pop()
             .expect("one file in, one out");
-        Ok(Some((reference, bytes)))
+        Ok(Some((reference, rows, bytes)))
     }
 }

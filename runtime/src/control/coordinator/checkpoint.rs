@@ -229,9 +229,9 @@ impl Coordinator {
             min_ts,
             max_ts,
         } = fold_acks(&self.offsets, acks).map_err(RunError::Acks)?;
-        self.move_partitions(&plan, &offsets, started);
         let is_savepoint = matches!(kind, Kind::Savepoint { .. });
         if tables.is_empty() && offsets == self.offsets && !is_savepoint {
+            self.move_partitions(&plan, &offsets, started);
             tracing::debug!(
                 checkpoint = id,
                 "empty checkpoint: nothing to record or commit"
@@ -316,6 +316,9 @@ impl Coordinator {
             snapshots
         };
         self.offsets = record.offsets.clone();
+        // Partitions move once the checkpoint is committed: their new owner starts from the
+        // table as it now is (an upsert worker reads its key index from it).
+        self.move_partitions(&plan, &record.offsets, started);
         self.last_checkpoint = Some(CheckpointStatus {
             id,
             time: record.created_at.clone(),

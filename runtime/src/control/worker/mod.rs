@@ -24,7 +24,10 @@ use crate::{
     commit::TableError,
     config::PipelineConfig,
     control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
-    decode::{UNKNOWN_FIELD_NAMES, UnsupportedColumn},
+    decode::{
+        UNKNOWN_FIELD_NAMES, UnsupportedColumn,
+        change::{self, Change},
+    },
     failpoint,
     metrics::{FieldLabels, Metrics, ReasonLabels, TableReasonLabels},
     offsets::{Offsets, TopicPartition, set_offset},
@@ -32,7 +35,11 @@ use crate::{
         self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer, registry::Registry,
     },
 };
-use tidewater_crds::pipeline::FormatType;
+use tidewater_crds::pipeline::{FormatType, WriteMode};
+
+fn sink_mode(config: &PipelineConfig) -> WriteMode {
+    config.resource.spec.sink.mode
+}
 
 use routing::Routing;
 use sinks::{BATCH_ROWS, Sinks};
@@ -195,6 +202,9 @@ struct Epoch {
     dead_by_kind: HashMap<&'static str, u64>,
     /// Dead letters of records whose table was known, by table and reason.
     dead_by_table: HashMap<(String, &'static str), u64>,
+    /// Upsert mode: deletes applied and records that change nothing (tombstones).
+    deletes: u64,
+    skipped: u64,
 }
 
 struct State {
@@ -214,6 +224,20 @@ struct State {
     epoch: Epoch,
     /// Partitions assigned but not yet read from, with when: the pause a move causes.
     awaiting_first: HashMap<(String, i32), std::time::Instant>,
+    /// Upsert mode: how a record says what it changes.
+    changes: Option<ChangeFormat>,
+}
+
+/// How upsert records are read.
+enum ChangeFormat {
+    /// Debezium envelopes; tombstones are skipped.
+    Debezium,
+    /// Each record is the key's new row; a marker field or a tombstone with a JSON key is a
+    /// delete.
+    Rows {
+        /// The delete marker field.
+        delete_field: Option<String>,
+    },
 }
 
 fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
@@ -275,6 +299,23 @@ fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
         since_publish: 0,
         epoch: Epoch::default(),
         awaiting_first: HashMap::new(),
+        changes: match (
+            sink_mode(&setup.config),
+            setup.config.resource.spec.format.format_type,
+        ) {
+            (WriteMode::Append, _) => None,
+            (WriteMode::Upsert, FormatType::DebeziumJson) => Some(ChangeFormat::Debezium),
+            (WriteMode::Upsert, _) => Some(ChangeFormat::Rows {
+                delete_field: setup
+                    .config
+                    .resource
+                    .spec
+                    .sink
+                    .upsert
+                    .as_ref()
+                    .and_then(|u| u.delete_field.clone()),
+            }),
+        },
     };
     let commands = setup.commands;
     loop {
@@ -340,6 +381,8 @@ impl State {
     fn handle(&mut self, cmd: ToWorker, consumer: &KafkaConsumer) -> Result<bool, WorkerError> {
         match cmd {
             ToWorker::Assign { partitions } => {
+                // Keys of these partitions may have changed under another owner.
+                self.sinks.reload_indexes();
                 let tpl = partition_list(&partitions)?;
                 let now = std::time::Instant::now();
                 for (topic, parts) in partitions {
@@ -446,6 +489,9 @@ impl State {
         self.epoch.records += 1;
         self.epoch.bytes += payload.map_or(0, |p| p.len() as u64);
         let mut table = None;
+        if self.changes.is_some() {
+            return self.on_change(m);
+        }
         let result = match payload {
             None => Err(("no-value", "record has no value (tombstone)".to_string())),
             Some(p) if p.len() > self.max_record_bytes => Err((
@@ -497,6 +543,91 @@ impl State {
             *next = offset + 1;
         }
         Ok(())
+    }
+
+    /// [`Self::on_message`] in upsert mode.
+    fn on_change(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
+        let format = self.changes.as_ref().expect("upsert mode");
+        let decoded = match (m.payload(), format) {
+            (None, ChangeFormat::Debezium) => Ok(Change::Skip),
+            (None, ChangeFormat::Rows { .. }) => match m.key() {
+                Some(key) => Ok(Change::Delete { key }),
+                None => Err((
+                    "no-value",
+                    "record has neither value nor key: nothing says which row it deletes"
+                        .to_string(),
+                )),
+            },
+            (Some(p), _) if p.len() > self.max_record_bytes => Err((
+                "oversize",
+                format!(
+                    "value of {} bytes exceeds maxRecordBytes {}",
+                    p.len(),
+                    self.max_record_bytes
+                ),
+            )),
+            (Some(p), ChangeFormat::Debezium) => {
+                change::debezium(p).map_err(|e| (e.kind, e.message))
+            }
+            (
+                Some(p),
+                ChangeFormat::Rows {
+                    delete_field: Some(f),
+                },
+            ) => change::marked(p, f).map_err(|e| (e.kind, e.message)),
+            (Some(p), ChangeFormat::Rows { delete_field: None }) => Ok(Change::Upsert {
+                after: p,
+                before: None,
+            }),
+        };
+        let mut table = None;
+        let result = match decoded {
+            Err(e) => Err(e),
+            Ok(Change::Skip) => {
+                self.epoch.skipped += 1;
+                Ok(())
+            }
+            Ok(change) => match self.routing.target(m) {
+                Err(reason) => Err(("unroutable", reason)),
+                Ok(target) => {
+                    let pushed = self.sinks.push_change(
+                        &self.rt,
+                        m.partition(),
+                        &target.table,
+                        target.rule,
+                        change,
+                        self.last_barrier + 1,
+                    )?;
+                    if pushed.is_err() {
+                        table = Some(target.table.into_owned());
+                    } else if matches!(change, Change::Delete { .. }) {
+                        self.epoch.deletes += 1;
+                    } else {
+                        self.epoch.rows += 1;
+                    }
+                    pushed
+                }
+            },
+        };
+        if let Err((kind, message)) = result {
+            self.dead_letter(m, kind, &message)?;
+            if let Some(table) = table {
+                *self.epoch.dead_by_table.entry((table, kind)).or_default() += 1;
+            }
+        }
+        self.advance(m);
+        Ok(())
+    }
+
+    /// The record's partition continues after it.
+    fn advance(&mut self, m: &BorrowedMessage<'_>) {
+        if let Some(next) = self
+            .owned
+            .get_mut(m.topic())
+            .and_then(|p| p.get_mut(&m.partition()))
+        {
+            *next = m.offset() + 1;
+        }
     }
 
     fn dead_letter(

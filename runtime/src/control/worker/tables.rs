@@ -109,6 +109,12 @@ impl Tables {
         Ok(factory)
     }
 
+    /// `table` as the catalog has it now.
+    pub(super) async fn load(&mut self, table: &str) -> Result<iceberg::table::Table, WorkerError> {
+        let catalog = self.catalog().await?;
+        Ok(commit::open_table(catalog.as_ref(), &self.config, table, None, false, None).await?)
+    }
+
     async fn catalog(&mut self) -> Result<Arc<dyn Catalog>, TableError> {
         if let Some(c) = &self.catalog {
             return Ok(c.clone());

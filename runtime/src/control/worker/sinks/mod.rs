@@ -8,7 +8,7 @@ use std::{
     sync::Arc,
 };
 
-use tidewater_crds::pipeline::{OnIncompatible, SchemaEvolutionSpec, SinkSpec};
+use tidewater_crds::pipeline::{OnIncompatible, SchemaEvolutionSpec, SinkSpec, WriteMode};
 
 use crate::{
     checkpoint::TableCommitPlan,
@@ -22,6 +22,9 @@ use crate::{
 };
 
 mod avro;
+mod upsert;
+
+use upsert::UpsertState;
 
 use super::{
     WorkerError,
@@ -53,6 +56,8 @@ struct Sink {
     carried: Vec<UnknownFields>,
     /// Avro writer schema ids already compared with the table's current schema.
     checked: HashSet<u32>,
+    /// Upsert mode: the key index and the changes waiting for it.
+    upsert: Option<Box<UpsertState>>,
 }
 
 /// The tables one worker writes, opened on first use.
@@ -68,6 +73,10 @@ pub(super) struct Sinks {
     clock: u64,
     /// The schema registry, when records are Avro.
     registry: Option<Registry>,
+    /// Upsert mode: the primary key.
+    primary_key: Option<Vec<String>>,
+    /// Upsert mode: the delete marker field (never a column).
+    delete_field: Option<String>,
 }
 
 impl Sinks {
@@ -90,6 +99,8 @@ impl Sinks {
             buffered: 0,
             clock: 0,
             registry,
+            primary_key: (sink.mode == WriteMode::Upsert).then(|| sink.primary_key.clone()),
+            delete_field: sink.upsert.as_ref().and_then(|u| u.delete_field.clone()),
         }
     }
 
@@ -114,6 +125,21 @@ impl Sinks {
         {
             return Ok(Err(e));
         }
+        if let Err(e) = self.convert_json(rt, table, payload, next_checkpoint)? {
+            return Ok(Err(e));
+        }
+        self.appended(rt, table, next_checkpoint)
+    }
+
+    /// Converts a JSON record into the batch of `table` (open), evolving the table's schema
+    /// when the record asks for it and it may.
+    fn convert_json(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+        payload: &[u8],
+        next_checkpoint: u64,
+    ) -> Result<Result<(), RecordError>, WorkerError> {
         let mut evolved = 0;
         loop {
             let sink = self.sinks.get_mut(table).expect("opened above");
@@ -146,7 +172,7 @@ impl Sinks {
             self.evolve(rt, table, &observation, next_checkpoint)?;
             evolved += 1;
         }
-        self.appended(rt, table, next_checkpoint)
+        Ok(Ok(()))
     }
 
     /// Opens `table`'s sink: its writers and a batcher for the pipeline's format.
@@ -162,7 +188,12 @@ impl Sinks {
             Err(Unavailable::Record(kind, reason)) => return Ok(Err((kind, reason))),
             Err(Unavailable::Worker(e)) => return Err(e),
         };
+        let upsert = match &self.primary_key {
+            Some(pk) => Some(Box::new(UpsertState::new(table, &factory, pk)?)),
+            None => None,
+        };
         let sink = Sink {
+            upsert,
             batcher: self.batcher(&factory)?,
             factory,
             writer: None,
@@ -179,7 +210,11 @@ impl Sinks {
 
     /// A batcher for the table's current schema.
     fn batcher(&self, factory: &WriterFactory) -> Result<RowBatcher, WorkerError> {
-        Ok(RowBatcher::new(factory.arrow_schema())?)
+        let mut batcher = RowBatcher::new(factory.arrow_schema())?;
+        if let Some(field) = &self.delete_field {
+            batcher.ignore_field(field);
+        }
+        Ok(batcher)
     }
 
     /// Counts a record appended to `table` and hands batches over when enough are buffered.
@@ -192,7 +227,8 @@ impl Sinks {
         let sink = self.sinks.get_mut(table).expect("appended tables exist");
         sink.rows += 1;
         self.buffered += 1;
-        if sink.batcher.rows() >= BATCH_ROWS {
+        let changes = sink.upsert.as_ref().map_or(0, |u| u.events.len());
+        if sink.batcher.rows() >= BATCH_ROWS || changes >= BATCH_ROWS {
             self.flush_table(rt, table, next_checkpoint)?;
         } else if self.buffered >= BUFFERED_ROWS {
             self.flush(rt, next_checkpoint)?;
@@ -238,6 +274,9 @@ impl Sinks {
         let sink = self.sinks.get_mut(table).expect("evolved tables exist");
         std::mem::swap(&mut sink.batcher, &mut batcher);
         sink.carried.push(batcher.take_unknown_fields());
+        if let (Some(state), Some(pk)) = (sink.upsert.as_deref_mut(), &self.primary_key) {
+            state.rekey(table, &factory, pk)?;
+        }
         sink.factory = factory;
         sink.checked.clear();
         if !changes.is_empty() {
@@ -268,7 +307,9 @@ impl Sinks {
         let full: Vec<String> = self
             .sinks
             .iter()
-            .filter(|(_, s)| s.batcher.rows() > 0)
+            .filter(|(_, s)| {
+                s.batcher.rows() > 0 || s.upsert.as_ref().is_some_and(|u| !u.events.is_empty())
+            })
             .map(|(t, _)| t.clone())
             .collect();
         for table in full {
@@ -290,10 +331,24 @@ impl Sinks {
         self.clock += 1;
         let (worker, clock) = (self.worker, self.clock);
         let sink = self.sinks.get_mut(table).expect("flushed tables exist");
-        let Some(batch) = sink.batcher.finish() else {
+        let batch = sink.batcher.finish();
+        let (batch, plan) = match sink.upsert.as_deref_mut() {
+            None => (batch, None),
+            Some(state) => {
+                self.buffered = self.buffered.saturating_sub(state.events.len());
+                let (batch, plan) = state.decide(table, batch)?;
+                (batch, Some(plan))
+            }
+        };
+        let Some(batch) = batch else {
+            if let (Some(state), Some(plan)) = (sink.upsert.as_deref_mut(), plan) {
+                state.written(plan, None)?;
+            }
             return Ok(());
         };
-        self.buffered = self.buffered.saturating_sub(batch.num_rows());
+        if plan.is_none() {
+            self.buffered = self.buffered.saturating_sub(batch.num_rows());
+        }
         if sink.writer.is_none() {
             let prefix = format!(
                 "{}-w{worker}-c{next_checkpoint}-{}",
@@ -308,6 +363,9 @@ impl Sinks {
         sink.last_used = clock;
         let writer = sink.writer.as_mut().expect("just opened");
         rt.block_on(writer.write(batch)).map_err(write("write"))?;
+        if let (Some(state), Some(plan)) = (sink.upsert.as_deref_mut(), plan) {
+            state.written(plan, writer.position())?;
+        }
         failpoint::hit(failpoint::points::WORKER_MID_WRITE);
         Ok(())
     }
@@ -349,7 +407,27 @@ impl Sinks {
                 sink.closed_bytes += bytes;
             }
             let rows = std::mem::take(&mut sink.rows);
-            if sink.closed.is_empty() {
+            let (delete_files, deleted_rows, delete_bytes) = match sink.upsert.as_deref_mut() {
+                Some(state) => {
+                    state.journal.clear();
+                    let prefix = format!(
+                        "{}-w{}-c{next_checkpoint}-{}",
+                        self.run_id,
+                        self.worker,
+                        uuid::Uuid::now_v7().simple()
+                    );
+                    let deletes = std::mem::take(&mut state.deletes);
+                    match rt
+                        .block_on(sink.factory.write_position_deletes(&prefix, deletes))
+                        .map_err(write("write delete"))?
+                    {
+                        Some((file, rows, bytes)) => (vec![file], rows, bytes),
+                        None => (Vec::new(), 0, 0),
+                    }
+                }
+                None => (Vec::new(), 0, 0),
+            };
+            if sink.closed.is_empty() && delete_files.is_empty() {
                 continue;
             }
             plans.insert(
@@ -358,8 +436,9 @@ impl Sinks {
                     partition_spec_id: sink.factory.partition_spec_id(),
                     data_files: std::mem::take(&mut sink.closed),
                     rows,
-                    bytes: std::mem::take(&mut sink.closed_bytes),
-                    ..Default::default()
+                    bytes: std::mem::take(&mut sink.closed_bytes) + delete_bytes,
+                    delete_files,
+                    deleted_rows,
                 },
             );
         }
@@ -375,6 +454,9 @@ impl Sinks {
             sink.closed.clear();
             sink.closed_bytes = 0;
             sink.rows = 0;
+            if let Some(state) = sink.upsert.as_deref_mut() {
+                state.reset();
+            }
         }
         self.buffered = 0;
     }
