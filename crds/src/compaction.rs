@@ -331,6 +331,9 @@ pub struct TableReport {
     /// Why the table failed, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why the table's data files were left alone (expiry and orphan removal still ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite_skipped: Option<String>,
 }
 
 /// What CEL cannot check: table names, pattern, schedule, durations, catalog rules.

@@ -381,3 +381,40 @@ pub fn assert_snapshots_match(
     }
     Ok(views.len())
 }
+
+/// Produces a change stream in the background until finished.
+pub struct CdcProducer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Result<CdcStream>>,
+}
+
+impl CdcProducer {
+    /// Sends `batch` changes of `stream` to `topic` every `pause`.
+    pub fn start(
+        bootstrap: &str,
+        topic: &str,
+        mut stream: CdcStream,
+        batch: usize,
+        pause: std::time::Duration,
+    ) -> Result<Self> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let producer = EventProducer::new(bootstrap)?;
+        let (flag, topic) = (stop.clone(), topic.to_string());
+        let handle = std::thread::spawn(move || {
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                produce(&producer, &topic, &stream.next_changes(batch))?;
+                std::thread::sleep(pause);
+            }
+            Ok(stream)
+        });
+        Ok(Self { stop, handle })
+    }
+
+    /// Stops producing; the stream with everything produced.
+    pub fn finish(self) -> Result<CdcStream> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle
+            .join()
+            .map_err(|_| anyhow::anyhow!("producer thread panicked"))?
+    }
+}

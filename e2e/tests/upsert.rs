@@ -2,16 +2,30 @@
 //! (MySQL and PostgreSQL shapes, with and without the schema wrapper, snapshot reads,
 //! updates that change the key, deletes with tombstones) over 10,000 keys in three keyed
 //! partitions. After every checkpoint's commit the table — read by PyIceberg and by DuckDB as
-//! of that snapshot — equals a model of the source table at the snapshot's offsets.
+//! of that snapshot — equals a model of the source table at the snapshot's offsets. Then the
+//! same while the process is crashed 24 times (kill -9 at random moments and aborts at fail
+//! points) with the stream running, on the SQLite and on the PostgreSQL catalog.
 
 use std::time::{Duration, Instant};
 
+use std::{collections::BTreeMap, os::unix::process::ExitStatusExt};
+
 use anyhow::{Context, Result};
+use rand::Rng;
 use tidewater_e2e::{
-    Broker, Tidewater,
-    cdc::{self, CdcStream},
+    Broker, Postgres, Tidewater,
+    cdc::{self, CdcProducer, CdcStream},
     repo_root,
 };
+
+/// The windows a crash must not break: mid-write, between the checkpoint record and the
+/// commit, just before and just after the catalog update.
+const FAILPOINTS: &[&str] = &[
+    "worker.mid-write",
+    "checkpoint.after-record",
+    "commit.before-catalog-update",
+    "commit.after-catalog-update",
+];
 
 const TABLE: &str = "inventory.customers";
 const TOPIC: &str = "dbserver1.inventory.customers";
@@ -24,14 +38,16 @@ struct Setup {
     warehouse: std::path::PathBuf,
 }
 
-fn setup(partitions: i32, parallelism: u32) -> Result<Setup> {
+fn setup(partitions: i32, parallelism: u32, catalog_uri: Option<String>) -> Result<Setup> {
     let broker = Broker::start()?;
     broker.create_topic(TOPIC, partitions)?;
     broker.create_topic("customers.dlq", 1)?;
     let dir = tempfile::tempdir()?;
     let local = format!("{}/", dir.path().display());
     let example = std::fs::read_to_string(repo_root().join("examples/debezium-upsert.yaml"))?;
+    let uri = catalog_uri.unwrap_or_else(|| format!("sqlite://{local}cdc-catalog.db"));
     let yaml = example
+        .replace("sqlite://.tidewater/cdc-catalog.db", &uri)
         .replace("127.0.0.1:9092", &broker.bootstrap)
         .replace(".tidewater/", &local)
         .replace("interval: 2s", "interval: 1s")
@@ -39,7 +55,7 @@ fn setup(partitions: i32, parallelism: u32) -> Result<Setup> {
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(&file, &yaml)?;
     Ok(Setup {
-        uri: format!("sqlite://{local}cdc-catalog.db"),
+        uri,
         warehouse: dir.path().join("warehouse"),
         broker,
         dir,
@@ -74,7 +90,7 @@ fn wait_committed(s: &Setup, stream: &CdcStream, tw: &Tidewater, timeout: Durati
 
 #[test]
 fn a_debezium_stream_is_mirrored_exactly_after_every_checkpoint() -> Result<()> {
-    let s = setup(3, 1)?;
+    let s = setup(3, 1, None)?;
     let producer = s.broker.producer()?;
     let mut stream = CdcStream::new(13, 3, 10_000);
     let mut tw = Tidewater::start(&s.file, &s.dir.path().join("tw.log"), None)?;
@@ -105,4 +121,88 @@ fn a_debezium_stream_is_mirrored_exactly_after_every_checkpoint() -> Result<()> 
         last.delete_files
     );
     Ok(())
+}
+
+/// Crashes the pipeline `iterations` times while changes stream in, then lets it drain and
+/// checks every snapshot it committed against the model.
+fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
+    let s = setup(3, 1, catalog_uri)?;
+    let producer = CdcProducer::start(
+        &s.broker.bootstrap,
+        TOPIC,
+        CdcStream::new(29, 3, 10_000),
+        300,
+        Duration::from_millis(250),
+    )?;
+    let log = s.dir.path().join("tw.log");
+    let mut rng = rand::rng();
+    let mut triggered: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut killed = 0;
+    for i in 0..iterations {
+        let failpoint = (i % 2 == 0).then(|| FAILPOINTS[(i / 2) % FAILPOINTS.len()]);
+        let armed = failpoint.map(|f| format!("{f}@{}", rng.random_range(1..=2)));
+        let mut tw = Tidewater::start(&s.file, &log, armed.as_deref())?;
+        let deadline = Instant::now()
+            + if failpoint.is_some() {
+                Duration::from_secs(20)
+            } else {
+                Duration::from_millis(rng.random_range(300..3500))
+            };
+        let mut ended = None;
+        while Instant::now() < deadline {
+            if let Some(status) = tw.try_wait() {
+                ended = Some(status);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match (failpoint, ended) {
+            (Some(f), Some(status)) if status.signal() == Some(6) => {
+                *triggered.entry(f).or_default() += 1;
+            }
+            (_, Some(status)) => anyhow::bail!(
+                "iteration {i}: tidewater exited on its own with {status:?}; log:\n{}",
+                tw.log_text()
+            ),
+            (_, None) => {
+                tw.kill9();
+                killed += 1;
+            }
+        }
+    }
+    let stream = producer.finish()?;
+    for f in FAILPOINTS {
+        assert!(
+            triggered.get(f).copied().unwrap_or(0) > 0,
+            "fail point {f} never fired: {triggered:?}"
+        );
+    }
+    let mut tw = Tidewater::start(&s.file, &log, None)?;
+    wait_committed(&s, &stream, &tw, Duration::from_secs(180))?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg,duckdb")?;
+    let checked =
+        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let changes: i64 = stream.produced().values().sum();
+    eprintln!(
+        "upsert crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), \
+         {changes} changes, {checked} snapshots equal the model for PyIceberg and DuckDB"
+    );
+    assert!(checked >= 10, "snapshots checked: {checked}");
+    Ok(())
+}
+
+#[test]
+fn upsert_crash_test_sqlite_catalog() -> Result<()> {
+    crash_test(None, 24)
+}
+
+#[test]
+fn upsert_crash_test_postgres_catalog() -> Result<()> {
+    let pg = Postgres::start()?;
+    crash_test(Some(pg.uri()), 24)
 }

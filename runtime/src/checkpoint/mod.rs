@@ -27,6 +27,9 @@ pub const SUMMARY_RUN_ID: &str = "tidewater.run-id";
 /// maintenance can protect the files they reference).
 pub const SUMMARY_STATE_LOCATION: &str = "tidewater.state-location";
 
+/// Snapshot summary key: `upsert` on the commits of an upsert pipeline (absent: append).
+pub const SUMMARY_MODE: &str = "tidewater.mode";
+
 /// A completed checkpoint, written durably before any table commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CheckpointRecord {

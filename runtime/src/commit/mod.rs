@@ -11,7 +11,7 @@ use iceberg::{
 
 use crate::{
     checkpoint::{
-        CheckpointRecord, CommitDecision, SUMMARY_CHECKPOINT_ID, SUMMARY_OFFSETS,
+        CheckpointRecord, CommitDecision, SUMMARY_CHECKPOINT_ID, SUMMARY_MODE, SUMMARY_OFFSETS,
         SUMMARY_PIPELINE_UID, SUMMARY_RUN_ID, SUMMARY_STATE_LOCATION, decide_commit,
     },
     failpoint,
@@ -165,14 +165,17 @@ pub async fn commit_checkpoint(
                 state_location.to_string(),
             ),
         ]);
-        if !plan.delete_files.is_empty() {
-            let swap = swap.ok_or_else(|| {
-                TableError::History(format!(
-                    "checkpoint {} has delete files for {table_key} but the pipeline is not in \
-                     upsert mode",
-                    record.checkpoint_id
-                ))
-            })?;
+        if swap.is_none() && !plan.delete_files.is_empty() {
+            return Err(TableError::History(format!(
+                "checkpoint {} has delete files for {table_key} but the pipeline is not in \
+                 upsert mode",
+                record.checkpoint_id
+            )));
+        }
+        // Upsert mode: every commit is a row delta marked as such (compaction reads the mark).
+        if let Some(swap) = swap {
+            let mut properties = properties;
+            properties.insert(SUMMARY_MODE.to_string(), "upsert".to_string());
             let delta = row_delta::RowDelta {
                 data: files,
                 deletes: decode(&plan.delete_files)?,

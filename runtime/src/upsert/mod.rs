@@ -206,8 +206,11 @@ impl KeyIndex {
 /// again from the table (which holds the epoch's changes only after its commit) must replay.
 #[derive(Debug, Default)]
 pub struct Journal {
-    changes: Vec<(Box<[u8]>, Option<(Arc<str>, u64, i32)>)>,
+    changes: Vec<(Box<[u8]>, Option<Location>)>,
 }
+
+/// A row's place: data file, position, and the Kafka partition its change came from.
+type Location = (Arc<str>, u64, i32);
 
 impl Journal {
     /// Notes a batch: its deleted keys, and its written rows at `file` from row `start`.
