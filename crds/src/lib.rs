@@ -9,6 +9,7 @@ pub mod job_api;
 pub mod pipeline;
 pub mod status;
 pub mod types;
+pub mod upsert;
 pub mod validate;
 
 pub use compaction::{CompactionPolicy, CompactionPolicySpec, CompactionPolicyStatus};

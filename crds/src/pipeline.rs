@@ -3,6 +3,7 @@
 // The repeated `type_ = ...` keys of separate `printcolumn(...)` entries trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
+pub use crate::upsert::{UpsertSpec, WriteMode};
 use std::collections::BTreeMap;
 
 use kube::CustomResource;
@@ -584,32 +585,6 @@ pub enum OnIncompatible {
     DeadLetter,
     /// The pipeline stops without committing past it.
     Fail,
-}
-
-/// Write modes.
-#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum WriteMode {
-    /// Every record becomes a new row.
-    #[default]
-    Append,
-    /// The table holds the newest row per primary key: a record replaces the row with its
-    /// key, a delete removes it. Each checkpoint commits its new rows with position deletes of
-    /// the rows they replace (readable by every Iceberg v2 reader).
-    Upsert,
-}
-
-/// How upsert mode recognises deletes.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct UpsertSpec {
-    /// With `format.type: json`: a field whose value `true` (or `"true"`) marks the record as a
-    /// delete of its key, e.g. `__deleted` (Debezium's ExtractNewRecordState). A record without
-    /// a value (a tombstone) whose Kafka key is a JSON object with the key columns is a delete
-    /// too.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
-    pub delete_field: Option<String>,
 }
 
 /// Definition of a table to create on first use.

@@ -334,7 +334,7 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
             .any(|t| t.contains("{value."))
     });
     crate::format::validate_format(&spec.format, reads_value_fields, &mut err);
-    validate_upsert(spec, &mut err);
+    crate::upsert::validate_upsert(spec, &mut err);
     validate_write_properties(spec, &mut err);
 
     if let Err(e) = parse_duration(&spec.checkpoint.interval) {
@@ -398,89 +398,6 @@ pub fn validate(spec: &IngestionPipelineSpec) -> Vec<FieldError> {
         }
     }
     errors
-}
-
-/// Upsert mode: a primary key of required columns of the table definition; Debezium change
-/// events only in upsert mode (an append of change events would keep every version).
-fn validate_upsert(spec: &IngestionPipelineSpec, err: &mut impl FnMut(&str, String)) {
-    use crate::{format::FormatType, pipeline::WriteMode};
-    let sink = &spec.sink;
-    let upsert = sink.mode == WriteMode::Upsert;
-    if upsert && sink.primary_key.is_empty() {
-        err(
-            "spec.sink.primaryKey",
-            "sink.mode upsert needs the columns that identify a row".into(),
-        );
-    }
-    if !upsert && !sink.primary_key.is_empty() {
-        err(
-            "spec.sink.primaryKey",
-            "is only used with sink.mode upsert".into(),
-        );
-    }
-    if !upsert && sink.upsert.is_some() {
-        err(
-            "spec.sink.upsert",
-            "is only used with sink.mode upsert".into(),
-        );
-    }
-    if spec.format.format_type == FormatType::DebeziumJson && !upsert {
-        err(
-            "spec.format.type",
-            "debezium-json change events need sink.mode upsert".into(),
-        );
-    }
-    if spec.format.format_type == FormatType::Avro && upsert {
-        err(
-            "spec.sink.mode",
-            "upsert takes format.type json or debezium-json (Avro change events are not \
-             supported yet)"
-                .into(),
-        );
-    }
-    if sink
-        .upsert
-        .as_ref()
-        .is_some_and(|u| u.delete_field.is_some())
-        && spec.format.format_type != FormatType::Json
-    {
-        err(
-            "spec.sink.upsert.deleteField",
-            "marks deletes in plain JSON records (format.type json); Debezium events say \
-             op d"
-                .into(),
-        );
-    }
-    let mut seen = HashSet::new();
-    for (i, key) in sink.primary_key.iter().enumerate() {
-        let at = format!("spec.sink.primaryKey[{i}]");
-        if !seen.insert(key) {
-            err(&at, format!("`{key}` is listed twice"));
-            continue;
-        }
-        let definitions = sink
-            .create_table
-            .iter()
-            .chain(
-                sink.route
-                    .iter()
-                    .flat_map(|r| r.rules.iter().filter_map(|r| r.create_table.as_ref())),
-            )
-            .filter(|c| !c.schema.is_empty());
-        for create in definitions {
-            match create.schema.iter().find(|c| &c.name == key) {
-                None => err(
-                    &at,
-                    format!("`{key}` is not a column of the table definition"),
-                ),
-                Some(c) if !c.required => err(
-                    &at,
-                    format!("`{key}` must be a required column (key columns cannot be null)"),
-                ),
-                Some(_) => {}
-            }
-        }
-    }
 }
 
 fn validate_create_table(
