@@ -150,7 +150,10 @@ mod tests {
         let mut p = example();
         p.spec.sink.primary_key = vec!["name".into(), "nope".into(), "name".into()];
         let e = errors(&p).join("\n");
-        assert!(e.contains("primaryKey[0]: `name` must be a required column"), "{e}");
+        assert!(
+            e.contains("primaryKey[0]: `name` must be a required column"),
+            "{e}"
+        );
         assert!(e.contains("primaryKey[1]: `nope` is not a column"), "{e}");
         assert!(e.contains("primaryKey[2]: `name` is listed twice"), "{e}");
     }
@@ -161,13 +164,19 @@ mod tests {
         p.spec.sink.mode = WriteMode::Append;
         p.spec.sink.primary_key.clear();
         let e = errors(&p).join("\n");
-        assert!(e.contains("spec.format.type: debezium-json change events need"), "{e}");
+        assert!(
+            e.contains("spec.format.type: debezium-json change events need"),
+            "{e}"
+        );
         let mut p = example();
         p.spec.sink.upsert = Some(crate::upsert::UpsertSpec {
             delete_field: Some("__deleted".into()),
         });
         let e = errors(&p).join("\n");
-        assert!(e.contains("spec.sink.upsert.deleteField: marks deletes"), "{e}");
+        assert!(
+            e.contains("spec.sink.upsert.deleteField: marks deletes"),
+            "{e}"
+        );
         p.spec.format.format_type = FormatType::Json;
         assert_eq!(errors(&p), Vec::<String>::new());
     }
