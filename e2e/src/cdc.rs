@@ -224,6 +224,11 @@ impl CdcStream {
         table
     }
 
+    /// How many produced records have an effect matching `f`.
+    pub fn count(&self, f: impl Fn(&Effect) -> bool) -> usize {
+        self.log.values().flatten().filter(|e| f(e)).count()
+    }
+
     /// Changes produced per partition.
     pub fn produced(&self) -> BTreeMap<i32, i64> {
         self.log

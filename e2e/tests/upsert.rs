@@ -99,6 +99,44 @@ fn a_debezium_stream_is_mirrored_exactly_after_every_checkpoint() -> Result<()> 
         std::thread::sleep(Duration::from_millis(700));
     }
     wait_committed(&s, &stream, &tw, Duration::from_secs(120))?;
+    // The metrics say what happened (one run: every record was read once).
+    let metric = |name: &str| tw.metric(name).unwrap_or(-1.0);
+    let count = |f: fn(&cdc::Effect) -> bool| stream.count(f) as f64;
+    let table = r#"table="inventory.customers""#;
+    assert_eq!(
+        metric("tidewater_upsert_skipped_records_total"),
+        count(|e| matches!(e, cdc::Effect::None)),
+        "tombstones"
+    );
+    assert_eq!(
+        metric(&format!(
+            r#"tidewater_upsert_changes_total{{{table},kind="delete"}}"#
+        )),
+        count(|e| matches!(e, cdc::Effect::Delete { .. })),
+        "deletes"
+    );
+    assert_eq!(
+        metric(&format!(
+            r#"tidewater_upsert_changes_total{{{table},kind="upsert"}}"#
+        )),
+        count(|e| matches!(e, cdc::Effect::Put { .. } | cdc::Effect::Rekey { .. })),
+        "upserts"
+    );
+    assert!(metric(&format!("tidewater_upsert_deleted_rows_total{{{table}}}")) > 0.0);
+    assert!(metric(&format!("tidewater_upsert_delete_files_total{{{table}}}")) >= 1.0);
+    let amplification = metric(&format!("tidewater_upsert_read_amplification{{{table}}}"));
+    assert!(
+        amplification > 0.0,
+        "delete files per data file: {amplification}"
+    );
+    let (_, body) = tw.http_get("/metrics")?;
+    let keys: f64 = body
+        .lines()
+        .filter(|l| l.starts_with(&format!("tidewater_upsert_index_keys{{{table},worker=")))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let live = stream.model_at(&stream.produced()).len() as f64;
+    assert_eq!(keys, live, "index keys");
     assert!(
         tw.stop(Duration::from_secs(60))?.success(),
         "{}",

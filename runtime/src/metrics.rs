@@ -60,6 +60,118 @@ pub struct TableLabels {
     pub table: String,
 }
 
+/// Labels for per-table, per-worker series (gauges each worker sets on its own).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerTableLabels {
+    /// `namespace.name`.
+    pub table: String,
+    /// Worker id.
+    pub worker: String,
+}
+
+/// Labels for upsert changes.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChangeLabels {
+    /// `namespace.name`.
+    pub table: String,
+    /// `upsert` (a row's new image) or `delete`.
+    pub kind: String,
+}
+
+/// Upsert mode's metrics.
+pub struct UpsertMetrics {
+    /// Changes applied, per table and kind.
+    pub changes: Family<ChangeLabels, Counter>,
+    /// Records that change nothing (tombstones).
+    pub skipped: Counter,
+    /// Changes replaced by a later change of the same key before they were written.
+    pub superseded: Family<TableLabels, Counter>,
+    /// Keys whose previous change came from another Kafka partition.
+    pub key_conflicts: Family<TableLabels, Counter>,
+    /// Keys in a worker's index.
+    pub index_keys: Family<WorkerTableLabels, Gauge>,
+    /// Estimated bytes of a worker's index.
+    pub index_bytes: Family<WorkerTableLabels, Gauge>,
+    /// Seconds to read an index from its table.
+    pub index_read: Histogram,
+    /// Rows removed by committed position deletes, per table.
+    pub deleted_rows: Family<TableLabels, Counter>,
+    /// Delete files committed, per table.
+    pub delete_files: Family<TableLabels, Counter>,
+    /// Delete files per data file after the newest commit (what a reader merges), per table.
+    pub read_amplification: Family<TableLabels, Gauge<f64, AtomicU64>>,
+}
+
+impl UpsertMetrics {
+    fn new() -> Self {
+        Self {
+            changes: Family::default(),
+            skipped: Counter::default(),
+            superseded: Family::default(),
+            key_conflicts: Family::default(),
+            index_keys: Family::default(),
+            index_bytes: Family::default(),
+            index_read: Histogram::new(exponential_buckets(0.001, 2.0, 18)),
+            deleted_rows: Family::default(),
+            delete_files: Family::default(),
+            read_amplification: Family::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register(
+            "upsert_changes",
+            "Upsert changes applied (kind upsert: a row's new image; delete)",
+            self.changes.clone(),
+        );
+        r.register(
+            "upsert_skipped_records",
+            "Upsert records that change nothing (tombstones)",
+            self.skipped.clone(),
+        );
+        r.register(
+            "upsert_superseded_changes",
+            "Changes replaced by a later change of the same key before they were written",
+            self.superseded.clone(),
+        );
+        r.register(
+            "upsert_key_conflicts",
+            "Keys whose previous change came from another Kafka partition (their order is not defined)",
+            self.key_conflicts.clone(),
+        );
+        r.register(
+            "upsert_index_keys",
+            "Keys in a worker's primary-key index",
+            self.index_keys.clone(),
+        );
+        r.register(
+            "upsert_index_bytes",
+            "Estimated memory of a worker's primary-key index",
+            self.index_bytes.clone(),
+        );
+        r.register(
+            "upsert_index_read_seconds",
+            "Reading a primary-key index from its table",
+            self.index_read.clone(),
+        );
+        r.register(
+            "upsert_deleted_rows",
+            "Rows removed by committed position deletes",
+            self.deleted_rows.clone(),
+        );
+        r.register(
+            "upsert_delete_files",
+            "Position delete files committed",
+            self.delete_files.clone(),
+        );
+        r.register(
+            "upsert_read_amplification",
+            "Delete files per data file after the newest commit",
+            self.read_amplification.clone(),
+        );
+    }
+}
+
 /// Every metric of one runtime process.
 pub struct Metrics {
     registry: Registry,
@@ -117,6 +229,8 @@ pub struct Metrics {
     /// The checkpoint interval, seconds; set by the coordinator only, so alerts comparing
     /// `seconds_since_last_commit` with it match the coordinator's series alone.
     pub checkpoint_interval: Gauge<f64, AtomicU64>,
+    /// Upsert mode.
+    pub upsert: UpsertMetrics,
 }
 
 fn unix_now() -> i64 {
@@ -163,8 +277,10 @@ impl Metrics {
             active_workers: Gauge::default(),
             workers_lost: Counter::default(),
             checkpoint_interval: Gauge::default(),
+            upsert: UpsertMetrics::new(),
             registry: Registry::with_prefix("tidewater"),
         };
+        m.upsert.register(&mut m.registry);
         m.registry.register(
             "records_in",
             "Records read from Kafka",

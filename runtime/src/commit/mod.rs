@@ -82,6 +82,9 @@ pub enum CommitOutcome {
     Committed {
         /// Its id.
         snapshot_id: i64,
+        /// Row deltas: the table's data files and delete files after the commit (read
+        /// amplification is their ratio).
+        files: Option<(u64, u64)>,
     },
     /// The table already held this checkpoint.
     AlreadyCommitted {
@@ -94,7 +97,9 @@ impl CommitOutcome {
     /// The snapshot that holds the checkpoint.
     pub fn snapshot_id(self) -> i64 {
         match self {
-            Self::Committed { snapshot_id } | Self::AlreadyCommitted { snapshot_id } => snapshot_id,
+            Self::Committed { snapshot_id, .. } | Self::AlreadyCommitted { snapshot_id } => {
+                snapshot_id
+            }
         }
     }
 }
@@ -183,9 +188,12 @@ pub async fn commit_checkpoint(
                 properties,
             };
             match row_delta::commit_row_delta(swap, ident, &table, delta).await? {
-                Some(snapshot_id) => {
+                Some((snapshot_id, files)) => {
                     failpoint::hit(failpoint::points::AFTER_COMMIT);
-                    return Ok(CommitOutcome::Committed { snapshot_id });
+                    return Ok(CommitOutcome::Committed {
+                        snapshot_id,
+                        files: Some(files),
+                    });
                 }
                 None if attempt < 10 => {
                     tracing::info!(attempt, "table changed during commit; validating again");
@@ -217,7 +225,10 @@ pub async fn commit_checkpoint(
                     .metadata()
                     .current_snapshot_id()
                     .ok_or_else(|| TableError::History("commit left no current snapshot".into()))?;
-                return Ok(CommitOutcome::Committed { snapshot_id });
+                return Ok(CommitOutcome::Committed {
+                    snapshot_id,
+                    files: None,
+                });
             }
             Err(e) if e.kind() == ErrorKind::CatalogCommitConflicts && attempt < 10 => {
                 tracing::info!(attempt, error = %e, "table changed during commit; validating again");

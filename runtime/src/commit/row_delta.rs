@@ -81,13 +81,14 @@ fn summary(parent: Option<&Snapshot>, delta: &RowDelta) -> Summary {
 }
 
 /// Writes the row delta's manifests, manifest list and metadata on top of `table` (the
-/// validated version) and swaps it in. `Ok(None)`: the table moved first (nothing changed).
+/// validated version) and swaps it in: the snapshot id, and the table's data and delete files
+/// after it. `Ok(None)`: the table moved first (nothing changed).
 pub(super) async fn commit_row_delta(
     cas: &Cas,
     ident: &TableIdent,
     table: &Table,
     delta: RowDelta,
-) -> Result<Option<i64>, TableError> {
+) -> Result<Option<(i64, (u64, u64))>, TableError> {
     let meta = table.metadata();
     let io = table.file_io();
     let head = meta.current_snapshot();
@@ -133,13 +134,22 @@ pub(super) async fn commit_row_delta(
     list.add_manifests(manifests.into_iter())?;
     list.close().await?;
     let now = chrono::Utc::now().timestamp_millis();
+    let summary = summary(head.map(|h| &**h), &delta);
+    let total = |key: &str| {
+        summary
+            .additional_properties
+            .get(key)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let files = (total("total-data-files"), total("total-delete-files"));
     let snapshot = Snapshot::builder()
         .with_snapshot_id(snapshot_id)
         .with_parent_snapshot_id(head.map(|h| h.snapshot_id()))
         .with_sequence_number(sequence)
         .with_timestamp_ms(head.map_or(now, |h| now.max(h.timestamp_ms() + 1)))
         .with_manifest_list(list_path)
-        .with_summary(summary(head.map(|h| &**h), &delta))
+        .with_summary(summary)
         .with_schema_id(meta.current_schema_id())
         .build();
     let next = TableMetadataBuilder::new_from_metadata(
@@ -154,7 +164,7 @@ pub(super) async fn commit_row_delta(
     .build()?;
     failpoint::hit(failpoint::points::MID_COMMIT);
     match cas.swap(ident, table, next).await {
-        Ok(Swap::Committed) => Ok(Some(snapshot_id)),
+        Ok(Swap::Committed) => Ok(Some((snapshot_id, files))),
         Ok(Swap::Conflict) => Ok(None),
         // Landed or not: the caller reloads and validates again, which tells.
         Err(MaintenanceError::CommitUnknown(reason)) => {

@@ -312,6 +312,15 @@ impl Coordinator {
                     .get_or_create(&labels)
                     .inc_by(plan.data_files.len() as u64);
                 self.metrics.table_commits.get_or_create(&labels).inc();
+                if !plan.delete_files.is_empty() {
+                    let u = &self.metrics.upsert;
+                    u.deleted_rows
+                        .get_or_create(&labels)
+                        .inc_by(plan.deleted_rows);
+                    u.delete_files
+                        .get_or_create(&labels)
+                        .inc_by(plan.delete_files.len() as u64);
+                }
             }
             snapshots
         };
@@ -428,6 +437,20 @@ impl Coordinator {
                     .commit_with_retry(record, table)
                     .instrument(tracing::info_span!("commit_table", table = %table))
                     .await?;
+                if let CommitOutcome::Committed {
+                    files: Some((data, deletes)),
+                    ..
+                } = outcome
+                {
+                    #[allow(clippy::cast_precision_loss)]
+                    self.metrics
+                        .upsert
+                        .read_amplification
+                        .get_or_create(&TableLabels {
+                            table: table.clone(),
+                        })
+                        .set(deletes as f64 / data.max(1) as f64);
+                }
                 Ok::<_, RunError>((table.clone(), outcome.snapshot_id()))
             })
             .buffer_unordered(COMMIT_CONCURRENCY);

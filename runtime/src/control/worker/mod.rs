@@ -29,7 +29,10 @@ use crate::{
         change::{self, Change},
     },
     failpoint,
-    metrics::{FieldLabels, Metrics, ReasonLabels, TableReasonLabels},
+    metrics::{
+        ChangeLabels, FieldLabels, Metrics, ReasonLabels, TableLabels, TableReasonLabels,
+        WorkerTableLabels,
+    },
     offsets::{Offsets, TopicPartition, set_offset},
     source::{
         self, ClientError, DeadLetterError, DeadLetterProducer, KafkaConsumer, registry::Registry,
@@ -202,8 +205,7 @@ struct Epoch {
     dead_by_kind: HashMap<&'static str, u64>,
     /// Dead letters of records whose table was known, by table and reason.
     dead_by_table: HashMap<(String, &'static str), u64>,
-    /// Upsert mode: deletes applied and records that change nothing (tombstones).
-    deletes: u64,
+    /// Upsert mode: records that change nothing (tombstones).
     skipped: u64,
 }
 
@@ -600,8 +602,6 @@ impl State {
                     )?;
                     if pushed.is_err() {
                         table = Some(target.table.into_owned());
-                    } else if matches!(change, Change::Delete { .. }) {
-                        self.epoch.deletes += 1;
                     } else {
                         self.epoch.rows += 1;
                     }
@@ -689,7 +689,52 @@ impl State {
                     .inc_by(n);
             }
         }
+        let worker = self.id.to_string();
+        for (table, stats) in self.sinks.take_upsert_stats() {
+            let u = &self.metrics.upsert;
+            let labels = |kind: &str| ChangeLabels {
+                table: table.to_string(),
+                kind: kind.into(),
+            };
+            u.changes
+                .get_or_create(&labels("upsert"))
+                .inc_by(stats.upserts);
+            u.changes
+                .get_or_create(&labels("delete"))
+                .inc_by(stats.deletes);
+            let t = TableLabels {
+                table: table.to_string(),
+            };
+            u.superseded.get_or_create(&t).inc_by(stats.superseded);
+            u.key_conflicts.get_or_create(&t).inc_by(stats.conflicts);
+            if stats.conflicts > 0 {
+                tracing::warn!(
+                    worker = self.id,
+                    %table,
+                    keys = stats.conflicts,
+                    "keys changed on a Kafka partition other than their previous change's: the \
+                     order of such changes is not defined (the latest to arrive wins); keep each \
+                     key on one partition (key the topic by the primary key)"
+                );
+            }
+            if let Some((keys, bytes)) = stats.index {
+                let w = WorkerTableLabels {
+                    table: table.to_string(),
+                    worker: worker.clone(),
+                };
+                u.index_keys
+                    .get_or_create(&w)
+                    .set(i64::try_from(keys).unwrap_or(i64::MAX));
+                u.index_bytes
+                    .get_or_create(&w)
+                    .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+            }
+        }
         let e = &mut self.epoch;
+        self.metrics
+            .upsert
+            .skipped
+            .inc_by(std::mem::take(&mut e.skipped));
         self.metrics
             .records_in
             .inc_by(std::mem::take(&mut e.records));

@@ -30,6 +30,19 @@ pub(super) struct UpsertState {
     pub(super) deletes: Vec<(Arc<str>, u64)>,
     /// The index changes since the last barrier (replayed on an index read again).
     pub(super) journal: Journal,
+    /// Counts since metrics were last published.
+    pub(super) stats: UpsertStats,
+}
+
+/// An upsert table's counts since they were last published.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(in crate::control::worker) struct UpsertStats {
+    pub upserts: u64,
+    pub deletes: u64,
+    pub superseded: u64,
+    pub conflicts: u64,
+    /// Keys in the index and its estimated bytes (None: not loaded).
+    pub index: Option<(usize, usize)>,
 }
 
 fn unsupported(table: &str, reason: String) -> WorkerError {
@@ -82,6 +95,7 @@ impl UpsertState {
             index: None,
             deletes: Vec::new(),
             journal: Journal::default(),
+            stats: UpsertStats::default(),
         })
     }
 
@@ -132,6 +146,8 @@ impl UpsertState {
                 .data()
         });
         self.deletes.extend(plan.deletes.iter().cloned());
+        self.stats.superseded += plan.superseded;
+        self.stats.conflicts += plan.conflicts;
         let Some(batch) = batch else {
             return Ok((None, plan));
         };
@@ -220,6 +236,7 @@ impl Sinks {
                     Err(e) => return Ok(Err(e)),
                 };
                 state.events.push(Event::Delete { key, partition });
+                state.stats.deletes += 1;
             }
             Change::Upsert { after, before } => {
                 let old = match before.map(|b| state.key_of(b)).transpose() {
@@ -237,6 +254,7 @@ impl Sinks {
                 }
                 let row = u32::try_from(rows - 1).expect("batches are small");
                 state.events.push(Event::Row { row, partition });
+                state.stats.upserts += 1;
             }
         }
         self.appended(rt, table, next_checkpoint)
@@ -270,6 +288,11 @@ impl Sinks {
                  Kafka partitions); the newest row is kept in the index"
             );
         }
+        self.metrics
+            .upsert
+            .index_read
+            .observe(started.elapsed().as_secs_f64());
+        let state = self.upsert_state(table);
         tracing::info!(
             worker,
             %table,
@@ -282,6 +305,19 @@ impl Sinks {
         index.replay(&state.journal);
         state.index = Some(index);
         Ok(())
+    }
+
+    /// Per upsert table, its counts since the last call (and the index's size).
+    pub(in crate::control::worker) fn take_upsert_stats(&mut self) -> Vec<(&str, UpsertStats)> {
+        self.sinks
+            .iter_mut()
+            .filter_map(|(t, s)| {
+                let state = s.upsert.as_deref_mut()?;
+                let mut stats = std::mem::take(&mut state.stats);
+                stats.index = state.index.as_ref().map(|i| (i.len(), i.memory_bytes()));
+                Some((t.as_str(), stats))
+            })
+            .collect()
     }
 
     /// Forgets every upsert table's index (partitions were assigned: keys they changed while
