@@ -11,7 +11,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 seconds=${1:-600}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(json_decoder avro_decoder route_template infer_table avro_table)
+[ ${#targets[@]} -gt 0 ] || targets=(json_decoder avro_decoder route_template infer_table avro_table change_decoder)
 target_dir="${FUZZ_TARGET_DIR:-$HOME/.cache/tidewater/fuzz-target}"
 scratch=$(mktemp -d /tmp/tidewater-fuzz.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT

@@ -3,7 +3,8 @@
 //! decision and panics only when a property breaks: a decoder either takes a record whole or
 //! leaves the batch untouched (and a finished batch is a valid Arrow batch); a resolved route is
 //! a valid table name; inferred columns, from a JSON record or any Avro schema, always make a
-//! valid Iceberg schema the decoder can fill.
+//! valid Iceberg schema the decoder can fill; a change event decodes into images inside the
+//! record or a reason.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -247,6 +248,63 @@ pub fn infer_table(data: &[u8]) {
     }
 }
 
+/// The change decoders (Debezium envelopes, marked rows): every outcome is a change whose
+/// images are JSON objects inside the record, or a reason; the images convert into a table's
+/// rows or key columns whole or not at all.
+pub fn change_decoder(data: &[u8]) {
+    use crate::decode::change::{self, Change};
+    let mut rows = RowBatcher::new(decoder_schema()).expect("every kind is supported");
+    let key_schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false)]));
+    let mut keys = RowBatcher::new(key_schema).expect("a long key");
+    keys.ignore_unknown_fields();
+    let inside = |image: &[u8]| {
+        let range = data.as_ptr_range();
+        assert!(
+            range.contains(&image.as_ptr()) && image.len() <= data.len(),
+            "an image is a slice of the record"
+        );
+        let v: serde_json::Value = serde_json::from_slice(image).expect("an image is JSON");
+        assert!(v.is_object(), "an image is an object");
+    };
+    for decoded in [change::debezium(data), change::marked(data, "__deleted")] {
+        match decoded {
+            Ok(Change::Upsert { after, before }) => {
+                inside(after);
+                let n = rows.rows();
+                match rows.push(after) {
+                    Ok(()) => assert_eq!(rows.rows(), n + 1),
+                    Err(_) => assert_eq!(rows.rows(), n),
+                }
+                if let Some(b) = before {
+                    inside(b);
+                    let _ = keys.push(b);
+                }
+            }
+            Ok(Change::Delete { key }) => {
+                inside(key);
+                let n = keys.rows();
+                match keys.push(key) {
+                    Ok(()) => assert_eq!(keys.rows(), n + 1),
+                    Err(e) => {
+                        assert_eq!(keys.rows(), n);
+                        assert!(!e.message.is_empty());
+                    }
+                }
+            }
+            Ok(Change::Skip) => {}
+            Err(e) => assert!(!e.message.is_empty() && !e.kind.is_empty(), "a reason"),
+        }
+    }
+    let n = rows.rows();
+    if let Some(batch) = rows.finish() {
+        assert_eq!(batch.num_rows(), n);
+    }
+    let n = keys.rows();
+    if let Some(batch) = keys.finish() {
+        assert_eq!(batch.num_rows(), n);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! Replays every stored input of `fuzz/corpus/<target>/` (and the crashes fuzzing found,
@@ -318,6 +376,11 @@ mod tests {
     #[test]
     fn the_avro_table_corpus_replays() {
         replay("avro_table", super::avro_table);
+    }
+
+    #[test]
+    fn the_change_decoder_corpus_replays() {
+        replay("change_decoder", super::change_decoder);
     }
 
     #[test]
