@@ -324,3 +324,91 @@ fn the_key_index_follows_its_partitions_through_rescales_and_a_savepoint() -> Re
     eprintln!("rescale 1 → 3 → 2 and a savepoint: {checked} snapshots equal the model");
     Ok(())
 }
+
+/// Runs `tidewater compact -f policy --once`; the table's report.
+fn compact_once(policy: &std::path::Path) -> Result<serde_json::Value> {
+    let out = std::process::Command::new(tidewater_e2e::tidewater_bin())
+        .args(["compact", "-f"])
+        .arg(policy)
+        .arg("--once")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    anyhow::ensure!(
+        out.status.success(),
+        "compact failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().context("no report")?)?;
+    Ok(report["tables"][0].clone())
+}
+
+#[test]
+fn compaction_while_the_change_stream_is_written_keeps_the_table_equal_to_the_model() -> Result<()>
+{
+    let s = setup(3, 1, None)?;
+    let policy = s.dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: tidewater.dev/v1alpha1\nkind: CompactionPolicy\nmetadata:\n  name: m\n\
+             spec:\n  catalog:\n    type: sql\n    uri: {}\n    warehouse: {}\n  tables: [{TABLE}]\n  \
+             targetFileSizeBytes: 4194304\n  thresholds:\n    minSmallFiles: 2\n",
+            s.uri,
+            s.warehouse.display()
+        ),
+    )?;
+    let producer = CdcProducer::start(
+        &s.broker.bootstrap,
+        TOPIC,
+        CdcStream::new(57, 3, 10_000),
+        400,
+        Duration::from_millis(200),
+    )?;
+    let mut tw = Tidewater::start(&s.file, &s.dir.path().join("tw.log"), None)?;
+    tw.wait_healthy(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(4));
+    let (mut commits, mut rewritten, mut dropped) = (0, 0, 0);
+    for _ in 0..8 {
+        let report = compact_once(&policy)?;
+        assert!(report["error"].is_null(), "{report}");
+        assert!(report["rewriteSkipped"].is_null(), "{report}");
+        if !report["snapshotId"].is_null() {
+            commits += 1;
+        }
+        rewritten += report["filesRewritten"].as_u64().unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(1500));
+        let _ = &mut dropped;
+    }
+    let stream = producer.finish()?;
+    wait_committed(&s, &stream, &tw, Duration::from_secs(120))?;
+    let moved = tw.log_text().matches("key index to be read again").count();
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    let before = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg")?
+        .last()
+        .context("a snapshot")?
+        .delete_files;
+    // Once more with the pipeline stopped: every delete file's rows are rewritten away.
+    let last = compact_once(&policy)?;
+    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg,duckdb")?;
+    let checked =
+        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let replaces = views.iter().filter(|v| v.operation == "replace").count();
+    let after = views.last().context("a snapshot")?.delete_files;
+    eprintln!(
+        "compaction with the stream running: {commits} compaction commits ({rewritten} files \
+         rewritten), workers told {moved} times; {checked} snapshots ({replaces} replace) equal \
+         the model for PyIceberg and DuckDB; delete files {before} → {after}; last pass {last}"
+    );
+    assert!(
+        commits >= 3,
+        "compaction committed while the stream ran: {commits}"
+    );
+    assert!(replaces >= 4, "replace snapshots checked: {replaces}");
+    assert!(after < before, "delete files go down: {before} → {after}");
+    Ok(())
+}

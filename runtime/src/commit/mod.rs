@@ -23,6 +23,7 @@ mod evolve;
 mod history;
 mod pinned;
 mod row_delta;
+mod translate;
 
 use crate::maintenance::commit::Cas;
 pub use catalog::open_catalog;
@@ -85,6 +86,9 @@ pub enum CommitOutcome {
         /// Row deltas: the table's data files and delete files after the commit (read
         /// amplification is their ratio).
         files: Option<(u64, u64)>,
+        /// Row deltas: the newest compaction that moved rows (its snapshot id): workers whose
+        /// key index is older must read it again.
+        rewritten: Option<i64>,
     },
     /// The table already held this checkpoint.
     AlreadyCommitted {
@@ -181,10 +185,20 @@ pub async fn commit_checkpoint(
         if let Some(swap) = swap {
             let mut properties = properties;
             properties.insert(SUMMARY_MODE.to_string(), "upsert".to_string());
+            let (maps, rewritten) = translate::position_maps(&table).await?;
+            let prefix = format!(
+                "{}-c{}-moved-{}",
+                record.run_id,
+                record.checkpoint_id,
+                uuid::Uuid::now_v7().simple()
+            );
+            let (deletes, deleted_rows) =
+                translate::translate_deletes(&table, &maps, decode(&plan.delete_files)?, &prefix)
+                    .await?;
             let delta = row_delta::RowDelta {
                 data: files,
-                deletes: decode(&plan.delete_files)?,
-                deleted_rows: plan.deleted_rows,
+                deletes,
+                deleted_rows,
                 properties,
             };
             match row_delta::commit_row_delta(swap, ident, &table, delta).await? {
@@ -193,6 +207,7 @@ pub async fn commit_checkpoint(
                     return Ok(CommitOutcome::Committed {
                         snapshot_id,
                         files: Some(files),
+                        rewritten,
                     });
                 }
                 None if attempt < 10 => {
@@ -228,6 +243,7 @@ pub async fn commit_checkpoint(
                 return Ok(CommitOutcome::Committed {
                     snapshot_id,
                     files: None,
+                    rewritten: None,
                 });
             }
             Err(e) if e.kind() == ErrorKind::CatalogCommitConflicts && attempt < 10 => {

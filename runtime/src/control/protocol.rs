@@ -41,6 +41,12 @@ pub enum ToWorker {
         /// The complete new assignment of this worker.
         partitions: Offsets,
     },
+    /// Upsert tables: a compaction moved rows; read the key index of these tables again
+    /// before the next change (deletes decided before are translated at commit).
+    ReloadIndex {
+        /// Tables (`namespace.name`).
+        tables: Vec<String>,
+    },
     /// Stop reading and exit; nothing after the last barrier is reported.
     Stop,
 }

@@ -92,7 +92,8 @@ pub async fn partitions_with_deletes_after(
     Ok(out)
 }
 
-/// Every file `snapshot` needs: its manifest list, manifests, and the files they name
+/// Every file `snapshot` needs: its manifest list, manifests, the files they name, and an
+/// upsert compaction's position map
 /// (in any status: a deleted entry's file may still be read by time travel to its parent,
 /// which is handled by that parent being retained or not).
 pub async fn referenced(
@@ -103,6 +104,14 @@ pub async fn referenced(
     out: &mut BTreeSet<String>,
 ) -> iceberg::Result<()> {
     out.insert(snapshot.manifest_list().to_string());
+    // An upsert table's compaction names where rows went: pipelines still read it.
+    if let Some(map) = snapshot
+        .summary()
+        .additional_properties
+        .get(crate::upsert::position_map::SUMMARY_POSITION_MAP)
+    {
+        out.insert(map.clone());
+    }
     let list = manifest_list(file_io, metadata, snapshot).await?;
     for m in list.entries() {
         out.insert(m.manifest_path.clone());

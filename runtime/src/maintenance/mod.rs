@@ -12,6 +12,7 @@ mod orphans;
 pub mod plan;
 mod replace;
 mod rewrite;
+mod upsert;
 
 use std::{
     collections::BTreeMap,

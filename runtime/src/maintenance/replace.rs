@@ -4,8 +4,10 @@
 
 use super::commit::Swap;
 use super::files::LiveEntry;
+use super::upsert::DeleteRebase;
 use super::{Maintenance, MaintenanceError, commit, files, now_ms, plan};
 use crate::checkpoint::SUMMARY_PIPELINE_UID;
+use crate::upsert::position_map::{PositionMap, SUMMARY_POSITION_MAP};
 use iceberg::{
     TableIdent,
     io::FileIO,
@@ -134,16 +136,53 @@ fn replace_summary(
     }
 }
 
+/// An upsert table's replace summary: delete file counts after the rebase, and the position
+/// map its pipelines translate their deletes through.
+fn rebased_summary(summary: &mut Summary, head: &Snapshot, rebase: &DeleteRebase, map: &str) {
+    let p = &mut summary.additional_properties;
+    let prev = &head.summary().additional_properties;
+    let rows = |files: &[DataFile]| files.iter().map(DataFile::record_count).sum::<u64>();
+    let adjust = |key: &str, plus: u64, minus: u64| -> Option<String> {
+        let v: u64 = prev.get(key)?.parse().ok()?;
+        Some((v + plus).saturating_sub(minus).to_string())
+    };
+    let totals = [
+        (
+            "total-delete-files",
+            rebase.added.len() as u64,
+            rebase.removed.len() as u64,
+        ),
+        (
+            "total-position-deletes",
+            rows(&rebase.added),
+            rows(&rebase.removed),
+        ),
+    ];
+    for (key, plus, minus) in totals {
+        if let Some(v) = adjust(key, plus, minus) {
+            p.insert(key.into(), v);
+        }
+    }
+    p.insert("added-delete-files".into(), rebase.added.len().to_string());
+    p.insert(
+        "removed-delete-files".into(),
+        rebase.removed.len().to_string(),
+    );
+    p.insert(SUMMARY_POSITION_MAP.into(), map.to_string());
+}
+
 impl Maintenance {
     /// Validates the rewrite against the current table, drops groups a concurrent commit
-    /// touched, and swaps in a `replace` snapshot.
+    /// touched, and swaps in a `replace` snapshot. With a position map (an upsert table) the
+    /// deletes committed meanwhile are moved onto the new files instead, and the map is named
+    /// in the summary; `merge_manifests` merges all data manifests into one per spec.
     pub(super) async fn commit_replace(
         &self,
         ident: &TableIdent,
         current: &Table,
         base: &Snapshot,
         written: &mut Vec<(plan::Group, Vec<DataFile>)>,
-        merge_manifests: bool,
+        (map, merge_manifests): (Option<&PositionMap>, bool),
         report: &mut TableReport,
     ) -> Result<Swap, MaintenanceError> {
         let meta = current.metadata();
@@ -164,7 +203,9 @@ impl Maintenance {
         let mut kept = Vec::new();
         for (group, out) in written.drain(..) {
             let intact = group.files.iter().all(|f| live_paths.contains(f.as_str()));
-            if intact && !late_deletes.contains(&group.partition) {
+            // An upsert table's late position deletes are moved onto the new files instead.
+            let rebased = map.is_some();
+            if intact && (rebased || !late_deletes.contains(&group.partition)) {
                 kept.push((group, out));
             } else {
                 report.groups_conflicted += 1;
@@ -253,12 +294,42 @@ impl Maintenance {
             .await?;
             manifests.push(m);
         }
-        manifests.extend(
-            list.entries()
-                .iter()
-                .filter(|m| m.content == ManifestContentType::Deletes)
-                .cloned(),
-        );
+        let rebase = match map {
+            None => {
+                manifests.extend(
+                    list.entries()
+                        .iter()
+                        .filter(|m| m.content == ManifestContentType::Deletes)
+                        .cloned(),
+                );
+                None
+            }
+            Some(map) => {
+                let map = map.only(&removed);
+                let factory = crate::write::WriterFactory::new(current, &BTreeMap::new())
+                    .map_err(|e| MaintenanceError::Policy(e.to_string()))?;
+                let rebase = super::upsert::rebase_deletes(
+                    io,
+                    meta,
+                    list.entries(),
+                    base.sequence_number(),
+                    &removed,
+                    &map,
+                    &factory,
+                    snapshot_id,
+                    &mut manifest_path,
+                )
+                .await?;
+                manifests.extend(rebase.manifests.iter().cloned());
+                let path = format!(
+                    "{location}/metadata/{}-position-map.parquet",
+                    uuid::Uuid::now_v7()
+                );
+                let mut map = map;
+                map.write(io, &path).await?;
+                Some((rebase, path))
+            }
+        };
         let list_path = format!(
             "{location}/metadata/snap-{snapshot_id}-1-{}.avro",
             uuid::Uuid::now_v7()
@@ -276,7 +347,10 @@ impl Maintenance {
             .iter()
             .filter(|e| removed.contains(e.data_file.file_path()))
             .collect();
-        let summary = replace_summary(meta, &head, &removed_entries, &added);
+        let mut summary = replace_summary(meta, &head, &removed_entries, &added);
+        if let Some((rebase, path)) = &rebase {
+            rebased_summary(&mut summary, &head, rebase, path);
+        }
         let snapshot = Snapshot::builder()
             .with_snapshot_id(snapshot_id)
             .with_parent_snapshot_id(Some(head.snapshot_id()))

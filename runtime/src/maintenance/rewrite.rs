@@ -3,8 +3,9 @@
 
 use super::commit::Swap;
 use super::plan::LiveFile;
+use super::upsert::rewrite_group_mapped;
 use super::{COMMIT_ATTEMPTS, Maintenance, MaintenanceError, files, now_ms, plan};
-use crate::write::WriterFactory;
+use crate::{upsert::position_map::PositionMap, write::WriterFactory};
 use futures::StreamExt;
 use iceberg::{
     TableIdent,
@@ -68,14 +69,15 @@ impl Maintenance {
                 meta.format_version()
             )));
         }
-        if let Some(pipeline) = upsert_writer(meta) {
-            // Its workers' key indexes point at rows by file and position: rewriting files
-            // under a running pipeline would make its next deletes miss. Left alone until
-            // compaction maintains the index (docs/compaction.md).
+        // An upsert pipeline's key index points at rows by file and position: its table is
+        // rewritten with a position map (maintenance/upsert.rs).
+        let upsert = upsert_writer(meta);
+        if let Some(pipeline) = &upsert
+            && !meta.default_partition_spec().is_unpartitioned()
+        {
             report.rewrite_skipped = Some(format!(
-                "written in upsert mode by pipeline {pipeline}: its data files are not rewritten \
-                 (compaction of upsert tables is not supported yet); expiry and orphan removal \
-                 still run"
+                "written in upsert mode by pipeline {pipeline} and partitioned: its data files \
+                 are not rewritten; expiry and orphan removal still run"
             ));
             return Ok(());
         }
@@ -118,12 +120,15 @@ impl Maintenance {
                 deletes: deletes.get(e.data_file.file_path()).copied().unwrap_or(0),
             })
             .collect();
-        let plan = plan::plan(
-            &live,
-            &self.settings,
-            meta.default_partition_spec_id(),
-            now_ms(),
-        );
+        // The hot-partition guard keeps rewrites away from files a pipeline still adds to;
+        // an upsert pipeline changes rows anywhere, and what keeps its table correct is the
+        // rebase of its deletes (maintenance/upsert.rs), so the guard does not apply.
+        let mut settings = self.settings.clone();
+        if upsert.is_some() {
+            settings.hot_min_age_ms = 0;
+            settings.hot_newest = 0;
+        }
+        let plan = plan::plan(&live, &settings, meta.default_partition_spec_id(), now_ms());
         report.hot_partitions_skipped = plan.hot_partitions.len() as u64;
         report.plan_millis = started.elapsed().as_millis() as u64;
         if plan.groups.is_empty() && !merge_manifests {
@@ -140,6 +145,7 @@ impl Maintenance {
         // Groups are rewritten in parallel, one per core.
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
         let mut written: Vec<(plan::Group, Vec<DataFile>)> = Vec::new();
+        let mut map = upsert.is_some().then(PositionMap::default);
         let mut running = tokio::task::JoinSet::new();
         let mut groups = plan.groups.into_iter();
         loop {
@@ -152,8 +158,17 @@ impl Maintenance {
                     .cloned()
                     .collect();
                 let (table, factory) = (table.clone(), factory.clone());
+                let mapped = map.is_some();
                 running.spawn(async move {
-                    let files = rewrite_group(&table, &factory, group_tasks).await;
+                    let files = if mapped {
+                        rewrite_group_mapped(&table, &factory, group_tasks)
+                            .await
+                            .map(|(f, m)| (f, Some(m)))
+                    } else {
+                        rewrite_group(&table, &factory, group_tasks)
+                            .await
+                            .map(|f| (f, None))
+                    };
                     (group, files)
                 });
             }
@@ -162,7 +177,11 @@ impl Maintenance {
             };
             let (group, files) =
                 done.map_err(|e| MaintenanceError::Catalog(format!("rewrite task failed: {e}")))?;
-            written.push((group, files?));
+            let (files, moved) = files?;
+            if let (Some(map), Some(moved)) = (map.as_mut(), moved) {
+                map.absorb(moved);
+            }
+            written.push((group, files));
         }
         report.rewrite_millis = started.elapsed().as_millis() as u64 - report.plan_millis;
         crate::failpoint::hit(crate::failpoint::points::COMPACT_BEFORE_COMMIT);
@@ -176,7 +195,7 @@ impl Maintenance {
                     &current,
                     &base,
                     &mut written,
-                    merge_manifests,
+                    (map.as_ref(), merge_manifests),
                     report,
                 )
                 .await?;

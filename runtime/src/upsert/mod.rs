@@ -1,9 +1,11 @@
 //! Upsert mode's state: the primary-key index (key → the data file and row holding the key's
 //! current row) and the pure decision that turns a batch of changes into the rows to write and
 //! the position deletes of the rows they replace. `key` encodes key columns into comparable
-//! bytes; `rebuild` fills the index from a table's files.
+//! bytes; `rebuild` fills the index from a table's files; `position_map` says where a
+//! compaction moved rows.
 
 pub mod key;
+pub mod position_map;
 pub mod rebuild;
 
 use std::{collections::HashMap, sync::Arc};

@@ -82,7 +82,9 @@ pub async fn rebuild(
             let path = e.data_file().file_path();
             match e.content_type() {
                 DataContentType::PositionDeletes => {
-                    read_position_deletes(io, path, &mut deleted).await?;
+                    for (file, pos) in read_position_deletes(io, path).await? {
+                        deleted.entry(file).or_default().insert(pos);
+                    }
                 }
                 DataContentType::EqualityDeletes => {
                     return Err(RebuildError::EqualityDeletes(path.to_string()));
@@ -155,16 +157,17 @@ pub async fn rebuild(
     Ok(out)
 }
 
-async fn read_position_deletes(
+/// The `(data file, position)` pairs of a position delete file.
+pub async fn read_position_deletes(
     io: &iceberg::io::FileIO,
     path: &str,
-    deleted: &mut HashMap<String, HashSet<u64>>,
-) -> Result<(), RebuildError> {
+) -> Result<Vec<(String, u64)>, RebuildError> {
     use arrow_array::cast::AsArray;
     let bytes = io.new_input(path)?.read().await?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
         .and_then(|b| b.build())
         .map_err(file_error(path))?;
+    let mut out = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| RebuildError::File {
             file: path.to_string(),
@@ -183,12 +186,9 @@ async fn read_position_deletes(
         let positions = positions.as_primitive::<arrow_array::types::Int64Type>();
         for (file, pos) in files.iter().zip(positions.iter()) {
             if let (Some(file), Some(pos)) = (file, pos) {
-                deleted
-                    .entry(file.to_string())
-                    .or_default()
-                    .insert(u64::try_from(pos).unwrap_or(0));
+                out.push((file.to_string(), u64::try_from(pos).unwrap_or(0)));
             }
         }
     }
-    Ok(())
+    Ok(out)
 }

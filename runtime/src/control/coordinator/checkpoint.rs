@@ -438,6 +438,13 @@ impl Coordinator {
                     .instrument(tracing::info_span!("commit_table", table = %table))
                     .await?;
                 if let CommitOutcome::Committed {
+                    rewritten: Some(rewrite),
+                    ..
+                } = outcome
+                {
+                    self.note_rewrite(table, rewrite);
+                }
+                if let CommitOutcome::Committed {
                     files: Some((data, deletes)),
                     ..
                 } = outcome
@@ -463,6 +470,24 @@ impl Coordinator {
             }
         }
         Ok(snapshots)
+    }
+
+    /// A compaction moved rows of upsert table `table` (the newest such snapshot is
+    /// `rewrite`): the first time it is seen, every worker reads the table's key index again.
+    fn note_rewrite(&self, table: &str, rewrite: i64) {
+        let mut seen = self.rewrites.lock().expect("rewrites lock");
+        if seen.insert(table.to_string(), rewrite) == Some(rewrite) {
+            return;
+        }
+        tracing::info!(%table, snapshot = rewrite, "a compaction moved rows: workers read their key index again");
+        for &w in self.members.keys() {
+            let _ = self.hub.send(
+                w,
+                ToWorker::ReloadIndex {
+                    tables: vec![table.to_string()],
+                },
+            );
+        }
     }
 
     /// Commits `record` to `table`, retrying what may be transient (not fencing).

@@ -184,6 +184,8 @@ pub struct Coordinator {
     catalog: Arc<dyn Catalog>,
     /// The catalog's compare-and-swap, for upsert row deltas.
     swap: Option<Arc<crate::maintenance::commit::Cas>>,
+    /// Upsert tables: the newest compaction that moved rows, as last seen.
+    rewrites: std::sync::Mutex<BTreeMap<String, i64>>,
     store: StateStore,
     metrics: Arc<Metrics>,
     run_id: String,

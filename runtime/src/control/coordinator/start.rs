@@ -170,6 +170,7 @@ impl Coordinator {
             events,
             catalog,
             swap,
+            rewrites: std::sync::Mutex::default(),
             store,
             metrics,
             run_id,

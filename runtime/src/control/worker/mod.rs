@@ -431,6 +431,17 @@ impl State {
                 );
                 Ok(true)
             }
+            ToWorker::ReloadIndex { tables } => {
+                for table in &tables {
+                    self.sinks.reload_index(table);
+                }
+                tracing::info!(
+                    worker = self.id,
+                    ?tables,
+                    "a compaction moved rows: key index to be read again"
+                );
+                Ok(true)
+            }
             ToWorker::Stop => Ok(false),
         }
     }

@@ -320,6 +320,17 @@ impl Sinks {
             .collect()
     }
 
+    /// Forgets `table`'s index: read again (journal replayed) before its next change.
+    pub(in crate::control::worker) fn reload_index(&mut self, table: &str) {
+        if let Some(state) = self
+            .sinks
+            .get_mut(table)
+            .and_then(|s| s.upsert.as_deref_mut())
+        {
+            state.index = None;
+        }
+    }
+
     /// Forgets every upsert table's index (partitions were assigned: keys they changed while
     /// another worker owned them are only in the table, which holds everything up to the last
     /// barrier; the journal brings the index past it).
