@@ -59,6 +59,20 @@ def metric(port, name):
     return None
 
 
+def metric_sum(port, prefix):
+    """The sum of every series whose name (labels included) starts with `prefix`."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+    except OSError:
+        return None
+    values = [float(line.split()[-1]) for line in data.decode().splitlines() if line.startswith(prefix)]
+    return sum(values) if values else None
+
+
 def start_broker():
     """A Tansu memory broker on a free port: (process, bootstrap address)."""
     bootstrap = f"127.0.0.1:{free_port()}"
@@ -108,7 +122,7 @@ spec:
 """
 
 
-def run_tidewater(bin_dir, spec_path, expected_rows, log_path, timeout=900, during=None):
+def run_tidewater(bin_dir, spec_path, expected_rows, log_path, timeout=900, during=None, scrape=()):
     port = free_port()
     env = dict(os.environ, RUST_LOG="info,sqlx=warn,iceberg=warn,opendal=warn")
     with open(log_path, "w") as log:
@@ -131,6 +145,7 @@ def run_tidewater(bin_dir, spec_path, expected_rows, log_path, timeout=900, duri
                 break
         wall = (ingested_at or time.monotonic()) - t0
         wall_committed = (done_at or time.monotonic()) - t0
+        scraped = {name: metric_sum(port, name) for name in scrape}
         p.send_signal(signal.SIGTERM)
         p.wait(timeout=60)
     checkpoints, commits = [], []
@@ -146,7 +161,7 @@ def run_tidewater(bin_dir, spec_path, expected_rows, log_path, timeout=900, duri
                 commits.append(float(fields["commit_ms"]))
     return {"wall_s": wall, "cpu_s": cpu_ingested or cpu, "wall_to_last_commit_s": wall_committed, "cpu_to_last_commit_s": cpu, "peak_rss_mb": hwm, "rows": expected_rows, "completed": done_at is not None,
             "checkpoint_ms": {"p50": pct(checkpoints, 0.5), "p99": pct(checkpoints, 0.99), "n": len(checkpoints)},
-            "commit_ms": {"p50": pct(commits, 0.5), "p99": pct(commits, 0.99), "n": len(commits)}}
+            "commit_ms": {"p50": pct(commits, 0.5), "p99": pct(commits, 0.99), "n": len(commits)}, "scraped": scraped}
 
 
 def main():

@@ -4,7 +4,9 @@
 # runs bench/distributed.py (coordinator + worker processes) instead; `bash bench/run.sh compaction`
 # runs bench/compaction.py (bin-pack throughput on >= 2 GB of small files); `bash bench/run.sh
 # tables` runs bench/tables.py (1, 10, 50, 200 tables from as many topics); `bash bench/run.sh formats`
-# runs bench/formats.py (Avro against JSON, new field to committed column). See docs/benchmarks.md.
+# runs bench/formats.py (Avro against JSON, new field to committed column); `bash bench/run.sh
+# upsert` runs bench/upsert.py (CDC upsert against append, index memory, read amplification).
+# See docs/benchmarks.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -18,6 +20,10 @@ fi
 if [ "${1:-}" = formats ]; then
   shift
   exec .venv/bin/python bench/formats.py --bin "$CARGO_TARGET_DIR/release" "$@"
+fi
+if [ "${1:-}" = upsert ]; then
+  shift
+  exec .venv/bin/python bench/upsert.py --bin "$CARGO_TARGET_DIR/release" "$@"
 fi
 if [ "${1:-}" = tables ]; then
   shift

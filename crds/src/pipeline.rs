@@ -3,7 +3,7 @@
 // The repeated `type_ = ...` keys of separate `printcolumn(...)` entries trip this lint.
 #![allow(clippy::duplicated_attributes)]
 
-pub use crate::upsert::{UpsertSpec, WriteMode};
+pub use crate::upsert::{DeleteMode, UpsertSpec, WriteMode};
 use std::collections::BTreeMap;
 
 use kube::CustomResource;

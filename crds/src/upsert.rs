@@ -21,8 +21,8 @@ pub enum WriteMode {
     Upsert,
 }
 
-/// How upsert mode recognises deletes.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, JsonSchema)]
+/// How upsert mode recognises and writes deletes.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UpsertSpec {
     /// With `format.type: json`: a field whose value `true` (or `"true"`) marks the record as a
@@ -32,6 +32,44 @@ pub struct UpsertSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub delete_field: Option<String>,
+    /// How replaced and deleted rows are removed: `position` (default) — position deletes from
+    /// a primary-key index, readable by every v2 reader; `equality` — equality deletes on the
+    /// key (Flink's way: no index beyond a checkpoint, but PyIceberg cannot read the table and
+    /// other readers slow down as they pile up until compaction).
+    #[serde(default)]
+    pub delete_mode: DeleteMode,
+    /// Position mode: the most memory a worker's key index of one table may take (bytes).
+    /// Beyond it, keys that do not fit are held for their checkpoint only, and changes of keys
+    /// the index does not hold also write equality deletes (correct, but PyIceberg cannot read
+    /// such a table until compaction).
+    #[serde(default = "default_max_index_bytes")]
+    #[schemars(range(min = 0))]
+    pub max_index_bytes: u64,
+}
+
+impl Default for UpsertSpec {
+    fn default() -> Self {
+        Self {
+            delete_field: None,
+            delete_mode: DeleteMode::default(),
+            max_index_bytes: default_max_index_bytes(),
+        }
+    }
+}
+
+fn default_max_index_bytes() -> u64 {
+    1024 * 1024 * 1024
+}
+
+/// How upsert mode removes replaced and deleted rows.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Position deletes, from a primary-key index.
+    #[default]
+    Position,
+    /// Equality deletes on the primary key.
+    Equality,
 }
 
 /// Upsert mode: a primary key of required columns of the table definition; Debezium change
@@ -171,6 +209,7 @@ mod tests {
         let mut p = example();
         p.spec.sink.upsert = Some(crate::upsert::UpsertSpec {
             delete_field: Some("__deleted".into()),
+            ..Default::default()
         });
         let e = errors(&p).join("\n");
         assert!(

@@ -39,6 +39,16 @@ struct Setup {
 }
 
 fn setup(partitions: i32, parallelism: u32, catalog_uri: Option<String>) -> Result<Setup> {
+    setup_with(partitions, parallelism, catalog_uri, "")
+}
+
+/// [`setup`] with `upsert` lines added under `sink:` (e.g. `deleteMode: equality`).
+fn setup_with(
+    partitions: i32,
+    parallelism: u32,
+    catalog_uri: Option<String>,
+    upsert: &str,
+) -> Result<Setup> {
     let broker = Broker::start()?;
     broker.create_topic(TOPIC, partitions)?;
     broker.create_topic("customers.dlq", 1)?;
@@ -51,7 +61,11 @@ fn setup(partitions: i32, parallelism: u32, catalog_uri: Option<String>) -> Resu
         .replace("127.0.0.1:9092", &broker.bootstrap)
         .replace(".tidewater/", &local)
         .replace("interval: 2s", "interval: 1s")
-        .replace("parallelism: 1", &format!("parallelism: {parallelism}"));
+        .replace("parallelism: 1", &format!("parallelism: {parallelism}"))
+        .replace(
+            "    primaryKey: [id]\n",
+            &format!("    primaryKey: [id]\n{upsert}"),
+        );
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(&file, &yaml)?;
     Ok(Setup {
@@ -68,8 +82,8 @@ fn wait_committed(s: &Setup, stream: &CdcStream, tw: &Tidewater, timeout: Durati
     let want = stream.produced();
     let deadline = Instant::now() + timeout;
     loop {
-        let views =
-            cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg").unwrap_or_default();
+        // Offsets only: no reader scans (PyIceberg refuses equality deletes).
+        let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "none").unwrap_or_default();
         if let Some(last) = views.last() {
             let reached = last.offsets.get(TOPIC).is_some_and(|m| {
                 want.iter()
@@ -79,11 +93,15 @@ fn wait_committed(s: &Setup, stream: &CdcStream, tw: &Tidewater, timeout: Durati
                 return Ok(());
             }
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "the table did not reach {want:?} in {timeout:?}\n{}",
-            tw.log_text()
-        );
+        if Instant::now() >= deadline {
+            let log = tw.log_text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            anyhow::bail!(
+                "the table did not reach {want:?} in {timeout:?}; last commit {:?}; log tail:\n{}",
+                views.last().map(|v| &v.offsets),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -410,5 +428,61 @@ fn compaction_while_the_change_stream_is_written_keeps_the_table_equal_to_the_mo
     );
     assert!(replaces >= 4, "replace snapshots checked: {replaces}");
     assert!(after < before, "delete files go down: {before} → {after}");
+    Ok(())
+}
+
+/// Equality deletes, and a key index over its bound, while the process is killed now and
+/// then: DuckDB reads every snapshot as the model (PyIceberg refuses equality deletes).
+fn equality_run(upsert: &str, crashes: usize) -> Result<(usize, u64, String)> {
+    let s = setup_with(3, 1, None, upsert)?;
+    let producer = CdcProducer::start(
+        &s.broker.bootstrap,
+        TOPIC,
+        CdcStream::new(71, 3, 10_000),
+        300,
+        Duration::from_millis(200),
+    )?;
+    let log = s.dir.path().join("tw.log");
+    let mut rng = rand::rng();
+    for _ in 0..crashes {
+        let mut tw = Tidewater::start(&s.file, &log, None)?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(1500..4000)));
+        tw.kill9();
+    }
+    let mut tw = Tidewater::start(&s.file, &log, None)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let stream = producer.finish()?;
+    wait_committed(&s, &stream, &tw, Duration::from_secs(120))?;
+    let text = tw.log_text();
+    assert!(tw.stop(Duration::from_secs(60))?.success(), "{text}");
+    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "duckdb")?;
+    let checked =
+        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let deletes = views.last().map_or(0, |v| v.delete_files);
+    Ok((checked, deletes, std::fs::read_to_string(&log)?))
+}
+
+#[test]
+fn equality_mode_mirrors_the_stream_exactly() -> Result<()> {
+    let (checked, deletes, _) = equality_run("    upsert:\n      deleteMode: equality\n", 4)?;
+    eprintln!(
+        "equality mode, 4 kill -9: {checked} snapshots equal the model for DuckDB; {deletes} delete files"
+    );
+    assert!(checked >= 5 && deletes > 0);
+    Ok(())
+}
+
+#[test]
+fn a_key_index_over_its_bound_falls_back_to_equality_deletes() -> Result<()> {
+    // About 2,000 keys fit; the stream has ~8,000 live keys.
+    let (checked, deletes, log) = equality_run("    upsert:\n      maxIndexBytes: 120000\n", 4)?;
+    eprintln!(
+        "index bound 120 kB, 4 kill -9: {checked} snapshots equal the model for DuckDB; {deletes} delete files"
+    );
+    assert!(checked >= 5 && deletes > 0);
+    assert!(
+        log.contains("key index read from the table"),
+        "restarts read the index back"
+    );
     Ok(())
 }

@@ -103,6 +103,20 @@ impl Maintenance {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
+        if let Some(pipeline) = &upsert
+            && tasks.iter().any(|t| {
+                t.deletes
+                    .iter()
+                    .any(|d| d.file_type == iceberg::spec::DataContentType::EqualityDeletes)
+            })
+        {
+            report.rewrite_skipped = Some(format!(
+                "written in upsert mode by pipeline {pipeline} with equality deletes (equality \
+                 mode, or a key index over its bound): converting them to position deletes is \
+                 not supported yet; expiry and orphan removal still run"
+            ));
+            return Ok(());
+        }
         let deletes: HashMap<&str, usize> = tasks
             .iter()
             .map(|t| (t.data_file_path.as_str(), t.deletes.len()))

@@ -88,6 +88,17 @@ impl KeyEncoder {
     }
 }
 
+impl KeyEncoder {
+    /// The key columns of encoded keys (what an equality delete file holds).
+    pub fn decode(&self, keys: &[Box<[u8]>]) -> Result<RecordBatch, ArrowError> {
+        let parser = self.converter.parser();
+        let columns = self
+            .converter
+            .convert_rows(keys.iter().map(|k| parser.parse(k)))?;
+        RecordBatch::try_new(self.key_schema.clone(), columns)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,6 +131,15 @@ mod tests {
             ])
             .unwrap();
         assert_eq!(from_rows.row(0), from_keys.row(1));
+        // And back: the key columns of the encoded keys.
+        let keys: Vec<Box<[u8]>> = from_rows.iter().map(|r| r.as_ref().into()).collect();
+        let decoded = enc.decode(&keys).unwrap();
+        assert_eq!(decoded.num_rows(), 2);
+        assert_eq!(decoded.schema().field(0).name(), "id");
+        assert_eq!(
+            enc.encode_keys(decoded.columns()).unwrap().row(1),
+            from_rows.row(1)
+        );
         assert_eq!(from_rows.row(1), from_keys.row(0));
         assert_ne!(from_rows.row(0), from_rows.row(1));
     }

@@ -8,7 +8,10 @@ pub mod key;
 pub mod position_map;
 pub mod rebuild;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 /// The Kafka partition of keys whose partition is not known (read back from the table).
 pub const UNKNOWN_PARTITION: i32 = -1;
@@ -48,8 +51,6 @@ pub enum Event {
 pub struct BatchPlan {
     /// Rows to write, in row order, with their keys and Kafka partitions.
     pub write: Vec<(u32, Box<[u8]>, i32)>,
-    /// Keys whose last change in the batch is a delete.
-    pub gone: Vec<Box<[u8]>>,
     /// Rows of earlier writes that the batch replaces or deletes: `(file, position)`.
     pub deletes: Vec<(Arc<str>, u64)>,
     /// Keys whose previous change came from another Kafka partition (the order of their
@@ -57,21 +58,96 @@ pub struct BatchPlan {
     pub conflicts: u64,
     /// Changes superseded by a later change of the same key in the batch (never written).
     pub superseded: u64,
+    /// Keys the index cannot vouch for (it is over its bound, or equality mode): rows with
+    /// them from earlier commits are removed by an equality delete.
+    pub equality: Vec<Box<[u8]>>,
 }
 
-/// The key index of one table (all partitions a worker owns).
+/// The key index of one table (all partitions a worker owns). Bounded: once its keys would
+/// take more than `max_bytes`, new keys are kept for the current checkpoint only (`recent`)
+/// and the index is *overflowed* — a key it does not hold may then exist in the table, so
+/// its changes also get an equality delete. An index with bound 0 is equality mode.
 #[derive(Debug, Default)]
 pub struct KeyIndex {
     keys: HashMap<Box<[u8]>, Entry>,
+    /// Keys written in the current checkpoint that did not fit.
+    recent: HashMap<Box<[u8]>, Entry>,
     files: Vec<Arc<str>>,
     file_ids: HashMap<Arc<str>, u32>,
     key_bytes: usize,
+    max_bytes: Option<usize>,
+    overflowed: bool,
 }
 
 /// Bytes the index holds per key beyond the key itself (entry, hash table slot, allocation).
 const ENTRY_OVERHEAD: usize = 48;
 
 impl KeyIndex {
+    /// An index of at most about `max_bytes` (see [`Self::memory_bytes`]).
+    pub fn bounded(max_bytes: usize) -> Self {
+        Self {
+            max_bytes: Some(max_bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Equality mode: no key is indexed beyond the current checkpoint; every change of a key
+    /// gets an equality delete.
+    pub fn equality() -> Self {
+        Self {
+            max_bytes: Some(0),
+            overflowed: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether keys exist that the index does not hold.
+    pub fn overflowed(&self) -> bool {
+        self.overflowed
+    }
+
+    fn has_room(&self, key_len: usize) -> bool {
+        self.max_bytes.is_none_or(|max| {
+            self.key_bytes + key_len + (self.keys.len() + 1) * ENTRY_OVERHEAD <= max
+        })
+    }
+
+    /// Adds a committed row read from the table, if the bound allows; otherwise the index is
+    /// overflowed from now on and the key is not held.
+    pub fn load(&mut self, key: Box<[u8]>, file: &str, pos: u64, partition: i32) -> bool {
+        if !self.keys.contains_key(&key) && !self.has_room(key.len()) {
+            self.overflowed = true;
+            return false;
+        }
+        self.insert(key, file, pos, partition);
+        true
+    }
+
+    /// A row written in the current checkpoint: into the index, or into `recent` when the
+    /// index is full.
+    fn place(&mut self, key: Box<[u8]>, file: &str, pos: u64, partition: i32) {
+        if self.has_room(key.len()) {
+            self.insert(key, file, pos, partition);
+        } else {
+            self.overflowed = true;
+            let entry = self.entry(file, pos, partition);
+            self.recent.insert(key, entry);
+        }
+    }
+
+    /// The checkpoint ended: rows of `recent` are committed, and known to no one.
+    pub fn end_checkpoint(&mut self) {
+        self.recent.clear();
+    }
+
+    fn entry(&mut self, file: &str, pos: u64, partition: i32) -> Entry {
+        Entry {
+            file: self.file_id(file),
+            pos: u32::try_from(pos).expect("fewer than 2^32 rows per data file"),
+            partition,
+        }
+    }
+
     /// Keys in the index.
     pub fn len(&self) -> usize {
         self.keys.len()
@@ -82,9 +158,10 @@ impl KeyIndex {
         self.keys.is_empty()
     }
 
-    /// Estimated memory of the index in bytes.
+    /// Estimated memory of the index in bytes (the keys, and per key an entry, its hash
+    /// table slot and allocation).
     pub fn memory_bytes(&self) -> usize {
-        self.key_bytes + self.keys.capacity() * ENTRY_OVERHEAD
+        self.key_bytes + (self.keys.len() + self.recent.len()) * ENTRY_OVERHEAD
     }
 
     fn file_id(&mut self, path: &str) -> u32 {
@@ -107,11 +184,7 @@ impl KeyIndex {
         pos: u64,
         partition: i32,
     ) -> Option<(Arc<str>, u64)> {
-        let entry = Entry {
-            file: self.file_id(file),
-            pos: u32::try_from(pos).expect("fewer than 2^32 rows per data file"),
-            partition,
-        };
+        let entry = self.entry(file, pos, partition);
         let len = key.len();
         match self.keys.insert(key, entry) {
             Some(old) => Some(self.location(old)),
@@ -166,15 +239,19 @@ impl KeyIndex {
                 Event::Row { row, partition } => (*partition, Some(*row)),
                 Event::Delete { partition, .. } => (*partition, None),
             };
-            if let Some(old) = self.remove(key) {
+            let indexed = self.remove(key);
+            let found = indexed.or_else(|| self.recent.remove(key));
+            if let Some(old) = found {
                 if old.partition != partition && old.partition != UNKNOWN_PARTITION {
                     plan.conflicts += 1;
                 }
                 plan.deletes.push(self.location(old));
             }
-            match row {
-                Some(row) => plan.write.push((row, key.into(), partition)),
-                None => plan.gone.push(key.into()),
+            if indexed.is_none() && self.overflowed {
+                plan.equality.push(key.into());
+            }
+            if let Some(row) = row {
+                plan.write.push((row, key.into(), partition));
             }
         }
         plan.write.sort_unstable_by_key(|(row, _, _)| *row);
@@ -184,54 +261,43 @@ impl KeyIndex {
     /// Records the rows of `plan.write`, written in that order to `file` from row `start`.
     pub fn written(&mut self, write: &[(u32, Box<[u8]>, i32)], file: &str, start: u64) {
         for (n, (_, key, partition)) in write.iter().enumerate() {
-            let replaced = self.insert(key.clone(), file, start + n as u64, *partition);
-            debug_assert!(replaced.is_none(), "plan removed every written key");
+            self.place(key.clone(), file, start + n as u64, *partition);
         }
     }
 
-    /// Replays changes recorded by [`Journal`] (in order) on an index read from the table.
-    pub fn replay(&mut self, journal: &Journal) {
-        for (key, at) in &journal.changes {
-            match at {
-                Some((file, pos, partition)) => {
-                    self.insert(key.clone(), file, *pos, *partition);
-                }
-                None => {
-                    self.remove(key);
-                }
+    /// `table` (this index read again from the table, which holds the current checkpoint's
+    /// changes only once it is committed) brought up to date: its rows that this checkpoint
+    /// deleted (`deleted`) are dropped, and the rows this checkpoint wrote (in `written`)
+    /// are taken from this index.
+    pub fn carry_into(
+        &self,
+        mut table: KeyIndex,
+        written: &HashSet<Arc<str>>,
+        deleted: &[(Arc<str>, u64)],
+    ) -> KeyIndex {
+        if !deleted.is_empty() {
+            let deleted: HashSet<(&str, u64)> = deleted.iter().map(|(f, p)| (&**f, *p)).collect();
+            let gone: Vec<Box<[u8]>> = table
+                .keys
+                .iter()
+                .filter(|(_, e)| {
+                    deleted.contains(&(&*table.files[e.file as usize], u64::from(e.pos)))
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in gone {
+                table.remove(&key);
             }
         }
-    }
-}
-
-/// The index changes of one epoch (since the last barrier), in order: what an index read
-/// again from the table (which holds the epoch's changes only after its commit) must replay.
-#[derive(Debug, Default)]
-pub struct Journal {
-    changes: Vec<(Box<[u8]>, Option<Location>)>,
-}
-
-/// A row's place: data file, position, and the Kafka partition its change came from.
-type Location = (Arc<str>, u64, i32);
-
-impl Journal {
-    /// Notes a batch: its deleted keys, and its written rows at `file` from row `start`.
-    pub fn note(&mut self, plan: &BatchPlan, file: Option<&Arc<str>>, start: u64) {
-        self.changes
-            .extend(plan.gone.iter().map(|k| (k.clone(), None)));
-        if let Some(file) = file {
-            for (n, (_, key, partition)) in plan.write.iter().enumerate() {
-                self.changes.push((
-                    key.clone(),
-                    Some((file.clone(), start + n as u64, *partition)),
-                ));
+        for (key, e) in self.keys.iter().chain(&self.recent) {
+            let file = &self.files[e.file as usize];
+            if written.contains(file) {
+                table.remove(key);
+                table.recent.remove(key);
+                table.place(key.clone(), file, u64::from(e.pos), e.partition);
             }
         }
-    }
-
-    /// Forgets the epoch (its changes are in the table, or abandoned).
-    pub fn clear(&mut self) {
-        self.changes.clear();
+        table
     }
 }
 
@@ -269,18 +335,22 @@ mod tests {
         deletes.sort();
         assert_eq!(deletes, [(Arc::from("f0"), 7), (Arc::from("f0"), 8)]);
         assert_eq!(plan.superseded, 2);
-        let mut journal = Journal::default();
-        journal.note(&plan, Some(&Arc::from("f1")), 100);
         index.written(&plan.write, "f1", 100);
-        // An index read again from a table without this batch, with the journal replayed,
-        // is the same index.
-        let mut again = KeyIndex::default();
-        again.insert(b"a".to_vec().into(), "f0", 7, 0);
-        again.insert(b"b".to_vec().into(), "f0", 8, 0);
-        again.replay(&journal);
+        // An index read again from a table without this batch, brought up to date with the
+        // checkpoint's files and deletes, is the same index.
+        let mut table = KeyIndex::default();
+        table.insert(b"a".to_vec().into(), "f0", 7, 0);
+        table.insert(b"b".to_vec().into(), "f0", 8, 0);
+        table.insert(b"z".to_vec().into(), "f0", 9, 1);
+        let again = index.carry_into(table, &HashSet::from([Arc::from("f1")]), &plan.deletes);
         assert_eq!(again.get(b"a"), Some((Arc::from("f1"), 100)));
         assert_eq!(again.get(b"b"), None);
-        assert_eq!(again.len(), 1);
+        assert_eq!(
+            again.get(b"z"),
+            Some((Arc::from("f0"), 9)),
+            "another worker's key"
+        );
+        assert_eq!(again.len(), 2);
         assert_eq!(index.get(b"a"), Some((Arc::from("f1"), 100)));
         assert_eq!(index.get(b"b"), None);
         assert_eq!(index.get(b"c"), None);
@@ -310,6 +380,40 @@ mod tests {
         );
         assert_eq!(plan.deletes.len(), 2);
         assert_eq!(plan.write.len(), 2);
+    }
+
+    #[test]
+    fn over_its_bound_the_index_keeps_new_keys_for_the_checkpoint_and_asks_for_equality_deletes() {
+        // Room for two keys of 4 bytes.
+        let mut index = KeyIndex::bounded(2 * (4 + ENTRY_OVERHEAD));
+        let rows: [&[u8]; 3] = [b"k001", b"k002", b"k003"];
+        let events = [row(0), row(1), row(2)];
+        let plan = index.plan(&events, |r| rows[r as usize]);
+        assert!(
+            plan.equality.is_empty(),
+            "a complete index knows these keys are new"
+        );
+        index.written(&plan.write, "f1", 0);
+        assert!(index.overflowed());
+        assert_eq!(index.len(), 2);
+        // k003 did not fit: updated in the same checkpoint, its row is found (position
+        // delete) and, since the index is incomplete, an equality delete is asked for too.
+        let again: [&[u8]; 2] = [b"k003", b"k001"];
+        let plan = index.plan(&[row(0), row(1)], |r| again[r as usize]);
+        assert_eq!(plan.deletes, [(Arc::from("f1"), 2), (Arc::from("f1"), 0)]);
+        assert_eq!(plan.equality, [Box::from(&b"k003"[..])]);
+        index.written(&plan.write, "f2", 0);
+        // k003 took k001's place in the index; k001's new row went to `recent`. After the
+        // checkpoint that row is known only to the table.
+        assert_eq!(index.get(b"k003"), Some((Arc::from("f2"), 0)));
+        index.end_checkpoint();
+        let plan = index.plan(&[del(b"k001")], |_| unreachable!());
+        assert!(plan.deletes.is_empty());
+        assert_eq!(plan.equality.len(), 1);
+        // Equality mode: every change asks for an equality delete.
+        let mut eq = KeyIndex::equality();
+        let plan = eq.plan(&[row(0)], |r| rows[r as usize]);
+        assert_eq!(plan.equality.len(), 1);
     }
 
     #[test]

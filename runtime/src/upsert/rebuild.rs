@@ -28,12 +28,6 @@ pub enum RebuildError {
         /// Why.
         message: String,
     },
-    /// The table has deletes this index cannot account for.
-    #[error(
-        "rebuilding the key index: the table has equality delete files ({0}); position-mode \
-         upsert needs a table whose deletes are position deletes (compact it first)"
-    )]
-    EqualityDeletes(String),
 }
 
 /// The rebuilt index, and how many keys were found on more than one live row (the newest
@@ -57,9 +51,10 @@ pub async fn rebuild(
     table: &Table,
     encoder: &KeyEncoder,
     primary_key: &[String],
+    max_bytes: usize,
 ) -> Result<Rebuilt, RebuildError> {
     let mut out = Rebuilt {
-        index: KeyIndex::default(),
+        index: KeyIndex::bounded(max_bytes),
         duplicates: 0,
     };
     let meta = table.metadata();
@@ -69,6 +64,9 @@ pub async fn rebuild(
     };
     let list = manifest_list(io, meta, head).await?;
     let mut deleted: HashMap<String, HashSet<u64>> = HashMap::new();
+    // Equality deletes (an index over its bound wrote some): key → the newest delete's
+    // sequence number; it removes the key's rows of lower sequence numbers.
+    let mut equality: HashMap<Box<[u8]>, i64> = HashMap::new();
     for m in list
         .entries()
         .iter()
@@ -87,7 +85,11 @@ pub async fn rebuild(
                     }
                 }
                 DataContentType::EqualityDeletes => {
-                    return Err(RebuildError::EqualityDeletes(path.to_string()));
+                    let seq = e.sequence_number().unwrap_or(m.sequence_number);
+                    for key in read_keys(io, path, encoder, primary_key).await? {
+                        let at = equality.entry(key).or_insert(seq);
+                        *at = (*at).max(seq);
+                    }
                 }
                 DataContentType::Data => {}
             }
@@ -98,6 +100,37 @@ pub async fn rebuild(
     live.sort_by_key(|e| e.sequence_number);
     for entry in live {
         let path = entry.data_file.file_path().to_string();
+        let seq = entry.sequence_number;
+        let gone = deleted.get(&path);
+        for (at, key) in read_keys(io, &path, encoder, primary_key)
+            .await?
+            .into_iter()
+            .enumerate()
+        {
+            let at = at as u64;
+            if gone.is_some_and(|g| g.contains(&at)) || equality.get(&key).is_some_and(|s| *s > seq)
+            {
+                continue;
+            }
+            if out.index.get(&key).is_some() {
+                out.duplicates += 1;
+            }
+            out.index.load(key, &path, at, UNKNOWN_PARTITION);
+        }
+    }
+    Ok(out)
+}
+
+/// The encoded keys of every row of a data or equality delete file, in row order.
+async fn read_keys(
+    io: &iceberg::io::FileIO,
+    path: &str,
+    encoder: &KeyEncoder,
+    primary_key: &[String],
+) -> Result<Vec<Box<[u8]>>, RebuildError> {
+    let path = path.to_string();
+    let mut out = Vec::new();
+    {
         let bytes = io.new_input(&path)?.read().await?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(bytes).map_err(file_error(&path))?;
         let arrow = builder.schema().clone();
@@ -116,8 +149,6 @@ pub async fn rebuild(
             .with_projection(mask)
             .build()
             .map_err(file_error(&path))?;
-        let gone = deleted.get(&path);
-        let mut pos = 0u64;
         for batch in reader {
             let batch = batch.map_err(|e| RebuildError::File {
                 file: path.clone(),
@@ -137,21 +168,7 @@ pub async fn rebuild(
                     file: path.clone(),
                     message: e.to_string(),
                 })?;
-            for (i, key) in keys.iter().enumerate() {
-                let at = pos + i as u64;
-                if gone.is_some_and(|g| g.contains(&at)) {
-                    continue;
-                }
-                let key: Box<[u8]> = key.as_ref().into();
-                if out
-                    .index
-                    .insert(key, &path, at, UNKNOWN_PARTITION)
-                    .is_some()
-                {
-                    out.duplicates += 1;
-                }
-            }
-            pos += batch.num_rows() as u64;
+            out.extend(keys.iter().map(|k| Box::<[u8]>::from(k.as_ref())));
         }
     }
     Ok(out)

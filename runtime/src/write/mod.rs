@@ -2,6 +2,7 @@
 //! Parquet settings come from the table properties overridden by the spec's writeProperties.
 
 pub mod data_file;
+pub mod equality_delete;
 pub mod partition;
 pub mod position_delete;
 

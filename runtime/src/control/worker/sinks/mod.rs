@@ -8,7 +8,9 @@ use std::{
     sync::Arc,
 };
 
-use tidewater_crds::pipeline::{OnIncompatible, SchemaEvolutionSpec, SinkSpec, WriteMode};
+use tidewater_crds::pipeline::{
+    OnIncompatible, SchemaEvolutionSpec, SinkSpec, UpsertSpec, WriteMode,
+};
 
 use crate::{
     checkpoint::TableCommitPlan,
@@ -75,6 +77,8 @@ pub(super) struct Sinks {
     registry: Option<Registry>,
     /// Upsert mode: the primary key.
     primary_key: Option<Vec<String>>,
+    /// Upsert mode: how deletes are written.
+    upsert: UpsertSpec,
     /// Upsert mode: the delete marker field (never a column).
     delete_field: Option<String>,
 }
@@ -101,6 +105,7 @@ impl Sinks {
             registry,
             primary_key: (sink.mode == WriteMode::Upsert).then(|| sink.primary_key.clone()),
             delete_field: sink.upsert.as_ref().and_then(|u| u.delete_field.clone()),
+            upsert: sink.upsert.clone().unwrap_or_default(),
         }
     }
 
@@ -189,7 +194,12 @@ impl Sinks {
             Err(Unavailable::Worker(e)) => return Err(e),
         };
         let upsert = match &self.primary_key {
-            Some(pk) => Some(Box::new(UpsertState::new(table, &factory, pk)?)),
+            Some(pk) => Some(Box::new(UpsertState::new(
+                table,
+                &factory,
+                pk,
+                &self.upsert,
+            )?)),
             None => None,
         };
         let sink = Sink {
@@ -324,6 +334,15 @@ impl Sinks {
         table: &str,
         next_checkpoint: u64,
     ) -> Result<(), WorkerError> {
+        // Changes decided after a reload need the index read again first.
+        if self
+            .sinks
+            .get(table)
+            .and_then(|s| s.upsert.as_deref())
+            .is_some_and(|u| (u.index.is_none() || u.stale) && !u.events.is_empty())
+        {
+            self.load_index(rt, table)?;
+        }
         let needs_writer = self.sinks.get(table).is_some_and(|s| s.writer.is_none());
         if needs_writer {
             self.make_room(rt)?;
@@ -409,7 +428,6 @@ impl Sinks {
             let rows = std::mem::take(&mut sink.rows);
             let (delete_files, deleted_rows, delete_bytes) = match sink.upsert.as_deref_mut() {
                 Some(state) => {
-                    state.journal.clear();
                     let prefix = format!(
                         "{}-w{}-c{next_checkpoint}-{}",
                         self.run_id,
@@ -417,13 +435,23 @@ impl Sinks {
                         uuid::Uuid::now_v7().simple()
                     );
                     let deletes = std::mem::take(&mut state.deletes);
-                    match rt
+                    let mut out = (Vec::new(), 0, 0);
+                    let written = rt
                         .block_on(sink.factory.write_position_deletes(&prefix, deletes))
-                        .map_err(write("write delete"))?
-                    {
-                        Some((file, rows, bytes)) => (vec![file], rows, bytes),
-                        None => (Vec::new(), 0, 0),
+                        .map_err(write("write delete"))?;
+                    let keys = state.end_checkpoint(table)?;
+                    let equality = match keys {
+                        Some(keys) => rt
+                            .block_on(sink.factory.write_equality_deletes(&prefix, keys))
+                            .map_err(write("write delete"))?,
+                        None => None,
+                    };
+                    for (file, rows, bytes) in written.into_iter().chain(equality) {
+                        out.0.push(file);
+                        out.1 += rows;
+                        out.2 += bytes;
                     }
+                    out
                 }
                 None => (Vec::new(), 0, 0),
             };

@@ -4,14 +4,16 @@
 //! the deletes become one position delete file. The index is read from the table when the
 //! sink is opened, after a reset and when partitions are assigned.
 
-use std::sync::Arc;
+use std::{collections::HashSet, sync::Arc};
 
 use arrow_array::{RecordBatch, UInt32Array};
+
+use tidewater_crds::pipeline::{DeleteMode, UpsertSpec};
 
 use crate::{
     decode::{RowBatcher, change::Change},
     evolve::Sample,
-    upsert::{BatchPlan, Event, Journal, KeyIndex, key::KeyEncoder, rebuild},
+    upsert::{BatchPlan, Event, KeyIndex, key::KeyEncoder, rebuild},
     write::WriterFactory,
 };
 
@@ -28,10 +30,19 @@ pub(super) struct UpsertState {
     pub(super) index: Option<KeyIndex>,
     /// Rows to delete at the next barrier.
     pub(super) deletes: Vec<(Arc<str>, u64)>,
-    /// The index changes since the last barrier (replayed on an index read again).
-    pub(super) journal: Journal,
+    /// Data files written since the last barrier (an index read again takes their rows
+    /// from the current one).
+    written: HashSet<Arc<str>>,
+    /// The index must be read again from the table before the next change (partitions were
+    /// assigned, or a compaction moved rows).
+    pub(super) stale: bool,
     /// Counts since metrics were last published.
     pub(super) stats: UpsertStats,
+    /// Keys whose rows from earlier commits need an equality delete (this checkpoint).
+    equality: HashSet<Box<[u8]>>,
+    /// Equality mode (no index beyond the checkpoint) or the position index's bound.
+    mode: DeleteMode,
+    max_index_bytes: usize,
 }
 
 /// An upsert table's counts since they were last published.
@@ -57,6 +68,7 @@ impl UpsertState {
         table: &str,
         factory: &WriterFactory,
         primary_key: &[String],
+        spec: &UpsertSpec,
     ) -> Result<Self, WorkerError> {
         if factory.is_partitioned() {
             return Err(unsupported(
@@ -94,8 +106,12 @@ impl UpsertState {
             events: Vec::new(),
             index: None,
             deletes: Vec::new(),
-            journal: Journal::default(),
+            written: HashSet::new(),
+            stale: false,
             stats: UpsertStats::default(),
+            equality: HashSet::new(),
+            mode: spec.delete_mode,
+            max_index_bytes: usize::try_from(spec.max_index_bytes).unwrap_or(usize::MAX),
         })
     }
 
@@ -139,13 +155,14 @@ impl UpsertState {
             .index
             .as_mut()
             .expect("the index is loaded before changes");
-        let plan = index.plan(&events, |row| {
+        let mut plan = index.plan(&events, |row| {
             keys.as_ref()
                 .expect("row events come with rows")
                 .row(row as usize)
                 .data()
         });
         self.deletes.extend(plan.deletes.iter().cloned());
+        self.equality.extend(plan.equality.drain(..));
         self.stats.superseded += plan.superseded;
         self.stats.conflicts += plan.conflicts;
         let Some(batch) = batch else {
@@ -178,10 +195,10 @@ impl UpsertState {
             Some((file, end)) if !plan.write.is_empty() => {
                 let start = (end - plan.write.len()) as u64;
                 let file: Arc<str> = Arc::from(file);
-                self.journal.note(&plan, Some(&file), start);
                 index.written(&plan.write, &file, start);
+                self.written.insert(file);
             }
-            None if plan.write.is_empty() => self.journal.note(&plan, None, 0),
+            None if plan.write.is_empty() => {}
             _ => {
                 return Err(WorkerError::Write {
                     what: "locate",
@@ -195,12 +212,34 @@ impl UpsertState {
         Ok(())
     }
 
+    /// At a barrier: the key columns of the keys that need an equality delete (None: none);
+    /// the checkpoint's rows outside the index are forgotten.
+    pub(super) fn end_checkpoint(
+        &mut self,
+        table: &str,
+    ) -> Result<Option<RecordBatch>, WorkerError> {
+        if let Some(index) = self.index.as_mut() {
+            index.end_checkpoint();
+        }
+        self.written.clear();
+        if self.equality.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<Box<[u8]>> = self.equality.drain().collect();
+        self.encoder
+            .decode(&keys)
+            .map(Some)
+            .map_err(|e| unsupported(table, format!("decoding keys: {e}")))
+    }
+
     /// Forgets everything since the last barrier; the index is read again before next use.
     pub(super) fn reset(&mut self) {
         self.events.clear();
         self.deletes.clear();
-        self.journal.clear();
+        self.written.clear();
+        self.equality.clear();
         self.index = None;
+        self.stale = false;
     }
 }
 
@@ -268,17 +307,34 @@ impl Sinks {
     }
 
     /// Reads `table`'s key index from the table when it is not loaded.
-    fn load_index(&mut self, rt: &tokio::runtime::Runtime, table: &str) -> Result<(), WorkerError> {
-        if self.upsert_state(table).index.is_some() {
+    pub(super) fn load_index(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        table: &str,
+    ) -> Result<(), WorkerError> {
+        let state = self.upsert_state(table);
+        if state.index.is_some() && !state.stale {
             return Ok(());
         }
+        if state.mode == DeleteMode::Equality {
+            // Nothing to read: equality mode holds only the checkpoint's own rows.
+            state.index.get_or_insert_with(KeyIndex::equality);
+            state.stale = false;
+            return Ok(());
+        }
+        let max_bytes = state.max_index_bytes;
         let started = std::time::Instant::now();
         let loaded = rt.block_on(self.tables.load(table))?;
         let primary_key = self.primary_key.clone().unwrap_or_default();
         let worker = self.worker;
         let state = self.upsert_state(table);
         let rebuilt = rt
-            .block_on(rebuild::rebuild(&loaded, &state.encoder, &primary_key))
+            .block_on(rebuild::rebuild(
+                &loaded,
+                &state.encoder,
+                &primary_key,
+                max_bytes,
+            ))
             .map_err(|e| unsupported(table, e.to_string()))?;
         if rebuilt.duplicates > 0 {
             tracing::warn!(
@@ -301,9 +357,14 @@ impl Sinks {
             ms = started.elapsed().as_secs_f64() * 1000.0,
             "key index read from the table"
         );
-        let mut index = rebuilt.index;
-        index.replay(&state.journal);
+        // The table holds what was committed; this checkpoint's own changes come from the
+        // index being replaced.
+        let index = match state.index.take() {
+            Some(old) => old.carry_into(rebuilt.index, &state.written, &state.deletes),
+            None => rebuilt.index,
+        };
         state.index = Some(index);
+        state.stale = false;
         Ok(())
     }
 
@@ -320,24 +381,24 @@ impl Sinks {
             .collect()
     }
 
-    /// Forgets `table`'s index: read again (journal replayed) before its next change.
+    /// Marks `table`'s index to be read again from the table before its next change.
     pub(in crate::control::worker) fn reload_index(&mut self, table: &str) {
         if let Some(state) = self
             .sinks
             .get_mut(table)
             .and_then(|s| s.upsert.as_deref_mut())
         {
-            state.index = None;
+            state.stale = true;
         }
     }
 
     /// Forgets every upsert table's index (partitions were assigned: keys they changed while
     /// another worker owned them are only in the table, which holds everything up to the last
-    /// barrier; the journal brings the index past it).
+    /// barrier; the current index brings it past that).
     pub(in crate::control::worker) fn reload_indexes(&mut self) {
         for sink in self.sinks.values_mut() {
             if let Some(state) = sink.upsert.as_deref_mut() {
-                state.index = None;
+                state.stale = true;
             }
         }
     }
