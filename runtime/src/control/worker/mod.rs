@@ -3,6 +3,7 @@
 //! offsets. Runs on its own OS thread; talks to the coordinator only through protocol
 //! messages. `sinks` holds the tables it writes, `tables` where their writers come from.
 
+mod changes;
 mod routing;
 mod sinks;
 mod tables;
@@ -24,10 +25,7 @@ use crate::{
     commit::TableError,
     config::PipelineConfig,
     control::protocol::{ToCoordinator, ToWorker, WorkerAck, WorkerId},
-    decode::{
-        UNKNOWN_FIELD_NAMES, UnsupportedColumn,
-        change::{self, Change},
-    },
+    decode::{UNKNOWN_FIELD_NAMES, UnsupportedColumn},
     failpoint,
     metrics::{
         ChangeLabels, FieldLabels, Metrics, ReasonLabels, TableLabels, TableReasonLabels,
@@ -44,6 +42,7 @@ fn sink_mode(config: &PipelineConfig) -> WriteMode {
     config.resource.spec.sink.mode
 }
 
+use changes::ChangeFormat;
 use routing::Routing;
 use sinks::{BATCH_ROWS, Sinks};
 
@@ -228,18 +227,6 @@ struct State {
     awaiting_first: HashMap<(String, i32), std::time::Instant>,
     /// Upsert mode: how a record says what it changes.
     changes: Option<ChangeFormat>,
-}
-
-/// How upsert records are read.
-enum ChangeFormat {
-    /// Debezium envelopes; tombstones are skipped.
-    Debezium,
-    /// Each record is the key's new row; a marker field or a tombstone with a JSON key is a
-    /// delete.
-    Rows {
-        /// The delete marker field.
-        delete_field: Option<String>,
-    },
 }
 
 fn run(setup: WorkerSetup) -> Result<(), WorkerError> {
@@ -556,89 +543,6 @@ impl State {
             *next = offset + 1;
         }
         Ok(())
-    }
-
-    /// [`Self::on_message`] in upsert mode.
-    fn on_change(&mut self, m: &BorrowedMessage<'_>) -> Result<(), WorkerError> {
-        let format = self.changes.as_ref().expect("upsert mode");
-        let decoded = match (m.payload(), format) {
-            (None, ChangeFormat::Debezium) => Ok(Change::Skip),
-            (None, ChangeFormat::Rows { .. }) => match m.key() {
-                Some(key) => Ok(Change::Delete { key }),
-                None => Err((
-                    "no-value",
-                    "record has neither value nor key: nothing says which row it deletes"
-                        .to_string(),
-                )),
-            },
-            (Some(p), _) if p.len() > self.max_record_bytes => Err((
-                "oversize",
-                format!(
-                    "value of {} bytes exceeds maxRecordBytes {}",
-                    p.len(),
-                    self.max_record_bytes
-                ),
-            )),
-            (Some(p), ChangeFormat::Debezium) => {
-                change::debezium(p).map_err(|e| (e.kind, e.message))
-            }
-            (
-                Some(p),
-                ChangeFormat::Rows {
-                    delete_field: Some(f),
-                },
-            ) => change::marked(p, f).map_err(|e| (e.kind, e.message)),
-            (Some(p), ChangeFormat::Rows { delete_field: None }) => Ok(Change::Upsert {
-                after: p,
-                before: None,
-            }),
-        };
-        let mut table = None;
-        let result = match decoded {
-            Err(e) => Err(e),
-            Ok(Change::Skip) => {
-                self.epoch.skipped += 1;
-                Ok(())
-            }
-            Ok(change) => match self.routing.target(m) {
-                Err(reason) => Err(("unroutable", reason)),
-                Ok(target) => {
-                    let pushed = self.sinks.push_change(
-                        &self.rt,
-                        m.partition(),
-                        &target.table,
-                        target.rule,
-                        change,
-                        self.last_barrier + 1,
-                    )?;
-                    if pushed.is_err() {
-                        table = Some(target.table.into_owned());
-                    } else {
-                        self.epoch.rows += 1;
-                    }
-                    pushed
-                }
-            },
-        };
-        if let Err((kind, message)) = result {
-            self.dead_letter(m, kind, &message)?;
-            if let Some(table) = table {
-                *self.epoch.dead_by_table.entry((table, kind)).or_default() += 1;
-            }
-        }
-        self.advance(m);
-        Ok(())
-    }
-
-    /// The record's partition continues after it.
-    fn advance(&mut self, m: &BorrowedMessage<'_>) {
-        if let Some(next) = self
-            .owned
-            .get_mut(m.topic())
-            .and_then(|p| p.get_mut(&m.partition()))
-        {
-            *next = m.offset() + 1;
-        }
     }
 
     fn dead_letter(
