@@ -13,7 +13,7 @@ import argparse
 import hashlib
 import json
 
-from inspect_table import duckdb_connection, pyiceberg_catalog
+from inspect_table import duckdb_connection, pyiceberg_catalog, rest_catalog, s3_props
 
 
 def digest(pairs):
@@ -33,12 +33,19 @@ def main():
     ap.add_argument("--key", default="id")
     ap.add_argument("--version", default="v")
     ap.add_argument("--readers", default="pyiceberg,duckdb")
+    ap.add_argument("--catalog-type", default="sql", choices=["sql", "rest"])
+    ap.add_argument("--token")
     ap.add_argument("--s3-endpoint")
+    ap.add_argument("--s3-key-id")
+    ap.add_argument("--s3-secret")
     ap.add_argument("--pairs-of", type=int, help="print only this snapshot's [key, version] pairs (PyIceberg)")
     args = ap.parse_args()
     from pyiceberg.table import StaticTable
 
-    catalog = pyiceberg_catalog(args.catalog_name, args.catalog_uri, args.warehouse)
+    if args.catalog_type == "rest":
+        catalog = rest_catalog(args.catalog_name, args.catalog_uri, args.warehouse, args.token, s3_props(args))
+    else:
+        catalog = pyiceberg_catalog(args.catalog_name, args.catalog_uri, args.warehouse)
     table = catalog.load_table(args.table)
     if args.pairs_of is not None:
         arrow = table.scan(snapshot_id=args.pairs_of, selected_fields=(args.key, args.version)).to_arrow()
@@ -49,7 +56,7 @@ def main():
     files = [e.metadata_file for e in table.metadata.metadata_log] + [table.metadata_location]
     out, seen = [], set()
     for path in files:
-        static = StaticTable.from_metadata(path)
+        static = StaticTable.from_metadata(path, properties=s3_props(args))
         snap = static.current_snapshot()
         if snap is None or snap.snapshot_id in seen:
             continue

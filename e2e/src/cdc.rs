@@ -284,51 +284,83 @@ pub fn digest_of(model: &BTreeMap<i64, i64>) -> Digest {
     }
 }
 
-/// Every snapshot a pipeline committed to `table`, read as of that snapshot.
-pub fn snapshot_views(
-    catalog_uri: &str,
-    warehouse: &std::path::Path,
-    table: &str,
-    readers: &str,
-) -> Result<Vec<SnapshotView>> {
-    let out = std::process::Command::new(venv_python_path())
-        .arg(repo_root().join("e2e/readers/upsert_snapshots.py"))
-        .args(["--catalog-uri", catalog_uri, "--warehouse"])
-        .arg(format!("file://{}", warehouse.display()))
-        .args(["--table", table, "--readers", readers])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "reader failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    #[derive(serde::Deserialize)]
-    struct All {
-        snapshots: Vec<SnapshotView>,
-    }
-    let all: All = serde_json::from_slice(&out.stdout)?;
-    Ok(all.snapshots)
+/// How the readers reach a table: its catalog (SQL, or REST with S3 storage) and name.
+#[derive(Debug, Clone)]
+pub struct TableAccess {
+    pub table: String,
+    /// Arguments naming the catalog, warehouse and storage for the reader scripts.
+    args: Vec<String>,
 }
 
-/// The `(key, version)` pairs of one snapshot (PyIceberg).
-pub fn snapshot_pairs(
-    catalog_uri: &str,
-    warehouse: &std::path::Path,
-    table: &str,
-    snapshot_id: i64,
-) -> Result<Vec<(i64, i64)>> {
-    let out = std::process::Command::new(venv_python_path())
-        .arg(repo_root().join("e2e/readers/upsert_snapshots.py"))
-        .args(["--catalog-uri", catalog_uri, "--warehouse"])
-        .arg(format!("file://{}", warehouse.display()))
-        .args(["--table", table, "--pairs-of", &snapshot_id.to_string()])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "reader failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout)?)
+impl TableAccess {
+    /// A table of a SQL catalog on the local warehouse `warehouse`.
+    pub fn sql(uri: &str, warehouse: &std::path::Path, table: &str) -> Self {
+        Self {
+            table: table.to_string(),
+            args: vec![
+                "--catalog-uri".into(),
+                uri.into(),
+                "--warehouse".into(),
+                format!("file://{}", warehouse.display()),
+            ],
+        }
+    }
+
+    /// A table of a REST catalog (bearer `token`) whose files are on the S3 server `moto`.
+    pub fn rest(rest: &crate::RestCatalog, moto: &crate::Moto, table: &str) -> Self {
+        Self {
+            table: table.to_string(),
+            args: vec![
+                "--catalog-type".into(),
+                "rest".into(),
+                "--catalog-uri".into(),
+                rest.uri(),
+                "--token".into(),
+                rest.token.clone(),
+                "--warehouse".into(),
+                format!("s3://{}/warehouse", moto.bucket),
+                "--s3-endpoint".into(),
+                moto.endpoint(),
+                "--s3-key-id".into(),
+                crate::S3_KEY_ID.into(),
+                "--s3-secret".into(),
+                crate::S3_SECRET.into(),
+            ],
+        }
+    }
+
+    fn run(&self, extra: &[&str]) -> Result<Vec<u8>> {
+        let out = std::process::Command::new(venv_python_path())
+            .arg(repo_root().join("e2e/readers/upsert_snapshots.py"))
+            .args(&self.args)
+            .args(["--table", &self.table])
+            .args(extra)
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "reader failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(out.stdout)
+    }
+
+    /// Every snapshot a pipeline committed, read as of that snapshot by `readers`
+    /// (`pyiceberg,duckdb`, one of them, or `none` for the offsets alone).
+    pub fn snapshot_views(&self, readers: &str) -> Result<Vec<SnapshotView>> {
+        #[derive(serde::Deserialize)]
+        struct All {
+            snapshots: Vec<SnapshotView>,
+        }
+        let all: All = serde_json::from_slice(&self.run(&["--readers", readers])?)?;
+        Ok(all.snapshots)
+    }
+
+    /// The `(key, version)` pairs of one snapshot (PyIceberg).
+    pub fn snapshot_pairs(&self, snapshot_id: i64) -> Result<Vec<(i64, i64)>> {
+        Ok(serde_json::from_slice(
+            &self.run(&["--pairs-of", &snapshot_id.to_string()])?,
+        )?)
+    }
 }
 
 /// How `got` differs from `want`: the first few keys whose versions differ.
@@ -354,12 +386,12 @@ pub fn differences(want: &BTreeMap<i64, i64>, got: &[(i64, i64)]) -> String {
 }
 
 /// Checks every snapshot against the model at its offsets; returns how many were checked.
-/// A difference names the first keys that differ (`catalog` = uri, warehouse, table).
+/// A difference names the first keys that differ.
 pub fn assert_snapshots_match(
     stream: &CdcStream,
     topic: &str,
     views: &[SnapshotView],
-    catalog: (&str, &std::path::Path, &str),
+    access: &TableAccess,
 ) -> Result<usize> {
     for view in views {
         let offsets: BTreeMap<i32, i64> = view
@@ -373,7 +405,7 @@ pub fn assert_snapshots_match(
             if let Some(got) = got
                 && *got != want
             {
-                let pairs = snapshot_pairs(catalog.0, catalog.1, catalog.2, view.snapshot_id)?;
+                let pairs = access.snapshot_pairs(view.snapshot_id)?;
                 anyhow::bail!(
                     "snapshot {} ({}, offsets {offsets:?}): {reader} read {got:?}, the model has \
                      {want:?}; {}",

@@ -31,6 +31,7 @@ const TABLE: &str = "inventory.customers";
 const TOPIC: &str = "dbserver1.inventory.customers";
 
 struct Setup {
+    access: cdc::TableAccess,
     broker: Broker,
     dir: tempfile::TempDir,
     file: std::path::PathBuf,
@@ -69,6 +70,7 @@ fn setup_with(
     let file = dir.path().join("pipeline.yaml");
     std::fs::write(&file, &yaml)?;
     Ok(Setup {
+        access: cdc::TableAccess::sql(&uri, &dir.path().join("warehouse"), TABLE),
         uri,
         warehouse: dir.path().join("warehouse"),
         broker,
@@ -83,7 +85,7 @@ fn wait_committed(s: &Setup, stream: &CdcStream, tw: &Tidewater, timeout: Durati
     let deadline = Instant::now() + timeout;
     loop {
         // Offsets only: no reader scans (PyIceberg refuses equality deletes).
-        let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "none").unwrap_or_default();
+        let views = s.access.snapshot_views("none").unwrap_or_default();
         if let Some(last) = views.last() {
             let reached = last.offsets.get(TOPIC).is_some_and(|m| {
                 want.iter()
@@ -160,9 +162,8 @@ fn a_debezium_stream_is_mirrored_exactly_after_every_checkpoint() -> Result<()> 
         "{}",
         tw.log_text()
     );
-    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg,duckdb")?;
-    let checked =
-        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let views = s.access.snapshot_views("pyiceberg,duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
     assert!(checked >= 3, "several checkpoints committed: {checked}");
     let last = views.last().context("a snapshot")?;
     assert!(
@@ -240,9 +241,8 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
         "{}",
         tw.log_text()
     );
-    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg,duckdb")?;
-    let checked =
-        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let views = s.access.snapshot_views("pyiceberg,duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
     let changes: i64 = stream.produced().values().sum();
     eprintln!(
         "upsert crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), \
@@ -336,9 +336,8 @@ fn the_key_index_follows_its_partitions_through_rescales_and_a_savepoint() -> Re
         reads >= 4,
         "every worker that gained partitions read its index: {reads}"
     );
-    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg,duckdb")?;
-    let checked =
-        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let views = s.access.snapshot_views("pyiceberg,duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
     eprintln!("rescale 1 → 3 → 2 and a savepoint: {checked} snapshots equal the model");
     Ok(())
 }
@@ -406,15 +405,16 @@ fn compaction_while_the_change_stream_is_written_keeps_the_table_equal_to_the_mo
         "{}",
         tw.log_text()
     );
-    let before = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg")?
+    let before = s
+        .access
+        .snapshot_views("pyiceberg")?
         .last()
         .context("a snapshot")?
         .delete_files;
     // Once more with the pipeline stopped: every delete file's rows are rewritten away.
     let last = compact_once(&policy)?;
-    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "pyiceberg,duckdb")?;
-    let checked =
-        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let views = s.access.snapshot_views("pyiceberg,duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
     let replaces = views.iter().filter(|v| v.operation == "replace").count();
     let after = views.last().context("a snapshot")?.delete_files;
     eprintln!(
@@ -455,9 +455,8 @@ fn equality_run(upsert: &str, crashes: usize) -> Result<(usize, u64, String)> {
     wait_committed(&s, &stream, &tw, Duration::from_secs(120))?;
     let text = tw.log_text();
     assert!(tw.stop(Duration::from_secs(60))?.success(), "{text}");
-    let views = cdc::snapshot_views(&s.uri, &s.warehouse, TABLE, "duckdb")?;
-    let checked =
-        cdc::assert_snapshots_match(&stream, TOPIC, &views, (&s.uri, &s.warehouse, TABLE))?;
+    let views = s.access.snapshot_views("duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
     let deletes = views.last().map_or(0, |v| v.delete_files);
     Ok((checked, deletes, std::fs::read_to_string(&log)?))
 }
@@ -484,5 +483,70 @@ fn a_key_index_over_its_bound_falls_back_to_equality_deletes() -> Result<()> {
         log.contains("key index read from the table"),
         "restarts read the index back"
     );
+    Ok(())
+}
+
+#[test]
+fn upsert_on_a_rest_catalog_with_s3_storage_through_crashes() -> Result<()> {
+    let s = setup(3, 1, None)?;
+    let moto = tidewater_e2e::Moto::start("lake", &s.dir.path().join("moto.log"))?;
+    let rest = tidewater_e2e::RestCatalog::start(
+        s.dir.path(),
+        "s3://lake/warehouse",
+        &moto.props(),
+        "test-token-1",
+        &[],
+    )?;
+    let token = s.dir.path().join("catalog-token");
+    std::fs::write(&token, &rest.token)?;
+    let local = format!("{}/", s.dir.path().display());
+    let yaml = std::fs::read_to_string(&s.file)?
+        .replace(
+            &format!(
+                "      type: sql\n      uri: sqlite://{local}cdc-catalog.db\n      warehouse: {local}warehouse\n"
+            ),
+            &format!(
+                "      type: rest\n      uri: {}\n      warehouse: s3://lake/warehouse\n      auth:\n        type: bearer\n        secretFile: {}\n",
+                rest.uri(),
+                token.display()
+            ),
+        )
+        + &format!(
+            "  storage:\n    s3:\n      endpoint: {}\n      region: us-east-1\n      pathStyleAccess: true\n",
+            moto.endpoint()
+        );
+    anyhow::ensure!(yaml.contains("type: rest"), "{yaml}");
+    std::fs::write(&s.file, yaml)?;
+    let access = cdc::TableAccess::rest(&rest, &moto, TABLE);
+    let s = Setup { access, ..s };
+    let producer = CdcProducer::start(
+        &s.broker.bootstrap,
+        TOPIC,
+        CdcStream::new(83, 3, 10_000),
+        300,
+        Duration::from_millis(250),
+    )?;
+    let log = s.dir.path().join("tw.log");
+    let mut rng = rand::rng();
+    for _ in 0..4 {
+        let mut tw = Tidewater::start(&s.file, &log, None)?;
+        std::thread::sleep(Duration::from_millis(rng.random_range(2000..5000)));
+        tw.kill9();
+    }
+    let mut tw = Tidewater::start(&s.file, &log, None)?;
+    std::thread::sleep(Duration::from_secs(3));
+    let stream = producer.finish()?;
+    wait_committed(&s, &stream, &tw, Duration::from_secs(180))?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    let views = s.access.snapshot_views("pyiceberg,duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
+    eprintln!(
+        "REST catalog + S3, 4 kill -9: {checked} snapshots equal the model for PyIceberg and DuckDB"
+    );
+    assert!(checked >= 5, "snapshots checked: {checked}");
     Ok(())
 }
