@@ -126,20 +126,36 @@ def throughput(args, bootstrap, work, ratio, mode):
     return r
 
 
-def duckdb_read(work):
-    """Median seconds of 5 full scans, and delete files per data file."""
-    from inspect_table import duckdb_connection, pyiceberg_catalog
+SCAN = """
+import sys, time, argparse
+sys.path.insert(0, sys.argv[2])
+from inspect_table import duckdb_connection
+con = duckdb_connection(argparse.Namespace(s3_endpoint=None))
+t = time.monotonic()
+rows, _ = con.execute(f"SELECT count(*), sum(v) FROM iceberg_scan('{sys.argv[1]}')").fetchone()
+print(time.monotonic() - t, rows)
+"""
+
+
+def duckdb_read(work, timeout):
+    """Median seconds of 3 full scans by DuckDB (each in its own process, given up after
+    `timeout` seconds), and delete files per data file."""
+    from inspect_table import pyiceberg_catalog
 
     table = pyiceberg_catalog("tidewater", f"sqlite://{work}/catalog.db", f"file://{work}/warehouse").load_table("bench.t")
     props = table.current_snapshot().summary.additional_properties
     ratio = int(props.get("total-delete-files", 0)) / max(1, int(props.get("total-data-files", 1)))
-    con = duckdb_connection(argparse.Namespace(s3_endpoint=None))
-    times = []
-    for _ in range(5):
-        t = time.monotonic()
-        rows, total = con.execute(f"SELECT count(*), sum(v) FROM iceberg_scan('{table.metadata_location}')").fetchone()
-        times.append(time.monotonic() - t)
-    return {"seconds": pct(times, 0.5), "rows": rows, "delete_files_per_data_file": ratio, "data_files": int(props.get("total-data-files", 0)), "delete_files": int(props.get("total-delete-files", 0))}
+    times, rows = [], None
+    for _ in range(3):
+        try:
+            out = subprocess.run([str(PY), "-c", SCAN, table.metadata_location, str(ROOT / "e2e/readers")], check=True, capture_output=True, text=True, timeout=timeout).stdout.split()
+        except subprocess.TimeoutExpired:
+            times.append(None)
+            break
+        times.append(float(out[0]))
+        rows = int(out[1])
+    done = [t for t in times if t is not None]
+    return {"seconds": pct(done, 0.5) if len(done) == len(times) else None, "timeout": timeout, "rows": rows, "delete_files_per_data_file": ratio, "data_files": int(props.get("total-data-files", 0)), "delete_files": int(props.get("total-delete-files", 0))}
 
 
 def amplification(args, bootstrap, work, mode):
@@ -174,13 +190,13 @@ def amplification(args, bootstrap, work, mode):
 
     total = produced + 100 * per
     r = run_tidewater(args.bin, path, total, w / "run.log", timeout=900, during=during)
-    before = duckdb_read(w)
+    before = duckdb_read(w, args.scan_timeout)
     policy = w / "policy.yaml"
     policy.write_text(f"apiVersion: tidewater.dev/v1alpha1\nkind: CompactionPolicy\nmetadata:\n  name: m\nspec:\n  catalog:\n    type: sql\n    uri: sqlite://{w}/catalog.db\n    warehouse: {w}/warehouse\n  tables: [bench.t]\n  targetFileSizeBytes: 134217728\n  thresholds:\n    minSmallFiles: 2\n")
     t = time.monotonic()
     report = subprocess.run([str(args.bin / "tidewater"), "compact", "-f", str(policy), "--once"], check=True, capture_output=True, text=True).stdout.splitlines()[-1]
     compact_s = time.monotonic() - t
-    after = duckdb_read(w)
+    after = duckdb_read(w, args.scan_timeout)
     return {"checkpoints": r["checkpoint_ms"]["n"], "commit_ms": r["commit_ms"], "before": before, "after": after, "compaction_s": compact_s, "compaction": json.loads(report)["tables"][0]}
 
 
@@ -189,16 +205,19 @@ def main():
     ap.add_argument("--bin", required=True, type=Path)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--amp-keys", type=int, default=200_000)
+    ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--amp-per-checkpoint", type=int, default=2_000)
+    ap.add_argument("--scan-timeout", type=int, default=120, help="seconds before a DuckDB scan is given up")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tw-upsert-"))
     broker, bootstrap = start_broker()
     results = {"events": args.events, "throughput": {}}
     try:
         time.sleep(1.0)
-        for ratio in [0.1, 0.5]:
+        for ratio in [] if args.skip_throughput else [0.1, 0.5]:
             for mode in ["append", "upsert", "equality"]:
                 results["throughput"][f"{mode}-{int(ratio * 100)}"] = throughput(args, bootstrap, work, ratio, mode)
+                print(json.dumps({mode: results["throughput"][f"{mode}-{int(ratio * 100)}"]}), flush=True)
         results["amplification"] = {mode: amplification(args, bootstrap, work, mode) for mode in ["upsert", "equality"]}
     finally:
         broker.terminate()
@@ -219,7 +238,9 @@ def main():
     for mode, a in results["amplification"].items():
         for name in ["before", "after"]:
             d = a[name]
-            lines.append(f"| {'position' if mode == 'upsert' else mode} | {name} compaction | {a['checkpoints']} | {a['commit_ms']['p50']:.0f}/{a['commit_ms']['p99']:.0f} | {d['data_files']} | {d['delete_files']} | {d['delete_files_per_data_file']:.2f} | {d['seconds'] * 1000:.0f} ms | {d['rows']:,} |")
+            scan = f"{d['seconds'] * 1000:.0f} ms" if d["seconds"] is not None else f"> {d['timeout']} s (given up)"
+            rows = f"{d['rows']:,}" if d["rows"] is not None else "-"
+            lines.append(f"| {'position' if mode == 'upsert' else mode} | {name} compaction | {a['checkpoints']} | {a['commit_ms']['p50']:.0f}/{a['commit_ms']['p99']:.0f} | {d['data_files']} | {d['delete_files']} | {d['delete_files_per_data_file']:.2f} | {scan} | {rows} |")
         c = a["compaction"]
         lines.append(f"| | compaction pass {a['compaction_s']:.1f} s | | | {c.get('filesRewritten', 0)} files rewritten | | | {c.get('rewriteSkipped', '') or ''} | |")
     report = "\n".join(lines)
