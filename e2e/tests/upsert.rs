@@ -550,3 +550,68 @@ fn upsert_on_a_rest_catalog_with_s3_storage_through_crashes() -> Result<()> {
     assert!(checked >= 5, "snapshots checked: {checked}");
     Ok(())
 }
+
+#[test]
+fn compaction_turns_an_equality_mode_table_into_one_every_reader_reads() -> Result<()> {
+    let s = setup_with(3, 1, None, "    upsert:\n      deleteMode: equality\n")?;
+    let policy = s.dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        format!(
+            "apiVersion: tidewater.dev/v1alpha1\nkind: CompactionPolicy\nmetadata:\n  name: m\n\
+             spec:\n  catalog:\n    type: sql\n    uri: {}\n    warehouse: {}\n  tables: [{TABLE}]\n  \
+             targetFileSizeBytes: 4194304\n  thresholds:\n    minSmallFiles: 2\n",
+            s.uri,
+            s.warehouse.display()
+        ),
+    )?;
+    let producer = CdcProducer::start(
+        &s.broker.bootstrap,
+        TOPIC,
+        CdcStream::new(97, 3, 10_000),
+        400,
+        Duration::from_millis(200),
+    )?;
+    let mut tw = Tidewater::start(&s.file, &s.dir.path().join("tw.log"), None)?;
+    tw.wait_healthy(Duration::from_secs(30))?;
+    std::thread::sleep(Duration::from_secs(4));
+    let mut commits = 0;
+    for _ in 0..4 {
+        let report = compact_once(&policy)?;
+        assert!(
+            report["error"].is_null() && report["rewriteSkipped"].is_null(),
+            "{report}"
+        );
+        commits += usize::from(!report["snapshotId"].is_null());
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let stream = producer.finish()?;
+    wait_committed(&s, &stream, &tw, Duration::from_secs(120))?;
+    assert!(
+        tw.stop(Duration::from_secs(60))?.success(),
+        "{}",
+        tw.log_text()
+    );
+    let last = compact_once(&policy)?;
+    let views = s.access.snapshot_views("duckdb")?;
+    let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
+    let newest = views.last().context("a snapshot")?;
+    // No delete file is left: PyIceberg reads the table, and it is the source table.
+    assert_eq!(newest.delete_files, 0, "{last}");
+    let pairs = s.access.snapshot_pairs(newest.snapshot_id)?;
+    let model = stream.model_at(&stream.produced());
+    let got: std::collections::BTreeMap<i64, i64> = pairs.iter().copied().collect();
+    assert_eq!(got.len(), pairs.len(), "one row per key");
+    assert!(got == model, "{}", cdc::differences(&model, &pairs));
+    eprintln!(
+        "equality mode with {commits} compactions while streaming: {checked} snapshots equal the \
+         model for DuckDB; after the last pass no delete file is left and PyIceberg reads the \
+         {} rows of the model",
+        model.len()
+    );
+    assert!(
+        commits >= 2,
+        "compactions committed while streaming: {commits}"
+    );
+    Ok(())
+}

@@ -44,6 +44,12 @@ pub(super) async fn position_maps(
         .collect();
     named.sort();
     let newest = named.last().map(|(_, id, _)| *id);
+    // Only the maps this table still names stay cached: expired ones are never needed again
+    // (another table's are read again when it needs them).
+    cache()
+        .lock()
+        .expect("map cache")
+        .retain(|path, _| named.iter().any(|(_, _, p)| p == path));
     let mut maps = Vec::new();
     for (_, _, path) in named {
         let cached = cache().lock().expect("map cache").get(&path).cloned();
@@ -76,6 +82,10 @@ pub(super) async fn translate_deletes(
     let mut out = Vec::new();
     let mut moved_any = Vec::new();
     for file in deletes {
+        if file.content_type() != iceberg::spec::DataContentType::PositionDeletes {
+            out.push(file); // equality deletes name keys, not places
+            continue;
+        }
         let pairs = read_position_deletes(table.file_io(), file.file_path())
             .await
             .map_err(|e| TableError::History(e.to_string()))?;

@@ -12,9 +12,10 @@ use iceberg::{
     TableIdent,
     io::FileIO,
     spec::{
-        DataFile, MAIN_BRANCH, ManifestContentType, ManifestFile, ManifestListWriter,
-        ManifestWriter, ManifestWriterBuilder, Operation, PartitionSpec, Snapshot,
-        SnapshotReference, SnapshotRetention, Summary, TableMetadata, TableMetadataBuilder,
+        DataContentType, DataFile, MAIN_BRANCH, ManifestContentType, ManifestFile,
+        ManifestListWriter, ManifestWriter, ManifestWriterBuilder, Operation, PartitionSpec,
+        Snapshot, SnapshotReference, SnapshotRetention, Summary, TableMetadata,
+        TableMetadataBuilder,
     },
     table::Table,
 };
@@ -141,7 +142,17 @@ fn replace_summary(
 fn rebased_summary(summary: &mut Summary, head: &Snapshot, rebase: &DeleteRebase, map: &str) {
     let p = &mut summary.additional_properties;
     let prev = &head.summary().additional_properties;
-    let rows = |files: &[DataFile]| files.iter().map(DataFile::record_count).sum::<u64>();
+    let rows = |files: &[DataFile], content: DataContentType| {
+        files
+            .iter()
+            .filter(|f| f.content_type() == content)
+            .map(DataFile::record_count)
+            .sum::<u64>()
+    };
+    let (pos, eq) = (
+        DataContentType::PositionDeletes,
+        DataContentType::EqualityDeletes,
+    );
     let adjust = |key: &str, plus: u64, minus: u64| -> Option<String> {
         let v: u64 = prev.get(key)?.parse().ok()?;
         Some((v + plus).saturating_sub(minus).to_string())
@@ -154,9 +165,10 @@ fn rebased_summary(summary: &mut Summary, head: &Snapshot, rebase: &DeleteRebase
         ),
         (
             "total-position-deletes",
-            rows(&rebase.added),
-            rows(&rebase.removed),
+            rows(&rebase.added, pos),
+            rows(&rebase.removed, pos),
         ),
+        ("total-equality-deletes", 0, rows(&rebase.removed, eq)),
     ];
     for (key, plus, minus) in totals {
         if let Some(v) = adjust(key, plus, minus) {
@@ -308,6 +320,11 @@ impl Maintenance {
                 let map = map.only(&removed);
                 let factory = crate::write::WriterFactory::new(current, &BTreeMap::new())
                     .map_err(|e| MaintenanceError::Policy(e.to_string()))?;
+                let oldest_surviving = live
+                    .iter()
+                    .filter(|e| !removed.contains(e.data_file.file_path()))
+                    .map(|e| e.sequence_number)
+                    .min();
                 let rebase = super::upsert::rebase_deletes(
                     io,
                     meta,
@@ -317,6 +334,7 @@ impl Maintenance {
                     &map,
                     &factory,
                     snapshot_id,
+                    oldest_surviving,
                     &mut manifest_path,
                 )
                 .await?;

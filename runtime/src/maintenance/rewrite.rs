@@ -3,7 +3,7 @@
 
 use super::commit::Swap;
 use super::plan::LiveFile;
-use super::upsert::rewrite_group_mapped;
+use super::upsert::{EqualityDeletes, rewrite_group_mapped};
 use super::{COMMIT_ATTEMPTS, Maintenance, MaintenanceError, files, now_ms, plan};
 use crate::{upsert::position_map::PositionMap, write::WriterFactory};
 use futures::StreamExt;
@@ -12,7 +12,10 @@ use iceberg::{
     spec::{DataFile, FormatVersion, ManifestContentType},
     table::Table,
 };
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 use tidewater_crds::compaction::TableReport;
 
 /// Reads `tasks` (deletes applied) and writes them into files of about the target size.
@@ -103,20 +106,19 @@ impl Maintenance {
             .await
             .into_iter()
             .collect::<Result<_, _>>()?;
-        if let Some(pipeline) = &upsert
-            && tasks.iter().any(|t| {
-                t.deletes
-                    .iter()
-                    .any(|d| d.file_type == iceberg::spec::DataContentType::EqualityDeletes)
-            })
-        {
-            report.rewrite_skipped = Some(format!(
-                "written in upsert mode by pipeline {pipeline} with equality deletes (equality \
-                 mode, or a key index over its bound): converting them to position deletes is \
-                 not supported yet; expiry and orphan removal still run"
-            ));
-            return Ok(());
-        }
+        // An upsert table's equality deletes are applied by its rewrite (read once here).
+        let equality = match &upsert {
+            Some(_) => EqualityDeletes::read(&table, list.entries())
+                .await?
+                .map(Arc::new),
+            None => None,
+        };
+        let sequence: Arc<HashMap<String, i64>> = Arc::new(
+            entries
+                .iter()
+                .map(|e| (e.data_file.file_path().to_string(), e.sequence_number))
+                .collect(),
+        );
         let deletes: HashMap<&str, usize> = tasks
             .iter()
             .map(|t| (t.data_file_path.as_str(), t.deletes.len()))
@@ -173,9 +175,10 @@ impl Maintenance {
                     .collect();
                 let (table, factory) = (table.clone(), factory.clone());
                 let mapped = map.is_some();
+                let (equality, sequence) = (equality.clone(), sequence.clone());
                 running.spawn(async move {
                     let files = if mapped {
-                        rewrite_group_mapped(&table, &factory, group_tasks)
+                        rewrite_group_mapped(&table, &factory, group_tasks, equality, sequence)
                             .await
                             .map(|(f, m)| (f, Some(m)))
                     } else {

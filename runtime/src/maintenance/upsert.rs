@@ -2,8 +2,10 @@
 //! position, so a rewrite says where every kept row went (a position map, named in the replace
 //! snapshot's summary): the pipeline translates deletes it decided before the rewrite, and the
 //! commit itself rebases the position deletes committed while it ran onto the new files
-//! instead of giving their groups up. Delete files whose every target was rewritten are
-//! dropped. Only position deletes: a table with equality deletes is refused.
+//! instead of giving their groups up. Equality deletes (equality mode, or a key index over its
+//! bound) are applied by the rewrite — converted, in effect, into rows that are not there — and
+//! an equality delete file no surviving older row can match any more is dropped, like a
+//! position delete file whose every target was rewritten.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -24,8 +26,9 @@ use iceberg::{
 use super::MaintenanceError;
 use crate::{
     upsert::{
+        key::KeyEncoder,
         position_map::{PositionMap, translate_all},
-        rebuild::read_position_deletes,
+        rebuild::{read_keys, read_position_deletes},
     },
     write::WriterFactory,
 };
@@ -52,12 +55,94 @@ impl DeleteCache {
     }
 }
 
-/// Rewrites the data files of `tasks` (their position deletes applied) into files of about
-/// the target size, noting where each kept row went.
+/// The equality deletes of a table: key → the highest sequence number of a delete of it (it
+/// removes the key's rows of lower data sequence numbers), with the encoder of the key.
+pub(super) struct EqualityDeletes {
+    encoder: KeyEncoder,
+    newest: HashMap<Box<[u8]>, i64>,
+}
+
+impl EqualityDeletes {
+    /// Reads the live equality delete files of `manifests` (None: there are none).
+    pub(super) async fn read(
+        table: &Table,
+        manifests: &[ManifestFile],
+    ) -> Result<Option<Self>, MaintenanceError> {
+        let meta = table.metadata();
+        let io = table.file_io();
+        let schema = meta.current_schema();
+        let primary_key: Vec<String> = schema
+            .identifier_field_ids()
+            .filter_map(|id| schema.name_by_field_id(id).map(str::to_string))
+            .collect();
+        let mut newest: Option<HashMap<Box<[u8]>, i64>> = None;
+        let mut encoder = None;
+        for m in manifests
+            .iter()
+            .filter(|m| m.content == ManifestContentType::Deletes)
+        {
+            let manifest = m.load_manifest(io).await?;
+            for e in manifest.entries() {
+                if e.status() == ManifestStatus::Deleted
+                    || e.content_type() != DataContentType::EqualityDeletes
+                {
+                    continue;
+                }
+                if primary_key.is_empty() {
+                    return Err(MaintenanceError::Policy(
+                        "equality deletes in a table without identifier fields".into(),
+                    ));
+                }
+                let arrow = iceberg::arrow::schema_to_arrow_schema(schema)?;
+                let enc = match encoder.take() {
+                    Some(enc) => enc,
+                    None => {
+                        KeyEncoder::new(&arrow, &primary_key).map_err(MaintenanceError::Policy)?
+                    }
+                };
+                let seq = e.sequence_number().unwrap_or(m.sequence_number);
+                let keys = read_keys(io, e.data_file().file_path(), &enc, &primary_key)
+                    .await
+                    .map_err(|e| MaintenanceError::Catalog(e.to_string()))?;
+                let map = newest.get_or_insert_with(HashMap::new);
+                for key in keys {
+                    let at = map.entry(key).or_insert(seq);
+                    *at = (*at).max(seq);
+                }
+                encoder = Some(enc);
+            }
+        }
+        Ok(newest
+            .zip(encoder)
+            .map(|(newest, encoder)| Self { encoder, newest }))
+    }
+
+    /// Which rows of `batch` (data sequence number `seq`) an equality delete removes.
+    fn deleted(
+        &self,
+        batch: &arrow_array::RecordBatch,
+        seq: i64,
+    ) -> Result<Vec<bool>, MaintenanceError> {
+        let keys = self
+            .encoder
+            .encode_rows(batch)
+            .map_err(|e| MaintenanceError::Catalog(format!("encoding keys: {e}")))?;
+        Ok(keys
+            .iter()
+            .map(|k| self.newest.get(k.as_ref()).is_some_and(|s| *s > seq))
+            .collect())
+    }
+}
+
+/// Rewrites the data files of `tasks` (their position deletes and `equality` deletes applied;
+/// `sequence` gives each file's data sequence number) into files of about the target size,
+/// noting where each kept row went.
 pub(super) async fn rewrite_group_mapped(
     table: &Table,
     factory: &WriterFactory,
     tasks: Vec<iceberg::scan::FileScanTask>,
+    equality: Option<Arc<EqualityDeletes>>,
+    sequence: Arc<HashMap<String, i64>>,
 ) -> Result<(Vec<DataFile>, PositionMap), MaintenanceError> {
     let io = table.file_io();
     let mut cache = DeleteCache::default();
@@ -76,16 +161,11 @@ pub(super) async fn rewrite_group_mapped(
                         }
                     }
                 }
-                DataContentType::EqualityDeletes => {
-                    return Err(MaintenanceError::Policy(format!(
-                        "{} has equality deletes: an upsert table is compacted with position \
-                         deletes only",
-                        task.data_file_path
-                    )));
-                }
-                DataContentType::Data => {}
+                // Read once for the whole table (`equality`).
+                DataContentType::EqualityDeletes | DataContentType::Data => {}
             }
         }
+        let seq = sequence.get(&task.data_file_path).copied().unwrap_or(0);
         // Read whole, deletes applied here: the reader would apply them without saying which
         // rows it dropped.
         let mut bare = task.clone();
@@ -100,7 +180,15 @@ pub(super) async fn rewrite_group_mapped(
         while let Some(batch) = batches.next().await {
             let batch = batch?;
             let n = batch.num_rows() as u64;
-            let kept: Vec<u64> = (pos..pos + n).filter(|p| !gone.contains(p)).collect();
+            let by_key = match &equality {
+                Some(eq) => eq.deleted(&batch, seq)?,
+                None => Vec::new(),
+            };
+            let keep = |p: u64| {
+                !gone.contains(&p) && !by_key.get((p - pos) as usize).copied().unwrap_or(false)
+            };
+            let kept: Vec<u64> = (pos..pos + n).filter(|p| keep(*p)).collect();
+            let mask: BooleanArray = (pos..pos + n).map(|p| Some(keep(p))).collect();
             pos += n;
             if kept.is_empty() {
                 continue;
@@ -108,7 +196,6 @@ pub(super) async fn rewrite_group_mapped(
             let batch = if kept.len() as u64 == n {
                 batch
             } else {
-                let mask: BooleanArray = (pos - n..pos).map(|p| Some(!gone.contains(&p))).collect();
                 arrow_select::filter::filter_record_batch(&batch, &mask)
                     .map_err(|e| MaintenanceError::Catalog(format!("filtering {path}: {e}")))?
             };
@@ -135,7 +222,9 @@ pub(super) struct DeleteRebase {
 /// Rebases the position deletes of `manifests` (the current snapshot's) onto the rewrite:
 /// deletes committed after `base_sequence` that target `rewritten` files are translated
 /// through `map` into a new delete file; delete files whose every target is rewritten are
-/// marked deleted.
+/// marked deleted, and so are equality delete files from before the rewrite began that no
+/// surviving data file is old enough to be matched by (`oldest_surviving`: the lowest data
+/// sequence number of the live files not rewritten).
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn rebase_deletes(
     io: &FileIO,
@@ -146,6 +235,7 @@ pub(super) async fn rebase_deletes(
     map: &PositionMap,
     factory: &WriterFactory,
     snapshot_id: i64,
+    oldest_surviving: Option<i64>,
     manifest_path: &mut dyn FnMut() -> String,
 ) -> Result<DeleteRebase, MaintenanceError> {
     let mut cache = DeleteCache::default();
@@ -167,10 +257,13 @@ pub(super) async fn rebase_deletes(
             }
             let path = e.data_file().file_path();
             if e.content_type() == DataContentType::EqualityDeletes {
-                return Err(MaintenanceError::Policy(format!(
-                    "{path} is an equality delete file: an upsert table is compacted with \
-                     position deletes only"
-                )));
+                // Applied by the rewrite; it still removes older rows of files not rewritten,
+                // and rows of files added after the rewrite began when it is newer than them.
+                let seq = e.sequence_number().unwrap_or(m.sequence_number);
+                if seq <= base_sequence && oldest_surviving.is_none_or(|s| s >= seq) {
+                    dead.push(e.clone());
+                }
+                continue;
             }
             let targets = cache.get(io, path).await?;
             if e.sequence_number().unwrap_or(m.sequence_number) > base_sequence {

@@ -122,7 +122,7 @@ pub async fn rebuild(
 }
 
 /// The encoded keys of every row of a data or equality delete file, in row order.
-async fn read_keys(
+pub async fn read_keys(
     io: &iceberg::io::FileIO,
     path: &str,
     encoder: &KeyEncoder,
