@@ -6,8 +6,9 @@
    the tidewater process, peak RSS, checkpoint and commit latency (p50/p99 from its log), and
    the key index: keys and estimated bytes at the end (its metrics), so bytes per million keys.
 2. Read amplification: a pipeline commits 100 checkpoints of updates (every 300 ms) to one
-   table; DuckDB's query time over the table (median of 5) and the delete files per data
-   file, before and after one compaction pass.
+   table; DuckDB's query time over the table and the delete files per data
+   file, before and after one compaction pass (DuckDB: median of 3 scans, each in its own
+   process, given up after --scan-timeout).
 """
 import argparse
 import json
@@ -131,6 +132,7 @@ import sys, time, argparse
 sys.path.insert(0, sys.argv[2])
 from inspect_table import duckdb_connection
 con = duckdb_connection(argparse.Namespace(s3_endpoint=None))
+con.execute("SET enable_progress_bar = false")
 t = time.monotonic()
 rows, _ = con.execute(f"SELECT count(*), sum(v) FROM iceberg_scan('{sys.argv[1]}')").fetchone()
 print(time.monotonic() - t, rows)
@@ -148,7 +150,7 @@ def duckdb_read(work, timeout):
     times, rows = [], None
     for _ in range(3):
         try:
-            out = subprocess.run([str(PY), "-c", SCAN, table.metadata_location, str(ROOT / "e2e/readers")], check=True, capture_output=True, text=True, timeout=timeout).stdout.split()
+            out = subprocess.run([str(PY), "-c", SCAN, table.metadata_location, str(ROOT / "e2e/readers")], check=True, capture_output=True, text=True, timeout=timeout).stdout.splitlines()[-1].split()
         except subprocess.TimeoutExpired:
             times.append(None)
             break
@@ -234,7 +236,7 @@ def main():
         per_key = f"{ib / keys:.0f}" if keys and ib else "-"
         lines.append(f"| {mode} | {pctu}% | {rate(r):,.0f} | {rate(r) / rate(base):.0%} | {r['peak_rss_mb']:.0f} | {r['checkpoint_ms']['p50']:.0f}/{r['checkpoint_ms']['p99']:.0f} | {r['commit_ms']['p50']:.0f}/{r['commit_ms']['p99']:.0f} | {int(keys) if keys else '-'} | {per_key} | {r['duckdb_rows']:,} ({r['duckdb_distinct']:,}) |")
     lines += ["", f"Read amplification: {args.amp_keys:,} keys, then 100 checkpoints of {args.amp_per_checkpoint:,} updates each (checkpoint 300 ms)", "",
-              "| delete mode | table | checkpoints | commit ms p50/p99 | data files | delete files | delete files per data file | DuckDB full scan (median of 5) | rows |", "|---|---|---|---|---|---|---|---|---|"]
+              "| delete mode | table | checkpoints | commit ms p50/p99 | data files | delete files | delete files per data file | DuckDB full scan (median of 3) | rows |", "|---|---|---|---|---|---|---|---|---|"]
     for mode, a in results["amplification"].items():
         for name in ["before", "after"]:
             d = a[name]

@@ -4,7 +4,9 @@
 //! partitions. After every checkpoint's commit the table — read by PyIceberg and by DuckDB as
 //! of that snapshot — equals a model of the source table at the snapshot's offsets. Then the
 //! same while the process is crashed 24 times (kill -9 at random moments and aborts at fail
-//! points) with the stream running, on the SQLite and on the PostgreSQL catalog.
+//! points) with the stream running, on the SQLite and on the PostgreSQL catalog, in both
+//! delete modes; rescales and a savepoint; compaction while the stream is written; a REST
+//! catalog on S3; a key index over its bound.
 
 use std::time::{Duration, Instant};
 
@@ -183,7 +185,17 @@ fn a_debezium_stream_is_mirrored_exactly_after_every_checkpoint() -> Result<()> 
 /// Crashes the pipeline `iterations` times while changes stream in, then lets it drain and
 /// checks every snapshot it committed against the model.
 fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
-    let s = setup(3, 1, catalog_uri)?;
+    crash_test_with(catalog_uri, iterations, "", "pyiceberg,duckdb")
+}
+
+/// [`crash_test`] with `upsert` lines in the sink, checked by `readers`.
+fn crash_test_with(
+    catalog_uri: Option<String>,
+    iterations: usize,
+    upsert: &str,
+    readers: &str,
+) -> Result<()> {
+    let s = setup_with(3, 1, catalog_uri, upsert)?;
     let producer = CdcProducer::start(
         &s.broker.bootstrap,
         TOPIC,
@@ -241,12 +253,12 @@ fn crash_test(catalog_uri: Option<String>, iterations: usize) -> Result<()> {
         "{}",
         tw.log_text()
     );
-    let views = s.access.snapshot_views("pyiceberg,duckdb")?;
+    let views = s.access.snapshot_views(readers)?;
     let checked = cdc::assert_snapshots_match(&stream, TOPIC, &views, &s.access)?;
     let changes: i64 = stream.produced().values().sum();
     eprintln!(
-        "upsert crash test: {iterations} crashes ({killed} kill -9, fail points {triggered:?}), \
-         {changes} changes, {checked} snapshots equal the model for PyIceberg and DuckDB"
+        "upsert crash test {upsert:?}: {iterations} crashes ({killed} kill -9, fail points \
+         {triggered:?}), {changes} changes, {checked} snapshots equal the model for {readers}"
     );
     assert!(checked >= 10, "snapshots checked: {checked}");
     Ok(())
@@ -261,6 +273,20 @@ fn upsert_crash_test_sqlite_catalog() -> Result<()> {
 fn upsert_crash_test_postgres_catalog() -> Result<()> {
     let pg = Postgres::start()?;
     crash_test(Some(pg.uri()), 24)
+}
+
+const EQUALITY: &str = "    upsert:\n      deleteMode: equality\n";
+
+/// Equality mode under the same crashes (DuckDB reads it; PyIceberg refuses equality deletes).
+#[test]
+fn equality_mode_crash_test_sqlite_catalog() -> Result<()> {
+    crash_test_with(None, 20, EQUALITY, "duckdb")
+}
+
+#[test]
+fn equality_mode_crash_test_postgres_catalog() -> Result<()> {
+    let pg = Postgres::start()?;
+    crash_test_with(Some(pg.uri()), 20, EQUALITY, "duckdb")
 }
 
 /// Waits until exactly `n` workers own the partitions.
@@ -463,7 +489,7 @@ fn equality_run(upsert: &str, crashes: usize) -> Result<(usize, u64, String)> {
 
 #[test]
 fn equality_mode_mirrors_the_stream_exactly() -> Result<()> {
-    let (checked, deletes, _) = equality_run("    upsert:\n      deleteMode: equality\n", 4)?;
+    let (checked, deletes, _) = equality_run(EQUALITY, 4)?;
     eprintln!(
         "equality mode, 4 kill -9: {checked} snapshots equal the model for DuckDB; {deletes} delete files"
     );
@@ -553,7 +579,7 @@ fn upsert_on_a_rest_catalog_with_s3_storage_through_crashes() -> Result<()> {
 
 #[test]
 fn compaction_turns_an_equality_mode_table_into_one_every_reader_reads() -> Result<()> {
-    let s = setup_with(3, 1, None, "    upsert:\n      deleteMode: equality\n")?;
+    let s = setup_with(3, 1, None, EQUALITY)?;
     let policy = s.dir.path().join("policy.yaml");
     std::fs::write(
         &policy,
