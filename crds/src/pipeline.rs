@@ -372,10 +372,6 @@ fn default_max_open_writers() -> u32 {
         "message": "sink.mode upsert needs sink.primaryKey (the columns that identify a row)"
     },
     {
-        "rule": "!has(self.primaryKey) || !has(self.createTable) || !has(self.createTable.schema) || size(self.createTable.schema) == 0 || self.primaryKey.all(k, self.createTable.schema.exists(c, c.name == k && has(c.required) && c.required))",
-        "message": "every sink.primaryKey column must be a required column of sink.createTable.schema"
-    },
-    {
         "rule": "has(self.table) != has(self.route)",
         "message": "set exactly one of sink.table (one table) and sink.route (many tables)"
     },

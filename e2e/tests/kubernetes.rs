@@ -153,6 +153,16 @@ async fn cel_cases(client: &Client, ns: &str) -> Result<()> {
             "minParallelism",
         ),
         (
+            "upsert without a primary key",
+            {
+                let mut d = pipeline(ns);
+                d["spec"]["sink"]["mode"] = json!("upsert");
+                d
+            },
+            "spec.sink",
+            "primaryKey",
+        ),
+        (
             "both topics and topicPattern",
             {
                 let mut d = pipeline(ns);
