@@ -307,24 +307,7 @@ impl EventProducer {
 
     /// Sends one payload to a partition (queued; call `flush`).
     pub fn send(&self, topic: &str, partition: i32, payload: &[u8]) -> Result<()> {
-        let mut record = BaseRecord::<(), [u8]>::to(topic)
-            .partition(partition)
-            .payload(payload);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(
-                        rdkafka::types::RDKafkaErrorCode::QueueFull,
-                    ),
-                    r,
-                )) => {
-                    record = r;
-                    self.producer.poll(Duration::from_millis(20));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        self.send_record(topic, partition, None, Some(payload))
     }
 
     /// Sends one keyed record to a partition; `None` is a tombstone (queued; call `flush`).
@@ -335,9 +318,21 @@ impl EventProducer {
         key: &[u8],
         payload: Option<&[u8]>,
     ) -> Result<()> {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
-            .partition(partition)
-            .key(key);
+        self.send_record(topic, partition, Some(key), payload)
+    }
+
+    /// Queues a record, waiting while the producer's queue is full.
+    fn send_record(
+        &self,
+        topic: &str,
+        partition: i32,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+    ) -> Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).partition(partition);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
         if let Some(p) = payload {
             record = record.payload(p);
         }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use iceberg::{
-    spec::{DataContentType, DataFile, Schema, Struct},
+    spec::{DataContentType, Schema},
     writer::file_writer::{
         FileWriter, FileWriterBuilder, ParquetWriterBuilder, location_generator::LocationGenerator,
     },
@@ -52,23 +52,7 @@ impl WriterFactory {
         };
         builder
             .content(DataContentType::EqualityDeletes)
-            .equality_ids(Some(ids))
-            .partition(Struct::empty())
-            .partition_spec_id(self.partition_spec.spec_id());
-        let file: DataFile = builder
-            .build()
-            .map_err(|e| iceberg::Error::new(iceberg::ErrorKind::DataInvalid, e.to_string()))?;
-        super::sync_local_files(std::iter::once(file.file_path())).map_err(|e| {
-            iceberg::Error::new(
-                iceberg::ErrorKind::Unexpected,
-                format!("fsync delete file: {e}"),
-            )
-        })?;
-        let (rows, bytes) = (file.record_count(), file.file_size_in_bytes());
-        let reference = self
-            .references(vec![file])?
-            .pop()
-            .expect("one file in, one out");
-        Ok(Some((reference, rows, bytes)))
+            .equality_ids(Some(ids));
+        self.finish_delete_file(builder).map(Some)
     }
 }

@@ -76,8 +76,17 @@ impl WriterFactory {
         let Some(mut builder) = built.pop() else {
             return Ok(None);
         };
+        builder.content(DataContentType::PositionDeletes);
+        self.finish_delete_file(builder).map(Some)
+    }
+
+    /// A delete file's entry (content set by the caller) in this factory's unpartitioned
+    /// spec, fsynced when local: its reference, rows and bytes.
+    pub(super) fn finish_delete_file(
+        &self,
+        mut builder: iceberg::spec::DataFileBuilder,
+    ) -> iceberg::Result<(DataFileRef, u64, u64)> {
         builder
-            .content(DataContentType::PositionDeletes)
             .partition(Struct::empty())
             .partition_spec_id(self.partition_spec.spec_id());
         let file: DataFile = builder
@@ -94,6 +103,6 @@ impl WriterFactory {
             .references(vec![file])?
             .pop()
             .expect("one file in, one out");
-        Ok(Some((reference, rows, bytes)))
+        Ok((reference, rows, bytes))
     }
 }
